@@ -1,0 +1,1 @@
+"""`covseg` command line: one module per subcommand, parsing only."""
