@@ -3,45 +3,88 @@
 //
 // out_s[b,k,i,j] = count_{(u,v) in window (i,j)}(labels[b,u,v] == k) / s²
 // Layout: labels (B,H,W) contiguous; each output (B,K,H/s,W/s) contiguous fp32.
-// Parallel over (b, output row) of each scale; each task reads its s input rows
-// once and accumulates integer counts, so results are exact (counts/s² in fp32).
+// Parallel over (b, band of max-scale rows); nested scales (2, 4, 8, 16) are all
+// served by one pass over the labels, counting at the finest scale in int32 and
+// summing counts for coarser ones, so results are exact (count / s² in fp32).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <optional>
 #include <vector>
 
 namespace covseg {
 
 namespace {
 
-template <typename label_t>
-void pool_one_scale(const label_t* labels, float* out, int64_t B, int64_t H, int64_t W, int64_t K,
-                    int64_t s, int64_t ignore, bool has_ignore, std::atomic<int64_t>& bad_value,
-                    std::atomic<bool>& bad) {
-  const int64_t Ho = H / s, Wo = W / s;
-  const float area = static_cast<float>(s * s);  // divide (not multiply by 1/s²) to round as avg_pool2d does
-  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> counts(K * Wo);
+// Sorted scales nest when each divides the next (2, 4, 8, 16): one pass over the
+// labels then serves them all, coarser counts being sums of finer ones.
+bool nested(const std::vector<int64_t>& sorted) {
+  for (size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i] % sorted[i - 1] != 0) return false;
+  return true;
+}
+
+struct BadLabel {
+  std::atomic<bool> seen{false};
+  std::atomic<int64_t> value{0};
+  void report(int64_t v) {
+    value.store(v);
+    seen.store(true);
+  }
+};
+
+// One task = (image b, band of T rows). Counts at the finest scale s0 are
+// accumulated as int32 over the band, then summed into each scale's cells.
+// `scales` is sorted ascending and nested; T = scales.back().
+// kS0 > 0 fixes the finest scale at compile time so `v / s0` becomes a shift.
+template <typename label_t, int kS0>
+void pool_nested(const label_t* labels, const std::vector<float*>& outs, const std::vector<int64_t>& scales,
+                 int64_t B, int64_t H, int64_t W, int64_t K, std::optional<int64_t> ignore, BadLabel& bad) {
+  const int64_t s0 = kS0 > 0 ? kS0 : scales.front(), T = scales.back();
+  const int64_t bands = (H + T - 1) / T;
+  const int64_t Rf = T / s0, Cf = W / s0;       // fine cells per band
+  const int64_t rows_valid = (H / s0) * s0;     // rows past the last full fine cell feed no output
+  at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> counts(K * Rf * Cf);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Ho, i = task % Ho;
+      const int64_t b = task / bands, y0 = (task % bands) * T;
       std::fill(counts.begin(), counts.end(), 0);
-      for (int64_t u = i * s; u < (i + 1) * s; ++u) {
+      for (int64_t u = y0; u < std::min(y0 + T, rows_valid); ++u) {
         const label_t* row = labels + (b * H + u) * W;
-        for (int64_t v = 0; v < Wo * s; ++v) {
+        int32_t* crow = counts.data() + ((u - y0) / s0) * Cf;
+        // Pixel v of the row belongs to fine cell v / s0; walking v linearly keeps
+        // the loads sequential (the division is strength-reduced by the compiler).
+        const int64_t plane = Rf * Cf;
+        const int64_t width = Cf * s0;
+        for (int64_t v = 0; v < width; ++v) {
           const int64_t k = static_cast<int64_t>(row[v]);
-          if (k >= 0 && k < K) {
-            counts[k * Wo + v / s] += 1;
-          } else if (!(has_ignore && k == ignore)) {
-            bad_value.store(k);
-            bad.store(true);
+          if (static_cast<uint64_t>(k) < static_cast<uint64_t>(K)) {
+            crow[k * plane + v / s0] += 1;
+          } else if (!(ignore && k == *ignore)) {
+            bad.report(k);
           }
         }
       }
-      float* dst = out + b * K * Ho * Wo + i * Wo;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < Wo; ++j) dst[k * Ho * Wo + j] = counts[k * Wo + j] / area;
+      for (size_t si = 0; si < scales.size(); ++si) {
+        const int64_t s = scales[si], f = s / s0, Ho = H / s, Wo = W / s;
+        const float area = static_cast<float>(s * s);  // divide (not multiply by 1/s²) to round as avg_pool2d does
+        for (int64_t rr = 0; rr < T / s && y0 / s + rr < Ho; ++rr) {
+          const int64_t oi = y0 / s + rr;
+          for (int64_t k = 0; k < K; ++k) {
+            float* dst = outs[si] + ((b * K + k) * Ho + oi) * Wo;
+            const int32_t* src = counts.data() + k * Rf * Cf + rr * f * Cf;
+            for (int64_t oj = 0; oj < Wo; ++oj) {
+              int32_t total = 0;
+              for (int64_t a = 0; a < f; ++a)
+                for (int64_t c = 0; c < f; ++c) total += src[a * Cf + oj * f + c];
+              dst[oj] = static_cast<float>(total) / area;
+            }
+          }
+        }
+      }
     }
   });
 }
@@ -55,24 +98,47 @@ std::vector<at::Tensor> class_prob_pool_cpu(const at::Tensor& labels, int64_t nu
   const at::Tensor lab = labels.contiguous();
   const int64_t B = lab.size(0), H = lab.size(1), W = lab.size(2);
   std::vector<at::Tensor> outs;
-  std::atomic<bool> bad{false};
-  std::atomic<int64_t> bad_value{0};
   for (int64_t s : scales) {
     TORCH_CHECK_VALUE(s >= 1 && s <= H && s <= W, "class_prob_pool: scale ", s, " does not fit the label map ", H,
                       "x", W);
-    at::Tensor out = at::empty({B, num_classes, H / s, W / s}, lab.options().dtype(at::kFloat));
-#define COVSEG_LABEL_CASE(enum_type)                                                                      \
-  AT_DISPATCH_CASE(enum_type, [&] {                                                                       \
-    pool_one_scale<scalar_t>(lab.const_data_ptr<scalar_t>(), out.data_ptr<float>(), B, H, W, num_classes, s, \
-                             ignore_index.value_or(0), ignore_index.has_value(), bad_value, bad);          \
+    outs.push_back(at::empty({B, num_classes, H / s, W / s}, lab.options().dtype(at::kFloat)));
+  }
+  // Group the requested scales: all of them in one pass when they nest, else one pass each.
+  std::vector<int64_t> order(scales.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scales[a] < scales[b]; });
+  std::vector<int64_t> sorted;
+  for (int64_t i : order) sorted.push_back(scales[i]);
+  std::vector<std::vector<int64_t>> groups;
+  if (nested(sorted)) {
+    groups.push_back(order);
+  } else {
+    for (int64_t i : order) groups.push_back({i});
+  }
+  BadLabel bad;
+  for (const auto& group : groups) {
+    std::vector<int64_t> group_scales;
+    std::vector<float*> group_outs;
+    for (int64_t i : group) {
+      group_scales.push_back(scales[i]);
+      group_outs.push_back(outs[i].data_ptr<float>());
+    }
+#define COVSEG_LABEL_CASE(enum_type)                                                             \
+  AT_DISPATCH_CASE(enum_type, [&] {                                                              \
+    const scalar_t* data = lab.const_data_ptr<scalar_t>();                                       \
+    switch (group_scales.front()) {                                                              \
+      case 1: pool_nested<scalar_t, 1>(data, group_outs, group_scales, B, H, W, num_classes, ignore_index, bad); break; \
+      case 2: pool_nested<scalar_t, 2>(data, group_outs, group_scales, B, H, W, num_classes, ignore_index, bad); break; \
+      case 4: pool_nested<scalar_t, 4>(data, group_outs, group_scales, B, H, W, num_classes, ignore_index, bad); break; \
+      default: pool_nested<scalar_t, 0>(data, group_outs, group_scales, B, H, W, num_classes, ignore_index, bad); \
+    }                                                                                            \
   })
     AT_DISPATCH_SWITCH(lab.scalar_type(), "class_prob_pool_cpu",
                        COVSEG_LABEL_CASE(at::kByte) COVSEG_LABEL_CASE(at::kInt) COVSEG_LABEL_CASE(at::kLong));
 #undef COVSEG_LABEL_CASE
-    TORCH_CHECK_VALUE(!bad.load(), "class_prob_pool: label value ", bad_value.load(), " is outside [0, ",
-                      num_classes, ")", ignore_index ? " and is not ignore_index" : "");
-    outs.push_back(out);
   }
+  TORCH_CHECK_VALUE(!bad.seen.load(), "class_prob_pool: label value ", bad.value.load(), " is outside [0, ",
+                    num_classes, ")", ignore_index ? " and is not ignore_index" : "");
   return outs;
 }
 

@@ -10,8 +10,9 @@
 // (T/s)²·K output cells, each counting its s×s window in shared memory.
 // Invalid labels never index anything: they set a device flag the host reads.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -85,7 +86,7 @@ void launch(const at::Tensor& lab, const std::vector<int64_t>& scales, std::vect
   const dim3 grid(((H + T - 1) / T) * ((W + T - 1) / T), B);
   const int threads = std::min(256, std::max(32, T * T));
   const size_t smem = sizeof(short) * T * T;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 #define COVSEG_LABEL_CASE(enum_type)                                                                      \
   AT_DISPATCH_CASE(enum_type, [&] {                                                                       \
     class_prob_pool_kernel<scalar_t><<<grid, threads, smem, stream>>>(                                   \
