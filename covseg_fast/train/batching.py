@@ -100,8 +100,10 @@ def rescale_batch(batch: dict[str, Any], size: Sequence[int]) -> dict[str, Any]:
 
 
 def multiscale_sizes(hw: Sequence[int], scales: Sequence[float], multiple: int) -> list[tuple[int, int]]:
-    """The (H, W) of each rate for a batch of size ``hw``."""
-    return [(scaled_size(hw[0], s, multiple), scaled_size(hw[1], s, multiple)) for s in scales]
+    """The (H, W) of each rate for a batch of size ``hw``; rate 1 keeps the batch as it is (Inf-Net
+    rescales only when rate != 1)."""
+    return [(int(hw[0]), int(hw[1])) if s == 1 else (scaled_size(hw[0], s, multiple), scaled_size(hw[1], s, multiple))
+            for s in scales]
 
 
 def seed_everything(seed: int, rank: Optional[int] = None) -> None:
