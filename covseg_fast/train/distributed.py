@@ -98,6 +98,17 @@ def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return work.to(t.device)
 
 
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank. DDP broadcasts them at
+    the start of each forward, so after the last step of an epoch they differ per rank; syncing them
+    before validation and checkpointing makes every rank hold rank 0's model. No-op when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buf in model.buffers():
+        if dist.get_backend() != "nccl" or buf.is_cuda:
+            dist.broadcast(buf.data, src)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():

@@ -228,6 +228,7 @@ class Trainer:
                 rate = images * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
         bar.close()
+        D.broadcast_buffers(self.model)
         if steps == 0:
             raise ValueError("training set gave no batch (is it smaller than the batch size?)")
         totals = D.all_reduce_sum(torch.tensor([loss_sum.item(), float(steps), float(images)],
