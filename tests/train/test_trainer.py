@@ -140,3 +140,20 @@ def test_trains_on_real_slices(tmp_path, shared_data):
     summary = t.fit()
     assert summary["epochs"] == 2 and 0 <= summary["best_score"] <= 1
     assert all(np.isfinite(h["loss"]) for h in t.history)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_channels_last_and_resume(tmp_path):
+    over = dict(epochs=2, amp=None, channels_last=None)        # defaults on CUDA: bf16 autocast, channels_last
+    t = Trainer(NAME, {"width": 8}, "refnet", tiny_overrides(**over), BlobDataset(8), BlobDataset(4, flip=False),
+                str(tmp_path / "a"), device="cuda", progress=False)
+    assert t.amp and t.channels_last
+    t.fit()
+    assert all(np.isfinite(h["loss"]) for h in t.history)
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert "cuda" in ckpt["train"]["rng"] and ckpt["state_dict"]["body.0.weight"].device.type == "cpu"
+    r = Trainer(NAME, {"width": 8}, "refnet", tiny_overrides(epochs=3, amp=None, channels_last=None),
+                BlobDataset(8), BlobDataset(4, flip=False), str(tmp_path / "a"), device="cuda", progress=False)
+    r.resume(str(tmp_path / "a" / "last.pt")).fit()
+    assert r.epoch == 3 and len(r.history) == 3
