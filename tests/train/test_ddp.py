@@ -2,6 +2,8 @@
 writes checkpoints; validation and loss are reduced over ranks."""
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -42,6 +44,26 @@ def test_two_ranks_end_identical(tmp_path):
     assert ckpt["train"]["world_size"] == 2
     for k, v in ckpt["state_dict"].items():
         assert torch.equal(v, r0["state_dict"][k]), k
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
+def test_cli_under_torchrun(tmp_path):
+    from .test_cli_train import _folder
+
+    data = _folder(tmp_path / "train", 6, 0)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), os.path.join(os.path.dirname(__file__),
+                                                                            "_torchrun_cli.py"),
+                           "--preset", "msa_unet", "--data", data, "--val-fraction", "0.34", "--out", str(out),
+                           "--epochs", "2", "--batch-size", "2", "--set", "input_size=32", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("2 epochs; best val_dice") == 1        # the summary comes from rank 0 only
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["train"]["world_size"] == 2 and ckpt["train"]["epoch"] == 2
 
 
 def test_epoch_sampler_shards():
