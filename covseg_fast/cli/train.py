@@ -1,0 +1,152 @@
+"""`covseg train`: train a registered model on slice folders (parsing only; logic in covseg_fast.train).
+
+Exit codes: 0 trained, 1 training failed (data module missing, bad checkpoint, diverged, interrupted),
+2 usage error (unknown model / preset / setting, missing folder, bad key=value).
+Under torchrun every rank runs this command; rank 0 writes checkpoints and prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+
+log = logging.getLogger("covseg.train")
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict:
+    """["a=1", "b=x"] → {"a": 1, "b": "x"}; values are Python literals when they parse, else strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model on slice folders (presets of the papers, resume, DDP)",
+                       description="Train a registered model. Launch with torchrun for several GPUs.")
+    p.add_argument("--model", help="registered model name, e.g. msa_unet or refnet (taken from --resume if omitted)")
+    p.add_argument("--config", nargs="+", metavar="KEY=VALUE", help="model configuration entries")
+    p.add_argument("--loss-config", nargs="+", metavar="KEY=VALUE", help="criterion configuration entries")
+    p.add_argument("--data", required=True, help="training slice folder (Imgs/, GT/, ...)")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-data", help="validation slice folder")
+    val.add_argument("--val-fraction", type=float, help="hold out this fraction of --data (seeded) for validation")
+    p.add_argument("--pseudo-data", help="pseudo-labelled slice folder: train on it first, then fine-tune on "
+                                         "--data (Semi-Inf-Net)")
+    p.add_argument("--pseudo-epochs", type=int, help="epochs of the pseudo-label stage (default: --epochs)")
+    p.add_argument("--out", required=True, help="output folder for last.pt, best.pt, history.json")
+    p.add_argument("--preset", help="msa_unet, refnet or infnet (default: the model's paper preset)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", choices=["constant", "infnet_compounding", "step50"])
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="settings",
+                   help="any other training setting, e.g. clip=1.0 scales=[1.0] weight_decay=0")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", metavar="PATH", help="continue exactly from a last.pt written by covseg train")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _summary(out: dict, label: str = "") -> str:
+    score = out["best_score"]
+    return (f"{label}{out['epochs']} epochs; best {out['score']} {score:.4f} at epoch {out['best_epoch']}; "
+            f"checkpoints: {out['best']} (best), {out['last']} (last)")
+
+
+def run(args) -> int:
+    from ..models import get_spec
+    from ..models.registry import CheckpointError
+    from ..train import Trainer, train_semi_supervised
+    from ..train import distributed as D
+    from ..train.datasets import DataModuleMissing, load_slice_datasets, settings_from_checkpoint
+    from ..train.presets import preset_for_model, resolve_config
+
+    try:
+        model_config = _key_values(args.config, "--config")
+        loss_config = _key_values(args.loss_config, "--loss-config")
+        overrides = _key_values(args.settings, "--set")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                            lr_schedule=args.lr_schedule, amp=args.amp, compile=args.compile,
+                                            channels_last=args.channels_last, seed=args.seed,
+                                            num_workers=args.workers).items() if v is not None})
+    try:
+        saved = settings_from_checkpoint(args.resume) if args.resume else None
+        model = args.model or (saved and saved["model"])
+        if not model:
+            log.error("--model is required (or --resume a checkpoint that names it)")
+            return 2
+        if saved and saved["model"] != model:
+            log.error("--resume %s holds model %r, not %r", args.resume, saved["model"], model)
+            return 2
+        get_spec(model)
+        if saved and not args.config:
+            model_config = saved["model_config"]
+        if saved and not args.loss_config:
+            loss_config = saved["criterion_config"]
+        base = args.preset or (saved and saved["train_config"]) or preset_for_model(model)
+        cfg = resolve_config(base, overrides)
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 1
+    except (KeyError, ValueError) as exc:
+        log.error("%s", exc.args[0] if exc.args else exc)
+        return 2
+    try:
+        train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
+                                                 args.pseudo_data, cfg.seed)
+    except DataModuleMissing as exc:
+        log.error("%s", exc)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+    info = D.init_distributed()
+    common = dict(model_config=model_config, preset=cfg, device=args.device, criterion_config=loss_config,
+                  progress=not args.no_progress)
+    try:
+        if pseudo is not None:
+            out = train_semi_supervised(model, pseudo, train, args.out, val_dataset=val,
+                                        pseudo_overrides={"epochs": args.pseudo_epochs}, resume_stage=args.resume,
+                                        **common)
+            lines = [_summary(out["pseudo"], "pseudo-label stage: ") if "pseudo" in out else None,
+                     _summary(out["finetune"], "fine-tune stage: ")]
+        else:
+            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, **common)
+            if args.resume:
+                trainer.resume(args.resume)
+            lines = [_summary(trainer.fit(), f"{model}: ")]
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; continue with --resume %s/last.pt", args.out)
+        return 1
+    except (FloatingPointError, RuntimeError, ValueError) as exc:
+        log.error("training failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
+    finally:
+        D.cleanup()
+    if info.is_main:
+        for line in lines:
+            if line:
+                sys.stdout.write(line + "\n")
+    return 0

@@ -1,0 +1,79 @@
+"""Datasets for ``covseg train``: slice folders through ``covseg_fast.data.slices.SliceDataset``
+(imported only when needed), a seeded validation split, and checkpoint-derived settings for resume."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..models.registry import read_checkpoint
+from .presets import TrainConfig
+
+
+class DataModuleMissing(RuntimeError):
+    """covseg_fast.data.slices (SliceDataset) is not part of this installation."""
+
+
+def slice_dataset_class() -> type:
+    """``covseg_fast.data.slices.SliceDataset``; raises DataModuleMissing with a clear message if absent."""
+    try:
+        from ..data.slices import SliceDataset
+    except ModuleNotFoundError as exc:
+        if exc.name in ("covseg_fast.data", "covseg_fast.data.slices"):
+            raise DataModuleMissing(
+                "covseg train reads slice folders with covseg_fast.data.slices.SliceDataset, which this "
+                f"installation lacks ({exc}); install a covseg_fast that includes covseg_fast.data, or "
+                "build a Dataset yourself and use covseg_fast.train.Trainer from Python") from exc
+        raise
+    except ImportError as exc:
+        raise DataModuleMissing(f"covseg_fast.data.slices has no SliceDataset ({exc})") from exc
+    return SliceDataset
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Seeded random split into (train, val) with ``round(len·fraction)`` (at least 1) validation items.
+
+    Raises ValueError when ``fraction`` is not in (0, 1) or leaves no training item.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {fraction}")
+    n = len(dataset)
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise ValueError(f"--val-fraction {fraction} of {n} slices leaves nothing to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[n_val:])), Subset(dataset, sorted(order[:n_val]))
+
+
+def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, val_fraction: Optional[float] = None,
+                        pseudo_data: Optional[str] = None, seed: int = 0
+                        ) -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
+    """(train, val or None, pseudo or None) slice datasets at ``size``×``size``.
+
+    Raises:
+        FileNotFoundError: a folder that does not exist; ValueError: bad split; DataModuleMissing.
+    """
+    for label, path in (("--data", data), ("--val-data", val_data), ("--pseudo-data", pseudo_data)):
+        if path is not None and not os.path.isdir(path):
+            raise FileNotFoundError(f"{label}: no such folder: {path}")
+    cls = slice_dataset_class()
+    train: Dataset = cls(data, size=size)
+    val = cls(val_data, size=size) if val_data else None
+    if val_fraction:
+        train, val = split_validation(train, val_fraction, seed)
+    pseudo = cls(pseudo_data, size=size) if pseudo_data else None
+    return train, val, pseudo
+
+
+def settings_from_checkpoint(path: str) -> dict[str, Any]:
+    """Model name, model config, TrainConfig and criterion config stored in a Trainer checkpoint
+    (so ``--resume`` continues with the same settings unless flags override them)."""
+    payload = read_checkpoint(path)
+    state = payload.get("train") or {}
+    cfg = state.get("config")
+    return {"model": payload["model"], "model_config": dict(payload.get("config", {})),
+            "train_config": TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+            if cfg else None,
+            "criterion_config": dict(state.get("criterion_config", {}))}

@@ -1,0 +1,115 @@
+"""`covseg train`: end to end on a tiny registered model and a test-local slice reader, resume,
+semi-supervised stages, exit codes and messages."""
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+import covseg_fast.train.datasets as tds
+from covseg_fast.cli.main import main
+
+from ._tiny import NAME
+
+
+class FolderSlices(Dataset):
+    """Test-local reader of Imgs/<id>.png + GT/<id>.png at ``size`` (what SliceDataset provides)."""
+
+    def __init__(self, root, size=32):
+        self.root, self.size = root, size
+        self.ids = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(root, "Imgs")))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img = Image.open(os.path.join(self.root, "Imgs", self.ids[i] + ".png")).convert("L")
+        gt = Image.open(os.path.join(self.root, "GT", self.ids[i] + ".png")).convert("L")
+        img, gt = img.resize((self.size, self.size), Image.BILINEAR), gt.resize((self.size, self.size), Image.NEAREST)
+        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)[None]
+        mask = torch.from_numpy((np.asarray(gt) > 127).astype(np.float32))[None]
+        return {"image": image, "mask": mask, "labels": mask[0].long(), "id": self.ids[i]}
+
+
+def _folder(root, n, seed):
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "Imgs"))
+    os.makedirs(os.path.join(root, "GT"))
+    for i in range(n):
+        gt = np.zeros((40, 40), np.uint8)
+        y, x = rng.integers(8, 28, 2)
+        gt[y:y + 8, x:x + 10] = 255
+        img = (rng.integers(0, 60, (40, 40)) + (gt > 0) * 150).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(root, "Imgs", f"{i}.png"))
+        Image.fromarray(gt).save(os.path.join(root, "GT", f"{i}.png"))
+    return str(root)
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(tds, "slice_dataset_class", lambda: FolderSlices)
+    return _folder(tmp_path / "train", 6, 0), _folder(tmp_path / "pseudo", 4, 1), tmp_path
+
+
+BASE = ["train", "--model", NAME, "--preset", "msa_unet", "--batch-size", "2", "--set", "input_size=32",
+        "--device", "cpu", "--no-progress", "--workers", "0"]
+
+
+def test_train_then_resume(folders, capsys):
+    data, _, tmp = folders
+    out = str(tmp / "run")
+    assert main(BASE + ["--data", data, "--val-fraction", "0.34", "--out", out, "--epochs", "2",
+                        "--config", "width=3", "--seed", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 epochs; best val_dice" in printed and os.path.join(out, "best.pt") in printed
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["config"] == {"width": 3} and ckpt["train"]["epoch"] == 2
+    assert ckpt["train"]["config"]["seed"] == 5 and ckpt["train"]["config"]["optimizer"] == "rmsprop"
+    # resume: model, config and settings come from the checkpoint; only --epochs changes
+    assert main(["train", "--data", data, "--val-fraction", "0.34", "--out", out, "--resume",
+                 os.path.join(out, "last.pt"), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["train"]["epoch"] == 3 and len(ckpt["train"]["history"]) == 3
+    assert ckpt["train"]["config"]["input_size"] == 32 and ckpt["train"]["config"]["seed"] == 5
+
+
+def test_pseudo_then_finetune(folders, capsys):
+    data, pseudo, tmp = folders
+    out = str(tmp / "semi")
+    assert main(BASE + ["--data", data, "--pseudo-data", pseudo, "--pseudo-epochs", "2", "--epochs", "1",
+                        "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "pseudo-label stage: 2 epochs" in printed and "fine-tune stage: 1 epochs" in printed
+    assert os.path.isfile(os.path.join(out, "pseudo", "last.pt"))
+    assert os.path.isfile(os.path.join(out, "finetune", "best.pt"))
+
+
+def test_usage_errors(folders, caplog):
+    data, _, tmp = folders
+    out = str(tmp / "x")
+    with caplog.at_level(logging.ERROR):
+        assert main(["train", "--model", "no_such", "--data", data, "--out", out]) == 2
+        assert "unknown model 'no_such'" in caplog.text
+        assert main(BASE + ["--data", str(tmp / "missing"), "--out", out]) == 2
+        assert "no such folder" in caplog.text
+        assert main(BASE + ["--data", data, "--out", out, "--config", "width"]) == 2
+        assert "--config expects key=value" in caplog.text
+        assert main(BASE + ["--data", data, "--out", out, "--set", "bogus=1"]) == 2
+        assert "unknown training setting 'bogus'" in caplog.text
+        assert main(BASE + ["--data", data, "--out", out, "--resume", str(tmp / "nope.pt")]) == 1
+        assert "checkpoint not found" in caplog.text
+    with pytest.raises(SystemExit) as exc:
+        main(BASE + ["--data", data, "--out", out, "--val-data", data, "--val-fraction", "0.2"])
+    assert exc.value.code == 2
+
+
+def test_missing_data_module_is_reported(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "covseg_fast.data.slices", None)   # import fails as if absent
+    data = _folder(tmp_path / "d", 2, 0)
+    with caplog.at_level(logging.ERROR):
+        assert main(BASE + ["--data", data, "--out", str(tmp_path / "o")]) == 1
+    assert "covseg_fast.data.slices.SliceDataset" in caplog.text and "lacks" in caplog.text
