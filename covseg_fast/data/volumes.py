@@ -12,6 +12,9 @@ canonical frame (RAS+, ``nibabel.as_closest_canonical``) and sliced along the su
 Each 2-D slice is shown radiologically: rows run anterior → posterior, columns patient-right →
 patient-left (``slice = volume[::-1, ::-1, k].T``). HU are mapped to [0, 1] by a lung window.
 MedSeg ``tr_im`` stacks 100 slices of ~40 patients with no patient ids, so it is one "case".
+Some public volumes are not in HU (the Radiopaedia cases of Ma et al. hold 0–255 grey values): a
+volume whose values all lie in [0, 255] is taken as already windowed and scaled by 1/255, with a
+warning (``intensity="hu"`` forces the window).
 """
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     """Axial slices of labelled volumes, as dict items like :class:`SliceDataset`'s.
 
     Items: ``image`` (1, H, W) float in [0, 1] (lung window), ``mask`` (1, H, W) {0,1} float,
-    ``labels`` (H, W) int64 (infection 0/1), ``hu_range`` tuple, ``id`` "<case>:<slice>",
+    ``labels`` (H, W) int64 (infection 0/1), ``id`` "<case>:<slice>",
     ``case`` str, ``slice`` int, ``orig_size`` (H, W).
 
     Args:
@@ -147,6 +150,8 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         drop_empty: skip slices without infection (as the MSA-UNet paper).
         transform, seed: as in :class:`SliceDataset`.
         cache_volumes: how many decoded volumes to keep in memory.
+        intensity: "auto" (volumes with all values in [0, 255] are 8-bit grey, scaled by 1/255; others
+            are HU and windowed) or "hu" (always window).
     Raises:
         DataError: unreadable volume, mask/volume shape or affine mismatch, unknown case id.
     """
@@ -154,8 +159,12 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     def __init__(self, cases: Sequence[VolumeCase], case_ids: Optional[Sequence[str]] = None,
                  window: Sequence[float] = DEFAULT_WINDOW, drop_empty: bool = False,
                  transform: Optional[Callable[..., dict]] = None, seed: Optional[int] = None,
-                 cache_volumes: int = 2) -> None:
+                 cache_volumes: int = 2, intensity: str = "auto") -> None:
         window_hu(np.zeros(1), window)  # validates the window
+        if intensity not in ("auto", "hu"):
+            raise ValueError(f"intensity must be 'auto' or 'hu', got {intensity!r}")
+        self.intensity = intensity
+        self._grey_cases: set[str] = set()
         by_id = {c.case_id: c for c in cases}
         if case_ids is not None:
             missing = [c for c in case_ids if c not in by_id]
@@ -194,6 +203,10 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             raise DataError(f"{case.mask}: mask shape {mask_raw.shape} differs from volume {case.image} {image.shape}")
         if not np.allclose(aff_i, aff_m, atol=1e-3):
             raise DataError(f"{case.mask}: mask affine differs from volume {case.image} (not on the same grid)")
+        if (self.intensity == "auto" and case.case_id not in self._grey_cases and image.size
+                and image.min() >= 0 and image.max() <= 255):
+            log.warning("%s: values in [0, 255], not HU: taken as 8-bit grey (scaled by 1/255, no window)", case.image)
+            self._grey_cases.add(case.case_id)
         labels = np.rint(mask_raw).astype(np.int64)
         mask = labels > 0 if case.infection_labels is None else np.isin(labels, case.infection_labels)
         self._cache[case.case_id] = (image, mask)
@@ -217,8 +230,9 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         hu = axial_slice(image, k)
         m = axial_slice(mask, k).astype(np.float32)
         case = self.cases[ci]
+        grey = hu.astype(np.float32) / 255.0 if case.case_id in self._grey_cases else window_hu(hu, self.window)
         item: dict[str, Any] = {
-            "image": torch.from_numpy(window_hu(hu, self.window))[None],
+            "image": torch.from_numpy(np.ascontiguousarray(grey))[None],
             "mask": torch.from_numpy(m)[None],
             "labels": torch.from_numpy(m.astype(np.int64)),
             "id": f"{case.case_id}:{k:04d}", "case": case.case_id, "slice": k,

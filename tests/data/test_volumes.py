@@ -106,6 +106,23 @@ def test_unreadable_volume(tmp_path):
         VolumeSliceDataset(find_cases(str(tmp_path)))
 
 
+def test_grey_volumes_not_in_hu(tmp_path, caplog):
+    """Ma et al.'s Radiopaedia cases hold 0–255 grey values: scaled by 1/255, not windowed (with a warning)."""
+    hu, mask = _phantom()
+    grey = np.clip(hu + 1000, 0, 255).astype(np.uint8)
+    _save(f"{tmp_path}/COVID-19-CT-Seg_20cases/radiopaedia_1.nii.gz", grey, np.eye(4))
+    _save(f"{tmp_path}/Infection_Mask/radiopaedia_1.nii.gz", mask, np.eye(4))
+    cases = find_cases(str(tmp_path))
+    with caplog.at_level("WARNING"):
+        it = VolumeSliceDataset(cases)[3]
+    assert "not HU" in caplog.text
+    assert np.allclose(it["image"][0].numpy(), axial_slice(grey[::1, ::1, :].astype(np.float32), 3) / 255)
+    windowed = VolumeSliceDataset(cases, intensity="hu")[3]["image"]
+    assert windowed.max() <= 1 and not torch.allclose(windowed, it["image"])
+    with pytest.raises(ValueError, match="intensity"):
+        VolumeSliceDataset(cases, intensity="raw")
+
+
 def test_window_hu():
     hu = np.array([-2000, -1250, -500, 250, 1000], np.float32)
     assert np.allclose(window_hu(hu), [0, 0, 0.5, 1, 1])
