@@ -14,7 +14,7 @@ from covseg_fast.cli.main import main
 from covseg_fast.data import SliceDataset
 from covseg_fast.evaluate import Evaluator
 from covseg_fast.metrics import MetricAccumulator
-from covseg_fast.models import ModelSpec, get_model, register_model, save_checkpoint
+from covseg_fast.models import MODELS, ModelSpec, get_model, register_model, save_checkpoint
 
 
 class TinySeg(nn.Module):
@@ -32,9 +32,14 @@ class TinySeg(nn.Module):
         return {"out": y} if self.training else y
 
 
-SPEC = register_model(ModelSpec(name="_test_tiny_seg", builder=TinySeg, criterion=lambda **kw: None,
-                                in_channels=1, input_size=(64, 64), normalization="unit",
-                                description="test-only tiny model"))
+@pytest.fixture(autouse=True)
+def tiny_registered():
+    """Register the test-only model for one test, then remove it (other tests iterate MODELS)."""
+    spec = register_model(ModelSpec(name="_test_tiny_seg", builder=TinySeg, criterion=lambda **kw: None,
+                                    in_channels=1, input_size=(64, 64), normalization="unit",
+                                    description="test-only tiny model"))
+    yield spec
+    MODELS.pop("_test_tiny_seg", None)
 
 
 @pytest.fixture()

@@ -5,6 +5,8 @@ Computed in float64. The centroid is rounded half away from zero (MATLAB ``round
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["s_measure", "mae"]
@@ -44,7 +46,7 @@ def _ssim(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _round(v: float, matlab: bool) -> int:
     if matlab:
-        return int(torch.floor(torch.tensor(abs(v) + 0.5, dtype=torch.float64)).item()) * (1 if v >= 0 else -1)
+        return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
     return int(round(v))  # Python/numpy: half to even
 
 

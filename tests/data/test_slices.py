@@ -152,3 +152,14 @@ def test_seeded_transform_is_reproducible(tmp_path):
         assert torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["labels"], b[i]["labels"])
     b.set_epoch(1)
     assert any(not torch.equal(a[i]["image"], b[i]["image"]) for i in range(3))
+
+
+def test_seeded_transform_same_with_dataloader_workers(tmp_path):
+    from covseg_fast.data import Compose, RandomFlip, RandomRotate90
+    _folder(tmp_path, n=4)
+    ds = SliceDataset(str(tmp_path), transform=Compose([RandomFlip(0.5, 0.5), RandomRotate90()]), seed=11)
+    runs = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers, collate_fn=collate_slices)
+        runs.append([b["image"] for b in loader])
+    assert len(runs[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*runs))
