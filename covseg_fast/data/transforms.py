@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Compose", "Resize", "RandomFlip", "RandomRotate90", "RandomRotation", "resize_item",
-           "multiscale_size", "multiscale_sizes", "rescale_batch", "MULTISCALE_RATES"]
+__all__ = ["Compose", "Resize", "infnet_resize", "msa_unet_resize", "RandomFlip", "RandomRotate90", "RandomRotation",
+           "resize_item", "multiscale_size", "multiscale_sizes", "rescale_batch", "MULTISCALE_RATES"]
 
 MULTISCALE_RATES = (0.75, 1.0, 1.25)
 _SPATIAL_FLOAT = ("image", "mask", "edge")
@@ -146,6 +146,17 @@ class RandomRotation:
         if "labels" in item:
             out["labels"] = warp(item["labels"][None], "nearest")[0].round().long()
         return out
+
+
+def infnet_resize(size: int = 352) -> Resize:
+    """Ref-Net/Inf-Net training input (MODELS.md §4.4): image, GT and edge resized bilinear, GT not
+    re-binarised; no augmentation in the reference."""
+    return Resize(size, mask_mode="bilinear")
+
+
+def msa_unet_resize(size: int = 256) -> Resize:
+    """MSA-UNet training input (MODELS.md §3.5): masks resized nearest (so they stay binary)."""
+    return Resize(size, mask_mode="nearest")
 
 
 class Compose:

@@ -66,7 +66,8 @@ class MetricAccumulator:
         binary = scores_from_counts(counts)
         row: dict[str, Any] = {"id": image_id, "height": size[0], "width": size[1],
                                "gt_fraction": float(g.double().mean())}
-        row.update({f"mean_{k}": float(curves[k][0].mean()) for k in ("dice", "sensitivity", "specificity", "emeasure")})
+        row.update({f"mean_{k}": float(curves[k][0].mean())
+                    for k in ("dice", "sensitivity", "specificity", "emeasure")})
         row["max_dice"] = float(curves["dice"][0].max())
         row["s_measure"] = float(s_measure(p, g))
         row["adaptive_emeasure"] = float(adaptive_emeasure(p, g))

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from covseg_fast.data import (Compose, RandomFlip, RandomRotate90, RandomRotation, Resize, collate_slices,
-                              multiscale_sizes, rescale_batch)
+                              infnet_resize, msa_unet_resize, multiscale_sizes, rescale_batch)
 
 
 def _item(h=20, w=28, seed=0):
@@ -95,3 +95,11 @@ def test_collate_errors():
     del b["edge"]
     with pytest.raises(ValueError, match="different keys"):
         collate_slices([a, b])
+
+
+def test_model_presets():
+    it = _item()
+    inf = infnet_resize()(it)
+    assert inf["image"].shape == (1, 352, 352) and len(inf["mask"].unique()) > 2  # soft borders
+    msa = msa_unet_resize()(it)
+    assert msa["mask"].shape == (1, 256, 256) and set(msa["mask"].unique().tolist()) <= {0.0, 1.0}
