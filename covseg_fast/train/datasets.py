@@ -59,11 +59,20 @@ def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, va
         if path is not None and not os.path.isdir(path):
             raise FileNotFoundError(f"{label}: no such folder: {path}")
     cls = slice_dataset_class()
-    train: Dataset = cls(data, size=size)
-    val = cls(val_data, size=size) if val_data else None
+    from ..data.transforms import Resize
+
+    def open_folder(path: str, soft: bool) -> Dataset:
+        # Edge maps are used when the folder has them (Ref-Net's edge supervision);
+        # soft pseudo-labels are resized bilinearly, hard masks nearest so they stay binary.
+        edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
+        resize = Resize(size, mask_mode="bilinear" if soft else "nearest")
+        return cls(path, edges=edges, soft_masks=soft, transform=resize, seed=seed)
+
+    train: Dataset = open_folder(data, soft=False)
+    val = open_folder(val_data, soft=False) if val_data else None
     if val_fraction:
         train, val = split_validation(train, val_fraction, seed)
-    pseudo = cls(pseudo_data, size=size) if pseudo_data else None
+    pseudo = open_folder(pseudo_data, soft=True) if pseudo_data else None
     return train, val, pseudo
 
 

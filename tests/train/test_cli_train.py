@@ -8,31 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-import covseg_fast.train.datasets as tds
 from covseg_fast.cli.main import main
 
 from ._tiny import NAME
-
-
-class FolderSlices(Dataset):
-    """Test-local reader of Imgs/<id>.png + GT/<id>.png at ``size`` (what SliceDataset provides)."""
-
-    def __init__(self, root, size=32):
-        self.root, self.size = root, size
-        self.ids = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(root, "Imgs")))
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        img = Image.open(os.path.join(self.root, "Imgs", self.ids[i] + ".png")).convert("L")
-        gt = Image.open(os.path.join(self.root, "GT", self.ids[i] + ".png")).convert("L")
-        img, gt = img.resize((self.size, self.size), Image.BILINEAR), gt.resize((self.size, self.size), Image.NEAREST)
-        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)[None]
-        mask = torch.from_numpy((np.asarray(gt) > 127).astype(np.float32))[None]
-        return {"image": image, "mask": mask, "labels": mask[0].long(), "id": self.ids[i]}
 
 
 def _folder(root, n, seed):
@@ -50,8 +29,7 @@ def _folder(root, n, seed):
 
 
 @pytest.fixture
-def folders(tmp_path, monkeypatch):
-    monkeypatch.setattr(tds, "slice_dataset_class", lambda: FolderSlices)
+def folders(tmp_path):
     return _folder(tmp_path / "train", 6, 0), _folder(tmp_path / "pseudo", 4, 1), tmp_path
 
 
