@@ -11,6 +11,13 @@ import tempfile
 from typing import IO, Iterator
 
 
+def _umask_mode() -> int:
+    """0o666 minus the process umask: the mode an ordinary open() would have given the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
@@ -22,6 +29,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -40,6 +48,7 @@ def atomic_save(path: str, write_to: "callable") -> None:
     os.close(fd)
     try:
         write_to(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
