@@ -11,11 +11,18 @@ import tempfile
 from typing import IO, Iterator
 
 
-def _umask_mode() -> int:
-    """0o666 minus the process umask: the mode an ordinary open() would have given the file."""
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
+
+
+def _umask_mode() -> int:
+    """0o666 minus the process umask: the mode an ordinary open() would have given the file."""
+    return 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
