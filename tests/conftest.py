@@ -6,7 +6,9 @@ import pytest
 # Make `tests.op_harness` importable as `op_harness` from every test module.
 sys.path.insert(0, os.path.dirname(__file__))
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+# ../shared/data beside the checkout; COVSEG_SHARED_DATA overrides it (e.g. for git worktrees elsewhere).
+SHARED_DATA = os.environ.get("COVSEG_SHARED_DATA") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
 @pytest.fixture(scope="session")
