@@ -78,6 +78,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     k, n = parse_shard(shard)
     cases, roots = discover(inputs)
     check_output_dir(config.out_dir, roots, cases, allow_output_in_input)
+    cases = [c for c in cases if not _inside(c.path, config.out_dir)]  # never screen our own outputs
     mine = select_shard(cases, k, n)
     plan = config.plan()
     todo, done = [], []
