@@ -20,6 +20,22 @@ import numpy as np
 from scipy import ndimage
 
 
+def _inplane_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label 4-connected components within each axial slice (no connection across slices), in one call."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.label(mask, structure=structure)
+
+
+def _touching_xy_border(lab: np.ndarray, n: int) -> np.ndarray:
+    """Lookup table (n+1,) bool: label touches the in-plane border of its slice."""
+    faces = np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()])
+    table = np.zeros(n + 1, dtype=bool)
+    table[np.unique(faces)] = True
+    table[0] = False
+    return table
+
+
 def lung_mask(data: np.ndarray, threshold_hu: float = -320.0, min_fraction: float = 0.1) -> np.ndarray:
     """(X, Y, Z) HU volume → (X, Y, Z) bool lung mask (algorithm in the module docstring).
 
@@ -29,30 +45,22 @@ def lung_mask(data: np.ndarray, threshold_hu: float = -320.0, min_fraction: floa
     if data.ndim != 3:
         raise ValueError(f"lung_mask: expected a 3-D volume, got shape {data.shape}")
     cand = data < threshold_hu
-    four = ndimage.generate_binary_structure(2, 1)
-    for k in range(cand.shape[2]):
-        sl = cand[:, :, k]
-        if not sl.any():
-            continue
-        lab, n = ndimage.label(sl, structure=four)
-        if n == 0:
-            continue
-        border = np.unique(np.concatenate([lab[0, :], lab[-1, :], lab[:, 0], lab[:, -1]]))
-        border = border[border > 0]
-        if border.size:
-            sl[np.isin(lab, border)] = False
-    lab, n = ndimage.label(cand)
+    lab, n = _inplane_components(cand)                 # step 2: per-slice components ...
+    cand &= ~_touching_xy_border(lab, n)[lab]          # ... touching the slice border are outside air
+    lab, n = ndimage.label(cand)                       # step 3: 3-D components
     if n == 0:
         return np.zeros(data.shape, dtype=bool)
     sizes = np.bincount(lab.ravel())[1:]
     order = np.argsort(sizes)[::-1]
-    keep = [order[0] + 1]
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[order[0] + 1] = True
     if n > 1 and sizes[order[1]] >= min_fraction * sizes[order[0]]:
-        keep.append(order[1] + 1)
-    mask = np.isin(lab, keep)
-    for k in range(mask.shape[2]):
-        if mask[:, :, k].any():
-            mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+        keep[order[1] + 1] = True
+    mask = keep[lab]
+    bg, nb = _inplane_components(~mask)                # step 4: background enclosed within its slice
+    holes = ~_touching_xy_border(bg, nb)
+    holes[0] = False
+    mask |= holes[bg]
     return mask
 
 
