@@ -229,3 +229,23 @@ def test_demo_without_shipped_checkpoint_says_so(tmp_path, caplog):
         pytest.skip("the demo checkpoint is shipped in this build")
     assert main(["screen", "--demo", "-o", str(tmp_path / "out"), "--no-progress"]) == 2
     assert "demo_checkpoint.pt" in caplog.text and "not shipped" in caplog.text
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_dicom_and_nifti_give_the_same_mask_in_world_space(shared_data, tmp_path, ckpt):
+    d = os.path.join(shared_data, "ct", "lung_pet_ct_dx_A0001")
+    out = tmp_path / "out"
+    assert screen(os.path.join(d, "dicom"), os.path.join(d, "Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"),
+                  "-o", out, "--checkpoint", ckpt, "--no-montage", "--workers", 1) == 0
+    src = nib.load(os.path.join(d, "Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"))
+    m_nii = nib.load(str(out / "Lung_Dx-A0001_5mm_kernelL_LPS_infection.nii.gz"))
+    m_dcm = nib.load(str(out / "dicom_infection.nii.gz"))
+    np.testing.assert_allclose(m_nii.affine, src.affine, atol=1e-5)  # NIfTI input: its own affine
+    a, b = nib.as_closest_canonical(m_nii), nib.as_closest_canonical(m_dcm)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)          # same world grid
+    np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    r_nii = json.load(open(out / "Lung_Dx-A0001_5mm_kernelL_LPS.json"))
+    r_dcm = json.load(open(out / "dicom.json"))
+    assert r_dcm["format"] == "dicom" and r_nii["lung_ml"] == r_dcm["lung_ml"]
+    assert 3000 < r_nii["lung_ml"] < 8000 and r_nii["infected_ml"] == r_dcm["infected_ml"]
