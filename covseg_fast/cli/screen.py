@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
-    p.add_argument("--window", default="-1250,250", help="HU window LOW,HIGH mapped to [0, 1] (lung window)")
+    p.add_argument("--window", default="-1250,250", help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: "
+                   "--window=-1250,250 (the default lung window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")

@@ -176,7 +176,9 @@ def test_output_inside_input_is_refused_and_inputs_untouched(tmp_path, ckpt):
 def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
     inp, out = tmp_path / "in", tmp_path / "out"
     _three_cases(inp)
-    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "0/2", "--report-format", "csv") == 0
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "0/2", "--report-format", "csv",
+                  "--window=-1000,200") == 0
+    assert json.load(open(out / "a.json"))["window_hu"] == [-1000.0, 200.0]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--report-format", "csv") == 0
