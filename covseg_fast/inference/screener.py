@@ -191,7 +191,11 @@ class Screener:
             for c in cases:
                 yield decode_case(c)
             return
-        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        # fork is cheapest; once CUDA is initialised in this process, forking is unsafe: use forkserver
+        if sys.platform.startswith("linux"):
+            method = "forkserver" if torch.cuda.is_initialized() else "fork"
+        else:
+            method = "spawn"
         ctx = multiprocessing.get_context(method)
         ahead = max(2, 2 * self.cfg.workers)
         with cf.ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=ctx) as pool:
