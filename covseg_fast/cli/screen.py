@@ -1,0 +1,138 @@
+"""`covseg screen`: batch screening of CT volumes (NIfTI files, DICOM series, folders, globs, lists).
+
+Exit codes: 0 all cases ok, 1 some cases failed (see failures.csv), 2 usage error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("covseg.screen")
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
+DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("screen", help="segment lung infection in many CT volumes; masks, burden, reports",
+                       description="Screen CT volumes: NIfTI files, DICOM series folders, directories "
+                       "(recursive), globs or text files listing paths.")
+    p.add_argument("inputs", nargs="*", help="NIfTI files, DICOM folders, directories, globs, or .txt lists")
+    p.add_argument("-o", "--output", default=None, help="output directory (default: covseg_screen_out)")
+    p.add_argument("--checkpoint", help="checkpoint written by covseg train (save_checkpoint)")
+    p.add_argument("--model", help="expected model name in the checkpoint (checked)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
+    p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
+    p.add_argument("--window", default="-1250,250", help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: "
+                   "--window=-1250,250 (the default lung window)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
+    p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
+                   "torchrun's RANK/WORLD_SIZE")
+    p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete, redo the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--no-masks", action="store_true", help="do not write <case>_infection.nii.gz")
+    p.add_argument("--no-montage", action="store_true", help="do not write the PNG overlay montage")
+    p.add_argument("--report-format", choices=["json", "csv", "both"], default="both",
+                   help="batch summary format (per-case JSON and failures.csv are always written)")
+    p.add_argument("--allow-output-in-input", action="store_true", help="allow --output inside an input folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--demo", action="store_true", help="screen the demo CT volume shipped in the package "
+                   "with the shipped demo checkpoint")
+    p.set_defaults(run=run)
+
+
+def _parse_window(text: str) -> tuple[float, float]:
+    from ..inference.batch import UsageError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--window expects LOW,HIGH in HU (e.g. -1250,250), got {text!r}") from None
+    if not hi > lo:
+        raise UsageError(f"--window {text}: HIGH must be greater than LOW")
+    return lo, hi
+
+
+def _device(text: str) -> str:
+    import torch
+
+    from ..inference.batch import UsageError
+
+    if text == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+        return "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {text!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available on this machine")
+    return text
+
+
+def run(args) -> int:
+    from ..io import DiscoveryError
+    from ..inference.batch import UsageError
+
+    try:
+        return _run(args)
+    except (UsageError, DiscoveryError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _run(args) -> int:
+    from .. import __version__
+    from ..inference.batch import UsageError, screen_batch
+    from ..inference.screener import ScreenConfig, Screener
+    from ..models.registry import CheckpointError, get_spec, load_model
+
+    inputs, checkpoint = list(args.inputs), args.checkpoint
+    if args.demo:
+        if not os.path.isfile(DEMO_VOLUME):
+            raise UsageError(f"--demo: the demo volume {DEMO_VOLUME} is missing from this installation")
+        if checkpoint is None:
+            if not os.path.isfile(DEMO_CHECKPOINT):
+                raise UsageError(f"--demo: the demo checkpoint {DEMO_CHECKPOINT} is not shipped in this build "
+                                 "(it is trained with `covseg train`); pass --checkpoint PATH to use your own")
+            checkpoint = DEMO_CHECKPOINT
+        inputs = inputs or [DEMO_VOLUME]
+    if not inputs:
+        raise UsageError("no inputs: give NIfTI files, DICOM folders, directories, globs or a list file "
+                         "(or --demo)")
+    if checkpoint is None:
+        raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError("--batch-size must be ≥ 1 and --workers ≥ 0")
+    if not 0.0 < args.threshold < 1.0:
+        raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    window = _parse_window(args.window)
+    device = _device(args.device)
+    out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
+    cfg = ScreenConfig(out_dir=out_dir, window=window, threshold=args.threshold, batch_size=args.batch_size,
+                       workers=args.workers, device=device, save_masks=not args.no_masks,
+                       save_probabilities=args.save_probabilities, montage=not args.no_montage,
+                       progress=not args.no_progress)
+
+    def factory() -> Screener:
+        try:
+            model = load_model(checkpoint, expect=args.model)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
+        name = model.covseg_name
+        meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__}
+        return Screener(model, get_spec(name), cfg, meta)
+
+    code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,
+                                shard=args.shard, allow_output_in_input=args.allow_output_in_input,
+                                report_format=args.report_format)
+    for f in res.failures:
+        log.error("failed: %s: %s", f["path"], f["reason"])
+    log.info("done: %d ok, %d failed, %d already complete; %d slices in %.1f s (%.2f volumes/s, %.1f slices/s); "
+             "outputs in %s", s["ok"], s["failed"], s["skipped_complete"], s["slices"], s["wall_s"],
+             s["volumes_per_s"], s["slices_per_s"], os.path.abspath(s["output_dir"]))
+    return code

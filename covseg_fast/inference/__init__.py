@@ -1,0 +1,1 @@
+"""Batch inference on CT volumes: lung mask, the screening pipeline, reports."""

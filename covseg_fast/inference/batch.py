@@ -1,0 +1,119 @@
+"""One `covseg screen` batch: plan (shard, resume, output checks), run the Screener, write CSVs, summarise."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from ..io import Case, discover
+from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, write_csv
+from .screener import ScreenConfig, Screener, ScreenResult
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A command-line usage problem (exit code 2)."""
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"K/N" (0 ≤ K < N) → (K, N); None → from torchrun's RANK/WORLD_SIZE, else (0, 1).
+
+    Raises:
+        UsageError: malformed or out-of-range shard.
+    """
+    if text is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", "0") or 0)
+        return (rank, world) if world > 1 else (0, 1)
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard expects K/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {text}: need N ≥ 1 and 0 ≤ K < N")
+    return k, n
+
+
+def select_shard(cases: list[Case], k: int, n: int) -> list[Case]:
+    """Every n-th case starting at k (cases are sorted, so shards are disjoint and cover all)."""
+    return cases[k::n]
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: bool) -> None:
+    """Refuse an output directory inside an input directory tree (unless ``allow``) or that is a file.
+
+    Raises:
+        UsageError: with the offending input named.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"output {out_dir} exists and is not a directory")
+    if allow:
+        return
+    for root in roots + [c.path for c in cases if c.kind == "dicom"]:
+        if _inside(out_dir, root):
+            raise UsageError(f"output directory {out_dir} is inside the input tree {root}; choose another "
+                             "--output or pass --allow-output-in-input")
+
+
+def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, resume: bool = False,
+                 overwrite: bool = False, shard: str | None = None, allow_output_in_input: bool = False,
+                 report_format: str = "both") -> tuple[int, ScreenResult, dict]:
+    """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
+
+    ``screener_factory()`` builds the :class:`Screener` (called after planning, so a usage error
+    costs no model load). Exit code 0 when every case succeeded (or was complete), 1 when any failed.
+
+    Raises:
+        UsageError: bad shard, output location refused, outputs present without --resume/--overwrite.
+        DiscoveryError: inputs that name nothing.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite are mutually exclusive")
+    k, n = parse_shard(shard)
+    cases, roots = discover(inputs)
+    check_output_dir(config.out_dir, roots, cases, allow_output_in_input)
+    cases = [c for c in cases if not _inside(c.path, config.out_dir)]  # never screen our own outputs
+    mine = select_shard(cases, k, n)
+    plan = config.plan()
+    todo, done = [], []
+    for c in mine:
+        rec = plan.complete(c.case_id) if resume else None
+        if rec is not None:
+            done.append(rec)
+            continue
+        if not resume and not overwrite and any(os.path.exists(p) for p in plan.paths(c.case_id).values()):
+            raise UsageError(f"outputs for case {c.case_id} already exist in {config.out_dir}; pass --resume "
+                             "(skip complete cases) or --overwrite")
+        removed = plan.remove_stray_temporaries(c.case_id)
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by an interrupted run", c.case_id, removed)
+        todo.append(c)
+    os.makedirs(config.out_dir, exist_ok=True)
+    log.info("screening %d case(s) (shard %d/%d of %d found; %d already complete) → %s",
+             len(todo), k, n, len(cases), len(done), config.out_dir)
+    t0 = time.perf_counter()
+    res = screener_factory().run(todo) if todo else ScreenResult()
+    wall = time.perf_counter() - t0
+    suffix = "" if n == 1 else f"_shard{k}of{n}"
+    rows = sorted([dict(r, status="complete (resumed)") for r in done] + res.records,
+                  key=lambda r: r["case_id"])
+    for r in rows:
+        r.setdefault("mask", r.get("outputs", {}).get("mask", ""))
+    if report_format in ("csv", "both"):
+        write_csv(os.path.join(config.out_dir, f"summary{suffix}.csv"), rows, SUMMARY_COLUMNS)
+    if report_format in ("json", "both"):
+        from .report import write_json
+
+        write_json(os.path.join(config.out_dir, f"summary{suffix}.json"), {"cases": rows, "failures": res.failures})
+    write_csv(os.path.join(config.out_dir, f"failures{suffix}.csv"), res.failures, FAILURE_COLUMNS)
+    summary = {"ok": len(res.records), "failed": len(res.failures), "skipped_complete": len(done),
+               "slices": res.slices, "wall_s": wall,
+               "volumes_per_s": len(res.records) / wall if wall > 0 else 0.0,
+               "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir}
+    return (1 if res.failures else 0), res, summary

@@ -1,0 +1,71 @@
+"""Per-case JSON and batch CSV reports (written atomically)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Any, Iterable
+
+from ..atomic import atomic_write
+
+SUMMARY_COLUMNS = ["case_id", "status", "path", "slices", "lung_ml", "infected_ml", "infected_in_lung_ml",
+                   "burden_pct", "time_s", "warnings", "mask"]
+FAILURE_COLUMNS = ["case_id", "path", "reason"]
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_default)
+    with atomic_write(path, "w") as fh:
+        fh.write(text + "\n")
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object in ``path``, or None when missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_csv(path: str, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    """Write ``rows`` (dicts; missing keys left empty, extra keys ignored) as CSV, atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(r.get(k, "")) for k in columns})
+    with atomic_write(path, "w") as fh:
+        fh.write(buf.getvalue())
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    """Rows of a CSV written by :func:`write_csv` (empty list when missing)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        return "; ".join(str(x) for x in v)
+    return " ".join(str(v).split())
+
+
+def _default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)

@@ -1,0 +1,331 @@
+"""`covseg screen` engine: a pipeline that keeps the accelerator busy.
+
+Stages (each overlaps the others):
+
+1. decode — worker processes (``concurrent.futures.ProcessPoolExecutor``, ``workers`` of them, a bounded
+   look-ahead) read NIfTI/DICOM into a canonical :class:`~covseg_fast.io.Volume` and compute the lung mask;
+2. device — the HU volume goes to the device (pinned memory, non-blocking copy on CUDA), where the slices
+   are put in display orientation, windowed, resized to the model's input size and normalised;
+3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
+   CUDA); probabilities return to per-case buffers on the device; a finished case is resized back to
+   its slice size, thresholded and mapped back to its canonical grid;
+4. write — a background thread writes the mask on the input grid (input affine), optional
+   probabilities, the PNG montage and the JSON record (last: it marks the case complete).
+
+A failing case (unreadable, corrupt, not 3-D, NaN, ...) is recorded with a one-line reason and the batch
+goes on.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import logging
+import multiprocessing
+import queue
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import Case, read_case
+from ..models.registry import ModelSpec, prepare_input
+from .lung import lung_mask
+from .outputs import OutputPlan, write_case
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ScreenConfig:
+    """Knobs of one screening run (see ``covseg screen --help``)."""
+
+    out_dir: str
+    window: tuple[float, float] = (-1250.0, 250.0)
+    threshold: float = 0.5
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "cpu"
+    save_masks: bool = True
+    save_probabilities: bool = False
+    montage: bool = True
+    progress: bool = True
+
+    def plan(self) -> OutputPlan:
+        return OutputPlan(self.out_dir, masks=self.save_masks, probabilities=self.save_probabilities,
+                          montage=self.montage)
+
+
+@dataclasses.dataclass
+class ScreenResult:
+    """What a run did: records of finished cases, failures (case, path, reason), timing."""
+
+    records: list[dict] = dataclasses.field(default_factory=list)
+    failures: list[dict] = dataclasses.field(default_factory=list)
+    slices: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def volumes_per_s(self) -> float:
+        return len(self.records) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def decode_case(case: Case) -> dict:
+    """Worker stage: read one case and compute its lung mask. Never raises: errors become a reason."""
+    t0 = time.perf_counter()
+    try:
+        vol = read_case(case.path, case.kind)
+        lung = lung_mask(vol.data)
+        return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
+    except Exception as exc:  # one bad input must never stop the batch
+        return {"case": case, "error": _reason(exc)}
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the message of a VolumeError, else 'ExceptionType: message'."""
+    from ..io import VolumeError
+
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, VolumeError) and msg:
+        return msg
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class _Pending:
+    """A case on the device: its model-ready slices and the probability buffer being filled."""
+
+    def __init__(self, item: dict, slices: torch.Tensor, plane: tuple[int, int]):
+        self.item = item
+        self.slices = slices            # (Z, C, H, W) model input
+        self.plane = plane              # display-plane size (rows, cols) to resize back to
+        self.prob = torch.empty((slices.shape[0], 1, slices.shape[2], slices.shape[3]),
+                                dtype=torch.float32, device=slices.device)
+        self.sent = 0                   # slices handed to a batch
+        self.done = 0                   # slices with probabilities
+        self.t_device = time.perf_counter()
+
+
+class Screener:
+    """Screen cases with a registered model (eval ``model(x)`` → logits (B, 1, H, W)).
+
+    Args:
+        model: the network (moved to ``config.device`` and put in eval mode here).
+        spec: its :class:`ModelSpec` (input size, channels, normalisation).
+        config: :class:`ScreenConfig`.
+        meta: extra fields for every JSON record (model name, checkpoint, covseg version, ...).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, config: ScreenConfig, meta: Optional[dict] = None):
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+        self.cfg = config
+        self.meta = dict(meta or {})
+        self.plan = config.plan()
+        self.autocast = self.device.type == "cuda"
+
+    # ---------------------------------------------------------------- device stage
+    def to_model_slices(self, data: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(X, Y, Z) canonical HU → (Z, C, H, W) model input on the device, plus the display-plane size."""
+        t = torch.from_numpy(data)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        # display orientation: flip X (→ patient left) and Y (→ posterior), slices first: (Z, Y, X)
+        t = t.flip(0, 1).permute(2, 1, 0)
+        lo, hi = self.cfg.window
+        grey = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0).unsqueeze(1)
+        plane = (grey.shape[2], grey.shape[3])
+        size = tuple(self.spec.input_size)
+        if plane != size:
+            down = plane[0] > size[0] or plane[1] > size[1]
+            grey = F.interpolate(grey, size=size, mode="bilinear", align_corners=False, antialias=down)
+            grey = grey.clamp_(0.0, 1.0)
+        return prepare_input(grey, self.spec), plane
+
+    def from_model_probs(self, prob: torch.Tensor, plane: tuple[int, int]) -> np.ndarray:
+        """(Z, 1, H, W) probabilities → (X, Y, Z) float32 numpy on the canonical grid."""
+        if tuple(prob.shape[2:]) != tuple(plane):
+            prob = F.interpolate(prob, size=plane, mode="bilinear", align_corners=False)
+        p = prob[:, 0].permute(2, 1, 0).flip(0, 1)
+        return p.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(x)
+        if isinstance(logits, dict):
+            logits = logits["out"]
+        return torch.sigmoid(logits.float())
+
+    # ---------------------------------------------------------------- pipeline
+    def run(self, cases: list[Case]) -> ScreenResult:
+        """Screen ``cases``; returns records and failures (does not write the batch CSVs)."""
+        res = ScreenResult()
+        t0 = time.perf_counter()
+        write_q: queue.Queue = queue.Queue(maxsize=4)
+        lock = threading.Lock()
+        bar = _progress(len(cases), self.cfg.progress)
+        writer = threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True)
+        writer.start()
+        try:
+            self._produce(cases, res, lock, write_q, bar)
+        finally:
+            write_q.put(None)
+            writer.join()
+            res.wall_s = time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+        return res
+
+    def _decoded(self, cases: list[Case]):
+        """Decoded cases in input order, decoded ``workers`` at a time ahead of the consumer."""
+        if self.cfg.workers <= 0:
+            for c in cases:
+                yield decode_case(c)
+            return
+        # fork is cheapest; once CUDA is initialised in this process, forking is unsafe: use forkserver
+        if sys.platform.startswith("linux"):
+            method = "forkserver" if torch.cuda.is_initialized() else "fork"
+        else:
+            method = "spawn"
+        ctx = multiprocessing.get_context(method)
+        ahead = max(2, 2 * self.cfg.workers)
+        with cf.ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=ctx) as pool:
+            futs: collections.deque = collections.deque()
+            it = iter(cases)
+            for c in it:
+                futs.append((c, pool.submit(decode_case, c)))
+                if len(futs) >= ahead:
+                    break
+            while futs:
+                c, fut = futs.popleft()
+                try:
+                    out = fut.result()
+                except Exception as exc:  # a worker that died (e.g. out of memory)
+                    out = {"case": c, "error": f"decoding worker failed: {_reason(exc)}"}
+                nxt = next(it, None)
+                if nxt is not None:
+                    futs.append((nxt, pool.submit(decode_case, nxt)))
+                yield out
+
+    def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar) -> None:
+        log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
+        with lock:
+            res.failures.append({"case_id": case.case_id, "path": case.path, "reason": reason})
+        if bar is not None:
+            bar.update(1)
+
+    def _produce(self, cases, res, lock, write_q, bar) -> None:
+        pending: collections.deque[_Pending] = collections.deque()
+        bs = self.cfg.batch_size
+        queued = 0  # slices waiting for a batch
+
+        def run_batch(n: int) -> None:
+            nonlocal queued
+            parts, owners = [], []
+            while n > 0 and pending:
+                # the oldest case with unsent slices
+                st = next((p for p in pending if p.sent < p.slices.shape[0]), None)
+                if st is None:
+                    break
+                take = min(n, st.slices.shape[0] - st.sent)
+                parts.append(st.slices[st.sent:st.sent + take])
+                owners.append((st, st.sent, take))
+                st.sent += take
+                n -= take
+                queued -= take
+            if not parts:
+                return
+            try:
+                probs = self._infer(torch.cat(parts) if len(parts) > 1 else parts[0])
+            except Exception as exc:
+                for st, _, _ in owners:
+                    st.item["error"] = f"inference failed: {_reason(exc)}"
+                    queued -= st.slices.shape[0] - st.sent
+                    st.sent = st.done = st.slices.shape[0]
+            else:
+                off = 0
+                for st, start, take in owners:
+                    st.prob[start:start + take] = probs[off:off + take]
+                    off += take
+                    st.done += take
+            while pending and pending[0].done == pending[0].slices.shape[0]:
+                self._finish(pending.popleft(), res, lock, write_q, bar)
+
+        for item in self._decoded(cases):
+            case = item["case"]
+            if "error" in item:
+                self._fail(res, lock, case, item["error"], bar)
+                continue
+            try:
+                x, plane = self.to_model_slices(item["volume"].data)
+            except Exception as exc:
+                self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar)
+                continue
+            item["t_dequeued"] = time.perf_counter()
+            pending.append(_Pending(item, x, plane))
+            queued += x.shape[0]
+            while queued >= bs:
+                run_batch(bs)
+        while queued > 0:
+            run_batch(bs)
+
+    def _finish(self, st: _Pending, res, lock, write_q, bar) -> None:
+        item = st.item
+        if "error" in item:
+            self._fail(res, lock, item["case"], item["error"], bar)
+            return
+        prob = self.from_model_probs(st.prob, st.plane)
+        item["prob"] = prob
+        item["mask"] = prob >= self.cfg.threshold
+        item["infer_s"] = time.perf_counter() - item["t_dequeued"]
+        st.slices = st.prob = None  # free device memory now
+        write_q.put(item)
+
+    def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar, t0: float) -> None:
+        while True:
+            item = write_q.get()
+            if item is None:
+                return
+            case, vol = item["case"], item["volume"]
+            try:
+                t_w = time.perf_counter()
+                record = {"case_id": case.case_id, "status": "ok", "path": case.path, "format": vol.fmt,
+                          "shape": list(vol.source_shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
+                          "slices": int(vol.data.shape[2]), "threshold": self.cfg.threshold,
+                          "window_hu": list(self.cfg.window), **self.meta, "warnings": list(vol.warnings)}
+                for w in vol.warnings:
+                    log.warning("%s: %s", case.case_id, w)
+                prob = item["prob"] if self.cfg.save_probabilities else None
+                record["decode_s"] = round(item["decode_s"], 4)
+                record["infer_s"] = round(item["infer_s"], 4)
+                record["time_s"] = round(item["decode_s"] + item["infer_s"] + (time.perf_counter() - t_w), 4)
+                rec = write_case(self.plan, case.case_id, vol, item["mask"], item["lung"], prob, record,
+                                 self.cfg.window)
+                with lock:
+                    res.records.append(rec)
+                    res.slices += rec["slices"]
+                if bar is not None:
+                    el = time.perf_counter() - t0
+                    bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
+                    bar.update(1)
+            except Exception as exc:
+                self._fail(res, lock, case, f"writing outputs failed: {_reason(exc)}", bar)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="vol", desc="screening", dynamic_ncols=True)

@@ -1,0 +1,141 @@
+"""Synthetic CT inputs for the io and screening tests: NIfTI in any orientation, DICOM series, bad files."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+
+
+def phantom(shape=(64, 64, 12), seed=0) -> np.ndarray:
+    """A chest-like phantom in HU: body ellipse (40 HU) in air, two lungs (-850 HU), a bright marker."""
+    rng = np.random.default_rng(seed)
+    x, y, z = shape
+    i, j = np.meshgrid(np.arange(x), np.arange(y), indexing="ij")
+    body = ((i - x / 2) / (0.45 * x)) ** 2 + ((j - y / 2) / (0.4 * y)) ** 2 < 1
+    lung_l = ((i - 0.32 * x) / (0.11 * x)) ** 2 + ((j - y / 2) / (0.25 * y)) ** 2 < 1
+    lung_r = ((i - 0.68 * x) / (0.11 * x)) ** 2 + ((j - y / 2) / (0.25 * y)) ** 2 < 1
+    vol = np.full(shape, -1000.0, dtype=np.float32)
+    vol[body] = 40.0
+    vol[lung_l | lung_r] = -850.0
+    vol += rng.normal(0, 5, size=shape).astype(np.float32)
+    return vol
+
+
+def axis_affine(codes: str, spacing=(0.8, 0.7, 2.5), origin=(10.0, -20.0, 30.0)) -> np.ndarray:
+    """Voxel→RAS affine whose axes point to ``codes`` (e.g. "LPS", "RAS", "LAS", "PSL")."""
+    dirs = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+    aff = np.zeros((4, 4))
+    for ax, c in enumerate(codes):
+        world, sign = dirs[c]
+        aff[world, ax] = sign * spacing[ax]
+    aff[:3, 3] = origin
+    aff[3, 3] = 1
+    return aff
+
+
+def oblique_affine(degrees: float = 12.0) -> np.ndarray:
+    """An LPS affine rotated by ``degrees`` about the z and x axes (an oblique acquisition)."""
+    a, b = np.deg2rad(degrees), np.deg2rad(degrees / 2)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    aff = axis_affine("LPS")
+    aff[:3, :3] = rz @ rx @ aff[:3, :3]
+    return aff
+
+
+def save_nifti(path: str, data: np.ndarray, affine: np.ndarray, dtype=np.int16, slope=None, inter=None,
+               sform_only: bool = False) -> str:
+    """Write ``data`` (HU) stored as ``dtype``, optionally with scl_slope/scl_inter."""
+    if slope is not None:
+        stored = np.round((data - (inter or 0.0)) / slope)
+    else:
+        stored = data
+    img = nib.Nifti1Image(np.asarray(stored).astype(dtype), affine)
+    img.set_qform(affine, code=0 if sform_only else 1)
+    img.set_sform(affine, code=2 if sform_only else 1)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter or 0.0)
+    nib.save(img, path)
+    return path
+
+
+def save_dicom_series(folder: str, vol_lps: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(-100.0, -120.0, 50.0),
+                      skip=(), duplicate=(), intercept=-1024.0) -> str:
+    """Write (cols, rows, slices) HU as a CT series, slices going toward -z (as scanners often do)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    series, study = generate_uid(), generate_uid()
+    for k in range(vol_lps.shape[2]):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "CT"
+        ds.Rows, ds.Columns = vol_lps.shape[1], vol_lps.shape[0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] - k * spacing[2]]
+        ds.SliceThickness = spacing[2]
+        ds.InstanceNumber = k + 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.ascontiguousarray((vol_lps[:, :, k].T - intercept).astype(np.uint16)).tobytes()
+        names = [f"s{k:03d}.dcm"] + ([f"s{k:03d}_copy.dcm"] if k in duplicate else [])
+        for n in names:
+            ds.save_as(os.path.join(folder, n), enforce_file_format=True)
+    return folder
+
+
+def write_bad_inputs(folder: str) -> dict[str, str]:
+    """Write one of each bad input into ``folder``; returns case id → expected words in the reason."""
+    os.makedirs(folder, exist_ok=True)
+    good = phantom((16, 16, 4))
+    aff = axis_affine("LPS")
+    expect = {}
+    p = save_nifti(os.path.join(folder, "full.nii.gz"), good, aff)
+    raw = open(p, "rb").read()
+    with open(os.path.join(folder, "truncated.nii.gz"), "wb") as fh:
+        fh.write(raw[: len(raw) // 2])
+    os.unlink(p)
+    expect["truncated"] = "gzip"
+    with open(os.path.join(folder, "corrupt.nii.gz"), "wb") as fh:
+        fh.write(gzip.compress(b"this is not a nifti header at all" * 20))
+    expect["corrupt"] = "not a readable NIfTI"
+    with open(os.path.join(folder, "textfile.nii"), "w") as fh:
+        fh.write("hello, I am a text file\n" * 30)
+    expect["textfile"] = "not a readable NIfTI"
+    save_nifti(os.path.join(folder, "twod.nii.gz"), good[:, :, 0], aff)
+    expect["twod"] = "2-D"
+    save_nifti(os.path.join(folder, "fourd.nii.gz"), np.stack([good, good], -1), aff)
+    expect["fourd"] = "4-D"
+    save_nifti(os.path.join(folder, "fived.nii.gz"), good[..., None, None].repeat(2, axis=4), aff)
+    expect["fived"] = "5-D"
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((16, 0, 4))
+    hdr.set_data_dtype(np.int16)
+    with open(os.path.join(folder, "zerosize.nii"), "wb") as fh:
+        hdr.write_to(fh)
+        fh.write(b"\0" * 4)
+    expect["zerosize"] = "zero-size"
+    bad = good.copy()
+    bad[3, 3, 1] = np.nan
+    save_nifti(os.path.join(folder, "nanvox.nii.gz"), bad, aff, dtype=np.float32)
+    expect["nanvox"] = "non-finite"
+    bad = good.copy()
+    bad[2, 5, 0] = np.inf
+    save_nifti(os.path.join(folder, "infvox.nii.gz"), bad, aff, dtype=np.float32)
+    expect["infvox"] = "non-finite"
+    os.symlink(os.path.join(folder, "does_not_exist.nii.gz"), os.path.join(folder, "unreadable.nii.gz"))
+    expect["unreadable"] = "not found"
+    return expect

@@ -1,0 +1,269 @@
+"""`covseg screen` end to end: orientation, robustness, atomicity, resume, output location, shards, demo."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from covseg_fast.cli import screen as screen_cli
+from covseg_fast.cli.main import main
+from tests.ct_helpers import (axis_affine, oblique_affine, phantom, save_dicom_series, save_nifti,
+                              write_bad_inputs)
+from tests.inference.tiny_model import make_checkpoint
+
+THRESH_HU = -1250 + 0.55 * 1500  # the tiny model's boundary in the default window: -425 HU
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(str(tmp_path_factory.mktemp("ck") / "tiny.pt"))
+
+
+def screen(*args) -> int:
+    return main(["screen", "--no-progress", "--workers", "0", *map(str, args)])
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _marked(shape, seed):
+    if shape[1] < shape[2]:  # the PSL layout: a chest phantom stored as (P, S, L)
+        return np.round(phantom((shape[2], shape[0], shape[1]), seed)).transpose(1, 2, 0).copy()
+    return np.round(phantom(shape, seed))
+
+
+ORIENT = {"LPS": (axis_affine("LPS"), (64, 64, 6)), "RAS": (axis_affine("RAS"), (64, 64, 6)),
+          "LAS": (axis_affine("LAS"), (64, 64, 6)), "PSL": (axis_affine("PSL"), (64, 6, 64)),
+          "oblique": (oblique_affine(12.0), (64, 64, 6))}
+
+
+def test_orientation_round_trip_through_the_pipeline(tmp_path, ckpt):
+    """Mask voxel (i, j, k) = image voxel (i, j, k) for LPS, RAS, LAS, permuted and oblique inputs."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = {}
+    for n, (name, (aff, shape)) in enumerate(sorted(ORIENT.items())):
+        data = _marked(shape, n)
+        data[2:5, 3:5, 1] = 300.0          # asymmetric bright markers in the air
+        data[50, 4, 4] = 300.0
+        src[name] = (data, aff)
+        save_nifti(str(inp / f"{name}.nii.gz"), data, aff)
+    # batch size 4 with 6-slice volumes: batches hold slices of two volumes
+    assert screen(inp, "-o", tmp_path / "out", "--checkpoint", ckpt, "--batch-size", 4) == 0
+    for name, (data, aff) in src.items():
+        m = nib.load(str(tmp_path / "out" / f"{name}_infection.nii.gz"))
+        np.testing.assert_allclose(m.affine, aff, atol=1e-5)
+        assert m.shape == data.shape
+        np.testing.assert_array_equal(np.asarray(m.dataobj) > 0, data > THRESH_HU, err_msg=name)
+        rec = json.load(open(tmp_path / "out" / f"{name}.json"))
+        assert rec["status"] == "ok" and rec["slices"] == 6 and rec["model"] == "tiny_screen_test"
+        vox = abs(np.linalg.det(aff[:3, :3])) / 1000
+        assert rec["infected_ml"] == pytest.approx((data > THRESH_HU).sum() * vox, rel=1e-4)
+        assert 0 < rec["lung_ml"] and 0 <= rec["burden_pct"] <= 100
+
+
+def test_bad_inputs_do_not_stop_the_batch(tmp_path, ckpt, caplog):
+    inp = tmp_path / "in"
+    expect = write_bad_inputs(str(inp))
+    save_nifti(str(inp / "good.nii.gz"), _marked((32, 32, 4), 1), axis_affine("LPS"))
+    save_nifti(str(inp / "notct.nii.gz"), np.random.default_rng(0).random((16, 16, 3)) * 200,
+               axis_affine("RAS"))
+    save_dicom_series(str(inp / "dcm_missing"), phantom((16, 16, 6)), skip=(3,))
+    save_dicom_series(str(inp / "dcm_dup"), phantom((16, 16, 6)), duplicate=(2,))
+    expect.update({"dcm_missing": "missing slices", "dcm_dup": "duplicate slices"})
+    out = tmp_path / "out"
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 1
+    fails = {r["case_id"]: r for r in _rows(out / "failures.csv")}
+    assert set(fails) == set(expect)
+    for case, words in expect.items():
+        assert words in fails[case]["reason"], (case, fails[case]["reason"])
+        assert "\n" not in fails[case]["reason"]
+        assert any(case in r.getMessage() and "FAILED" in r.getMessage() for r in caplog.records)
+    ok = {r["case_id"]: r for r in _rows(out / "summary.csv")}
+    assert set(ok) == {"good", "notct"}
+    assert "does not look like CT" in ok["notct"]["warnings"]
+    assert (out / "good_infection.nii.gz").is_file() and (out / "good_overlay.png").is_file()
+
+
+def _digest(folder):
+    h = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                h[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return h
+
+
+def _three_cases(inp):
+    inp.mkdir()
+    for n, name in enumerate(["a", "b", "c"]):
+        save_nifti(str(inp / f"{name}.nii.gz"), _marked((32, 32, 3), n), axis_affine("LPS"))
+
+
+def test_resume_after_a_killed_run(tmp_path, ckpt):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 0
+    before = {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)}
+    # simulate a kill: b lost its JSON (written last), c has a stray temporary and no montage/JSON
+    os.unlink(out / "b.json")
+    os.unlink(out / "c.json")
+    os.unlink(out / "c_overlay.png")
+    (out / ".c_infection.nii.gz.x1y2z3.nii.gz").write_bytes(b"half a file")
+    # outputs exist: a plain rerun is refused
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 2
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{c}{s}" for c in "abc" for s in (".json", "_infection.nii.gz", "_overlay.png")] +
+        ["summary.csv", "summary.json", "failures.csv"])  # no temporaries, nothing duplicated
+    for f in ("a.json", "a_infection.nii.gz", "a_overlay.png"):
+        assert os.stat(out / f).st_mtime_ns == before[f]  # complete case untouched
+    rows = _rows(out / "summary.csv")
+    assert sorted(r["case_id"] for r in rows) == ["a", "b", "c"]
+    assert {r["case_id"]: r["status"] for r in rows}["a"] == "complete (resumed)"
+    assert json.load(open(out / "b.json"))["status"] == "ok"
+    # --overwrite redoes everything
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--overwrite") == 0
+    assert os.stat(out / "a.json").st_mtime_ns != before["a.json"]
+
+
+def test_write_failure_leaves_no_partial_file(tmp_path, ckpt, monkeypatch):
+    import covseg_fast.io.writer as writer
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    real = nib.save
+
+    def dying_save(img, path):
+        if "b_infection" in str(path):
+            with open(path, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError("disk full (simulated)")
+        real(img, path)
+
+    monkeypatch.setattr(writer.nib, "save", dying_save)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 1
+    assert [r["case_id"] for r in _rows(out / "failures.csv")] == ["b"]
+    assert "disk full" in _rows(out / "failures.csv")[0]["reason"]
+    assert not [f for f in os.listdir(out) if f.startswith(".") or f.startswith("b")]
+    monkeypatch.setattr(writer.nib, "save", real)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
+    assert (out / "b.json").is_file()
+
+
+def test_output_inside_input_is_refused_and_inputs_untouched(tmp_path, ckpt):
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    before = _digest(inp)
+    assert screen(inp, "-o", inp / "results", "--checkpoint", ckpt) == 2
+    assert not (inp / "results").exists()
+    assert screen(inp, "-o", inp / "results", "--checkpoint", ckpt, "--allow-output-in-input") == 0
+    after = _digest(inp)
+    assert {p: h for p, h in after.items() if "/results/" not in p} == before
+    # a second run does not screen its own outputs as inputs
+    assert screen(inp, "-o", inp / "results", "--checkpoint", ckpt, "--allow-output-in-input", "--resume") == 0
+    assert len(_rows(inp / "results" / "summary.csv")) == 3
+
+
+def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "0/2", "--report-format", "csv",
+                  "--window=-1000,200") == 0
+    assert json.load(open(out / "a.json"))["window_hu"] == [-1000.0, 200.0]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--report-format", "csv") == 0
+    s0 = [r["case_id"] for r in _rows(out / "summary_shard0of2.csv")]
+    s1 = [r["case_id"] for r in _rows(out / "summary_shard1of2.csv")]
+    assert sorted(s0 + s1) == ["a", "b", "c"] and not set(s0) & set(s1)
+    assert not (out / "summary_shard0of2.json").exists()
+
+
+@pytest.mark.parametrize("args,words", [(["--window", "250,-1250"], "HIGH must be greater"),
+                                        (["--shard", "2/2"], "0 ≤ K < N"),
+                                        (["--threshold", "1.5"], "threshold"),
+                                        (["--no-checkpoint"], "--checkpoint is required")])
+def test_usage_errors(tmp_path, ckpt, caplog, args, words):
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    extra = [] if args == ["--no-checkpoint"] else ["--checkpoint", ckpt, *args]
+    assert screen(inp, "-o", tmp_path / "out", *extra) == 2
+    assert words in caplog.text
+
+
+def test_demo_volume_end_to_end_with_worker_processes(tmp_path, ckpt):
+    demo = screen_cli.DEMO_VOLUME
+    src = nib.load(demo)
+    out = tmp_path / "out"
+    rc = main(["screen", "--demo", "--checkpoint", ckpt, "-o", str(out), "--workers", "1", "--no-progress",
+               "--save-probabilities", "--batch-size", "24"])
+    assert rc == 0
+    m = nib.load(str(out / "demo_ct_infection.nii.gz"))
+    assert m.shape == src.shape == (128, 128, 64)
+    np.testing.assert_allclose(m.affine, src.affine, atol=1e-5)
+    hu = np.asanyarray(src.dataobj)
+    mask = np.asarray(m.dataobj) > 0
+    # the tiny model marks bright tissue: the mask agrees with HU > -425 except at edges blurred by the
+    # 128 → 64 → 128 in-plane resampling to the tiny model's input size
+    assert (mask == (hu > THRESH_HU)).mean() > 0.95
+    p = nib.load(str(out / "demo_ct_probabilities.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(p >= 0.5 - 1 / 255, mask | (p >= 0.5 - 1 / 255))
+    rec = json.load(open(out / "demo_ct.json"))
+    assert 2000 < rec["lung_ml"] < 9000 and rec["slices"] == 64 and rec["covseg_version"]
+    assert rec["window_hu"] == [-1250.0, 250.0] and rec["threshold"] == 0.5
+    from PIL import Image
+
+    assert Image.open(out / "demo_ct_overlay.png").size == (768, 512)
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["demo_ct"]
+
+
+def test_demo_without_shipped_checkpoint_says_so(tmp_path, caplog):
+    if os.path.isfile(screen_cli.DEMO_CHECKPOINT):
+        pytest.skip("the demo checkpoint is shipped in this build")
+    assert main(["screen", "--demo", "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "demo_checkpoint.pt" in caplog.text and "not shipped" in caplog.text
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_dicom_and_nifti_give_the_same_mask_in_world_space(shared_data, tmp_path, ckpt):
+    d = os.path.join(shared_data, "ct", "lung_pet_ct_dx_A0001")
+    out = tmp_path / "out"
+    assert screen(os.path.join(d, "dicom"), os.path.join(d, "Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"),
+                  "-o", out, "--checkpoint", ckpt, "--no-montage", "--workers", 1) == 0
+    src = nib.load(os.path.join(d, "Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"))
+    m_nii = nib.load(str(out / "Lung_Dx-A0001_5mm_kernelL_LPS_infection.nii.gz"))
+    m_dcm = nib.load(str(out / "dicom_infection.nii.gz"))
+    np.testing.assert_allclose(m_nii.affine, src.affine, atol=1e-5)  # NIfTI input: its own affine
+    a, b = nib.as_closest_canonical(m_nii), nib.as_closest_canonical(m_dcm)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)          # same world grid
+    np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    r_nii = json.load(open(out / "Lung_Dx-A0001_5mm_kernelL_LPS.json"))
+    r_dcm = json.load(open(out / "dicom.json"))
+    assert r_dcm["format"] == "dicom" and r_nii["lung_ml"] == r_dcm["lung_ml"]
+    assert 3000 < r_nii["lung_ml"] < 8000 and r_nii["infected_ml"] == r_dcm["infected_ml"]
+
+
+@pytest.mark.cuda
+def test_cuda_pipeline_matches_cpu(tmp_path, ckpt):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    assert screen(inp, "-o", tmp_path / "cpu", "--checkpoint", ckpt, "--device", "cpu") == 0
+    assert screen(inp, "-o", tmp_path / "gpu", "--checkpoint", ckpt, "--device", "cuda", "--workers", 2) == 0
+    for c in "abc":
+        a = np.asarray(nib.load(str(tmp_path / "cpu" / f"{c}_infection.nii.gz")).dataobj)
+        b = np.asarray(nib.load(str(tmp_path / "gpu" / f"{c}_infection.nii.gz")).dataobj)
+        assert (a == b).mean() > 0.999  # bf16 autocast may flip voxels at the decision boundary only
