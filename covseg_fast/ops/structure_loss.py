@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import triton as triton_pkg
 from ._dispatch import Backend, op_backends
@@ -38,6 +39,14 @@ def _triton_accepts(logits, target, *args) -> Optional[str]:
     return None
 
 
+def _select(logits, target, bce_mode, iou_smooth):
+    # The Triton interpreter cannot run on fake tensors (opcheck, export tracing on CPU): the reference
+    # then propagates shapes and dtypes, which are the same for every backend.
+    if triton_pkg.interpreting() and is_fake(logits):
+        return BACKENDS.reference
+    return BACKENDS.select(logits.device.type, logits, target, bce_mode, iou_smooth)
+
+
 BACKENDS = op_backends("structure_loss", _ref_forward)
 BACKENDS.register(Backend("triton", _triton_forward, triton_pkg.available, _triton_accepts))
 
@@ -59,7 +68,7 @@ def _coefficients(grad: torch.Tensor, stats: torch.Tensor, numel: int, bce_mode:
 @torch.library.triton_op("covseg::structure_loss", mutates_args=())
 def _structure_loss_op(logits: torch.Tensor, target: torch.Tensor, bce_mode: str,
                        iou_smooth: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    backend = BACKENDS.select(logits.device.type, logits, target, bce_mode, iou_smooth)
+    backend = _select(logits, target, bce_mode, iou_smooth)
     weight, stats = backend.fn(logits, target, bce_mode, iou_smooth)
     numel = logits[0].numel() if logits.shape[0] else 0
     loss = ref.combine(stats, numel, bce_mode, iou_smooth)
@@ -70,7 +79,7 @@ def _structure_loss_op(logits: torch.Tensor, target: torch.Tensor, bce_mode: str
 def _structure_loss_backward_op(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                                 weight: torch.Tensor, stats: torch.Tensor, bce_mode: str,
                                 iou_smooth: float) -> torch.Tensor:
-    backend = BACKENDS.select(logits.device.type, logits, target, bce_mode, iou_smooth)
+    backend = _select(logits, target, bce_mode, iou_smooth)
     if backend.name == "triton":
         from .triton import structure_loss as kernels
 
