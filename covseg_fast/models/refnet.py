@@ -93,6 +93,18 @@ class RefNet(nn.Module):
             self.decoder = nn.ModuleList(PlainFuse(REDUCED[i], REDUCED[i + 1], focus_align_corners)
                                          for i in range(3))
 
+    # The registry records get_model's config for checkpoints. The ImageNet file only initialises the
+    # backbone; a checkpoint carries the trained weights, so load_model must not need that file again.
+    _INIT_ONLY = ("pretrained_backbone", "verify_sha256")
+
+    @property
+    def covseg_config(self) -> dict:
+        return self._covseg_config
+
+    @covseg_config.setter
+    def covseg_config(self, config: dict) -> None:
+        self._covseg_config = {k: v for k, v in config.items() if k not in self._INIT_ONLY}
+
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]
         feats = self.backbone(x)

@@ -137,6 +137,10 @@ def test_pretrained_backbone_is_loaded(tmp_path):
     torch.save(source.state_dict(), path)
     model = get_model("refnet", pretrained_backbone=path)
     assert torch.equal(model.backbone.layer4[0].convs[1].weight, source.layer4[0].convs[1].weight)
+    ckpt = str(tmp_path / "trained.pt")
+    save_checkpoint(ckpt, model)
+    os.remove(path)  # rebuilding from a checkpoint must not need the ImageNet file
+    assert torch.equal(load_model(ckpt).backbone.layer4[0].convs[1].weight, source.layer4[0].convs[1].weight)
     with pytest.raises(FileNotFoundError, match="pretrained_backbone"):
         get_model("refnet", pretrained_backbone=str(tmp_path / "missing.pth"))
 
