@@ -1,0 +1,1 @@
+from .structure import RefNetLoss, edge_from_mask, edge_loss, structure_loss  # noqa: F401
