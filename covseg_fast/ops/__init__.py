@@ -5,5 +5,7 @@ their inputs and dispatch to the best backend (see ``_dispatch``).
 """
 from ._dispatch import REGISTRY, BackendError, forced_backend, use_backend
 from .class_prob_pool import class_prob_pool
+from .cbam import cbam_apply, cbam_channel_stats, cbam_spatial_pool
 
-__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool"]
+__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool",
+           "cbam_apply", "cbam_channel_stats", "cbam_spatial_pool"]
