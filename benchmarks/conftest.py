@@ -19,7 +19,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def pytest_collect_file(parent, file_path):
     # Collect bench_*.py files as test modules when they are given on the command line.
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # A path given on the command line is already collected by pytest's python plugin: skip it here, or every
+    # benchmark would run twice.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 

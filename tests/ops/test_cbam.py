@@ -20,7 +20,7 @@ from op_harness import (HAS_CUDA, assert_low_precision_bound, assert_same, backe
 CASES = backend_cases("cbam_apply")
 TOL = dict(atol=1e-5, rtol=1e-5)
 # (B, C, H, W): odd sizes, a single pixel, a single channel, C not a multiple of the tile.
-FIXED = [(1, 1, 1, 1), (2, 5, 7, 9), (3, 33, 5, 3), (1, 7, 1, 13), (2, 3, 11, 1)]
+FIXED = [(1, 1, 1, 1), (2, 5, 7, 9), (3, 33, 5, 3), (1, 7, 1, 13), (2, 3, 11, 1), (1, 4, 9, 15)]  # last: 3 HW splits
 
 
 def make(shape, seed, dtype=torch.float32, device="cpu", channels_last=False, ties=False):
@@ -77,7 +77,7 @@ def test_random_shapes(backend, device, seed):
 
 @pytest.mark.parametrize("backend,device", CASES)
 def test_tied_maxima_share_the_gradient_like_amax(backend, device):
-    x, ca, sa = make((2, 6, 5, 7), 3, device=device, ties=True)
+    x, ca, sa = make((2, 6, 9, 11), 3, device=device, ties=True)  # 2 HW splits: ties merge across splits
     got = run_backend(backend, grads_of, ops_forward, [t.detach().requires_grad_() for t in (x, ca, sa)])
     # the plain torch.amax / mean composition is the oracle here, not ops/reference
     def plain(x, ca, sa):

@@ -17,12 +17,13 @@ import triton.language as tl
 
 
 @triton.jit
-def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT,
+def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Per-channel partial Σ, max and #max over one HW split.
 
     grid (B, cdiv(C, BLOCK_C), S): program (b, cb, s) loops HW in [s·HW_PER_SPLIT, (s+1)·HW_PER_SPLIT)
-    and writes psum/pmax/pcnt[b, c, s] ((B, C, S) contiguous); the launcher merges the S splits.
+    and writes scale·Σ, max, #max to psum/pmax/pcnt[b, c, s] ((B, C, S) contiguous); the launcher merges
+    the S splits (with S = 1 it passes scale = 1/HW and the partials are the final mean/max/count).
     """
     b = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -46,7 +47,7 @@ def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_S
         n = tl.where(m == new_m, n, 0) + tl.where(bm == new_m, bn, 0)
         m = new_m
     out = (b * C + offs_c) * S + split
-    tl.store(psum_ptr + out, acc, mask=mask_c)
+    tl.store(psum_ptr + out, acc * scale, mask=mask_c)
     tl.store(pmax_ptr + out, m, mask=mask_c)
     tl.store(pcnt_ptr + out, n, mask=mask_c)
 
@@ -220,14 +221,17 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, max(1, b * ncb)), triton.cdiv(hw, bhw)))
     per_split = triton.cdiv(triton.cdiv(hw, splits), bhw) * bhw
     splits = triton.cdiv(hw, per_split)
-    psum = x.new_empty((b, c, splits), dtype=torch.float32)
-    pmax = x.new_empty((b, c, splits), dtype=torch.float32)
-    pcnt = x.new_empty((b, c, splits), dtype=torch.int32)
+    # One split: the kernel writes the final (B, C) mean/max/count (index (b·C + c)·1 + 0) in one launch.
+    shape = (b, c) if splits == 1 else (b, c, splits)
+    psum = x.new_empty(shape, dtype=torch.float32)
+    pmax = x.new_empty(shape, dtype=torch.float32)
+    pcnt = x.new_empty(shape, dtype=torch.int32)
     if b > 0:
         wrap_triton(stats_partial_kernel)[(b, ncb, splits)](
-            x, psum, pmax, pcnt, c, hw, splits, per_split, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+            x, psum, pmax, pcnt, c, hw, splits, per_split, 1.0 / hw if splits == 1 else 1.0, *_strides(x),
+            BLOCK_C=bc, BLOCK_HW=bhw)
     if splits == 1:
-        return psum[..., 0] / hw, pmax[..., 0].clone(), pcnt[..., 0].clone()
+        return psum, pmax, pcnt
     mx = pmax.amax(dim=-1)
     cnt = torch.where(pmax == mx[..., None], pcnt, 0).sum(dim=-1, dtype=torch.int32)
     return psum.sum(dim=-1) / hw, mx, cnt
