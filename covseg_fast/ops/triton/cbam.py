@@ -211,6 +211,18 @@ def _blocks(c: int, hw: int) -> tuple[int, int]:
     return min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(hw))
 
 
+def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
+    """Tiles for the kernels whose programs own a pixel block and loop over C (grid (B, cdiv(HW, BLOCK_HW))).
+
+    Small maps (refnet_f5: 16×2048×11²) would give too few programs to fill the GPU, so BLOCK_HW shrinks
+    (down to 16) until there are ≥ 2 programs per SM, and BLOCK_C grows to keep a ~2048-element tile.
+    """
+    bhw = min(64, triton.next_power_of_2(hw))
+    while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * 132:
+        bhw //= 2
+    return min(triton.next_power_of_2(c), 2048 // bhw), bhw
+
+
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, C, H, W) → mean, max (B, C) fp32 and #max (B, C) int32; split-HW partials merged in PyTorch."""
     x = _dense(x)
@@ -258,7 +270,7 @@ def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch
     hw = h * w
     pooled = x.new_empty((b, 2, h, w), dtype=torch.float32)
     cnt = x.new_empty((b, h, w), dtype=torch.int32)
-    bc, bhw = _blocks(c, hw)
+    bc, bhw = _pixel_blocks(b, c, hw)
     if b > 0:
         wrap_triton(pool_kernel)[(b, triton.cdiv(hw, bhw))](
             x, ca.contiguous(), pooled, cnt, c, hw, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
@@ -270,7 +282,7 @@ def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, t
     x = _dense(x)
     b, c, h, w = x.shape
     hw = h * w
-    bc, bhw = _blocks(c, hw)
+    bc, bhw = _pixel_blocks(b, c, hw)
     nb = triton.cdiv(hw, bhw)
     gx = torch.empty_like(x)
     pca = x.new_empty((b, c, nb), dtype=torch.float32)
@@ -299,7 +311,7 @@ def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     x, g = _dense(x), _dense(g)
     b, c, h, w = x.shape
     hw = h * w
-    bc, bhw = _blocks(c, hw)
+    bc, bhw = _pixel_blocks(b, c, hw)
     nb = triton.cdiv(hw, bhw)
     gx = torch.empty_like(x)
     pca = x.new_empty((b, c, nb), dtype=torch.float32)
