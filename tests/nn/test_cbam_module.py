@@ -143,3 +143,15 @@ def test_reference_module_is_the_functional_spec(training):
                 training=training, momentum=0.01, eps=1e-5)
     assert_same(ref(x), want, atol=1e-6, rtol=1e-6)
     assert_same([sg.bn.running_mean, sg.bn.running_var], [rm, rv], atol=1e-7, rtol=1e-7, what="running stats")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_fused_path_saves_no_full_size_intermediate(backend, device):
+    """Every full-size tensor autograd keeps for backward is x itself (x·ca and x·ca·sa are never stored)."""
+    fused, _ = pair(16, 7, device)
+    x = inputs((2, 16, 6, 5), 8, device).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        run_backend(backend, fused, x)
+    full = [t for t in saved if t.numel() == x.numel()]
+    assert full and all(t.data_ptr() == x.data_ptr() for t in full), [tuple(t.shape) for t in full]
