@@ -226,7 +226,7 @@ def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, C, H, W) → mean, max (B, C) fp32 and #max (B, C) int32; split-HW partials merged in PyTorch."""
     x = _dense(x)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     bc, bhw = _blocks(c, hw)
     ncb = triton.cdiv(c, bc)
@@ -252,7 +252,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def channel_stats_backward(g_mean, g_max, x, mx, cnt) -> torch.Tensor:
     """grad_x (x.dtype, x's layout) of the channel stats."""
     x = _dense(x)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     gx = torch.empty_like(x)
     bc, bhw = _blocks(c, hw)
@@ -266,7 +266,7 @@ def channel_stats_backward(g_mean, g_max, x, mx, cnt) -> torch.Tensor:
 def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W), (B, C) → pooled (B, 2, H, W) fp32 [max, mean] of x·ca, #max (B, H, W) int32."""
     x = _dense(x)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     pooled = x.new_empty((b, 2, h, w), dtype=torch.float32)
     cnt = x.new_empty((b, h, w), dtype=torch.int32)
@@ -280,7 +280,7 @@ def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch
 def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x in x.dtype / x's layout, grad_ca in ca.dtype) of the spatial pool."""
     x = _dense(x)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     bc, bhw = _pixel_blocks(b, c, hw)
     nb = triton.cdiv(hw, bhw)
@@ -296,7 +296,7 @@ def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, t
 def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
     """x·ca·sa in x.dtype and x's layout."""
     x = _dense(x)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     out = torch.empty_like(x)
     bc, bhw = _blocks(c, hw)
@@ -309,7 +309,7 @@ def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
 def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_ca, grad_sa) of x·ca·sa, each in its input's dtype."""
     x, g = _dense(x), _dense(g)
-    b, c, h, w = x.shape
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
     bc, bhw = _pixel_blocks(b, c, hw)
     nb = triton.cdiv(hw, bhw)
