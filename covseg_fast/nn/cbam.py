@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.cbam import cbam as _cbam_fused
+
 
 class ChannelGate(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
@@ -59,4 +61,10 @@ class CBAM(nn.Module):
             nn.init.zeros_(self.spatial_gate.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial_gate(self.channel_gate(x))
+        if not self.fused:
+            return self.spatial_gate(self.channel_gate(x))
+        fc1, fc2 = self.channel_gate.mlp[0], self.channel_gate.mlp[2]
+        sg = self.spatial_gate
+        # Fused ops for the three passes over x; the MLP, 7×7 conv and this very BatchNorm2d module stay in
+        # PyTorch, so training/eval behaviour and running-statistic updates are nn.BatchNorm2d's own.
+        return _cbam_fused(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, sg.conv.weight, sg.bn)

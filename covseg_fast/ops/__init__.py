@@ -4,7 +4,9 @@ Importing this package registers every op. The public functions validate
 their inputs and dispatch to the best backend (see ``_dispatch``).
 """
 from ._dispatch import REGISTRY, BackendError, forced_backend, use_backend
+from .cbam import cbam_apply, cbam_channel_stats, cbam_spatial_pool
 from .class_prob_pool import class_prob_pool
 from .structure_loss import structure_loss
 
-__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool", "structure_loss"]
+__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "cbam_apply", "cbam_channel_stats",
+           "cbam_spatial_pool", "class_prob_pool", "structure_loss"]

@@ -1,0 +1,91 @@
+"""CBAM block: eager reference vs torch.compile(reference) vs the fused ops (KERNELS.md §3).
+
+Run: ``OMP_NUM_THREADS=1 python -m pytest benchmarks/ops/bench_cbam.py --benchmark-json out.json``
+(GPU shapes skip with a reason on CPU; ``cpu_tiny`` runs anywhere, where the fused provider is served by the
+reference ops unless Triton can run).
+
+The whole ``nn.CBAM`` block is timed (MLP reduction 16, train-mode BatchNorm for fwd+bwd, eval for fwd),
+bf16 on CUDA. ``fwd`` = inference forward under no_grad; ``fwd+bwd`` = forward + backward of sum(out·g).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import measure_peak_memory, synchronize
+from covseg_fast.nn import CBAM
+
+HAS_CUDA = torch.cuda.is_available()
+# name: (B, C, H, W)
+SHAPES = {
+    "msa_l0": (16, 64, 256, 256),
+    "msa_l1": (16, 128, 128, 128),
+    "msa_l2": (16, 256, 64, 64),
+    "msa_l3": (16, 512, 32, 32),
+    "msa_l4": (16, 512, 16, 16),
+    "refnet_f5": (16, 2048, 11, 11),
+    "cpu_tiny": (2, 32, 24, 24),
+}
+PROVIDERS = ["eager", "compile", "fused"]
+MODES = ["fwd", "fwd+bwd"]
+
+
+def _case(shape_name: str):
+    if shape_name == "cpu_tiny":
+        return "cpu", torch.float32
+    if not HAS_CUDA:
+        pytest.skip(f"{shape_name} is a GPU shape; this machine has no CUDA device")
+    return "cuda", torch.bfloat16
+
+
+def _models(channels: int, device: str, dtype: torch.dtype):
+    torch.manual_seed(0)
+    ref = CBAM(channels, zero_spatial_bn=False, fused=False)
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    return ref.to(device=device, dtype=dtype), fused.to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_cbam(benchmark, record, provider, shape_name, mode):
+    device, dtype = _case(shape_name)
+    b, c, h, w = SHAPES[shape_name]
+    benchmark.group = f"cbam {shape_name} {mode}"
+    ref, fused = _models(c, device, dtype)
+    model = {"eager": ref, "compile": torch.compile(copy.deepcopy(ref)), "fused": fused}[provider]
+    train = mode == "fwd+bwd"
+    model.train(train), ref.train(train)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype)
+    g = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype)
+    xg = x.clone().requires_grad_(train)
+
+    def step():
+        if train:
+            out = model(xg)
+            out.backward(g)
+            xg.grad = None
+        else:
+            with torch.no_grad():
+                out = model(x)
+        synchronize(device)
+        return out
+
+    for _ in range(3):  # warm-up: compile, autotune, cudnn
+        step()
+    peak = measure_peak_memory(step, device)
+    record(provider=provider, shape=shape_name, mode=mode, dtype=str(dtype), bytes_x=x.numel() * x.element_size(),
+           peak_memory_bytes=peak)
+    rounds = 5 if device == "cpu" else 30
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+
+    # check the output after timing: train mode normalises with batch statistics and eval mode never updated
+    # the running ones, so the providers' different step counts cannot make them differ
+    with torch.no_grad():
+        out, want = model(x), ref(x)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)

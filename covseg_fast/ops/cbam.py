@@ -1,0 +1,265 @@
+"""Fused CBAM (MODELS.md §2.6) as three custom ops around a PyTorch MLP / 7×7 conv / BatchNorm.
+
+    covseg::cbam_channel_stats(x)        → mean_HW x, max_HW x (fp32), #max        pass 1: reads x
+    (PyTorch) ca = σ(MLP(mean) + MLP(max))                                          (B, C): tiny
+    covseg::cbam_spatial_pool(x, ca)     → [max_C, mean_C](x·ca) (fp32), #max      pass 2: reads x
+    (PyTorch) sa = σ(BN(conv7×7(pooled)))                                           (B, 1, H, W): 2/C of x
+    covseg::cbam_apply(x, ca, sa)        → x·ca·sa                                  pass 3: reads x, writes out
+
+Forward traffic is 4E (E = bytes of x), the floor of KERNELS.md §3 without SMEM halo tiles; no
+full-size intermediate is written (x₁ = x·ca is recomputed, never stored). The conv and BN stay in
+PyTorch on purpose: BN then *is* ``nn.BatchNorm2d`` (batch statistics in training, running-stat update
+with unbiased variance and momentum, running statistics in eval), so the ops mutate nothing.
+
+Backends, in preference order: ``triton`` (CUDA; CPU under TRITON_INTERPRET=1; fp32/fp16/bf16), then
+``reference`` (ops/reference/cbam.py; also float64). Each op has a separate backward op
+``covseg::_<op>_backward``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import triton as _triton_pkg
+from ._dispatch import Backend, op_backends
+from .reference import cbam as ref
+
+tk = None
+if _triton_pkg.import_error is None:
+    from .triton import cbam as tk  # noqa: F811
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+Tensor = torch.Tensor
+
+
+def _triton_accepts(x: Tensor, *rest) -> Optional[str]:
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {x.dtype} is not float32/float16/bfloat16 (the reference serves it)"
+    return None
+
+
+_OPS = ("cbam_channel_stats", "cbam_spatial_pool", "cbam_apply")
+_REF = {"cbam_channel_stats": (ref.channel_stats, ref.channel_stats_backward),
+        "cbam_spatial_pool": (ref.spatial_pool, ref.spatial_pool_backward),
+        "cbam_apply": (ref.apply, ref.apply_backward)}
+_TRITON = {} if tk is None else {"cbam_channel_stats": (tk.channel_stats, tk.channel_stats_backward),
+                                 "cbam_spatial_pool": (tk.spatial_pool, tk.spatial_pool_backward),
+                                 "cbam_apply": (tk.apply, tk.apply_backward)}
+BACKENDS = {}
+for _name in _OPS:
+    BACKENDS[_name] = op_backends(_name, _REF[_name][0])
+    if tk is not None:
+        BACKENDS[_name].register(Backend("triton", _TRITON[_name][0], _triton_pkg.available, _triton_accepts))
+
+
+def _impl(op: str, x: Tensor, backward: bool = False) -> Callable:
+    name = BACKENDS[op].select(x.device.type, x).name
+    table = _TRITON if name == "triton" else _REF
+    return table[op][1 if backward else 0]
+
+
+# ---------------------------------------------------------------- covseg::cbam_channel_stats
+@torch.library.triton_op("covseg::cbam_channel_stats", mutates_args=())
+def _channel_stats_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("cbam_channel_stats", x)(x)
+
+
+@torch.library.triton_op("covseg::_cbam_channel_stats_backward", mutates_args=())
+def _channel_stats_backward_op(g_mean: Tensor, g_max: Tensor, x: Tensor, mx: Tensor, count: Tensor) -> Tensor:
+    return _impl("cbam_channel_stats", x, backward=True)(g_mean, g_max, x, mx, count)
+
+
+@_channel_stats_op.register_fake
+def _(x):
+    b, c = x.shape[:2]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((b, c), dtype=acc), x.new_empty((b, c), dtype=acc), x.new_empty((b, c), dtype=torch.int32)
+
+
+@_channel_stats_backward_op.register_fake
+def _(g_mean, g_max, x, mx, count):
+    return torch.empty_like(x)
+
+
+def _stats_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1], output[2])
+
+
+def _stats_backward(ctx, g_mean, g_max, _g_count):
+    x, mx, count = ctx.saved_tensors
+    g_mean = torch.zeros_like(mx) if g_mean is None else g_mean
+    g_max = torch.zeros_like(mx) if g_max is None else g_max
+    return torch.ops.covseg._cbam_channel_stats_backward(g_mean, g_max, x, mx, count)
+
+
+_channel_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
+
+
+# ---------------------------------------------------------------- covseg::cbam_spatial_pool
+@torch.library.triton_op("covseg::cbam_spatial_pool", mutates_args=())
+def _spatial_pool_op(x: Tensor, ca: Tensor) -> tuple[Tensor, Tensor]:
+    return _impl("cbam_spatial_pool", x)(x, ca)
+
+
+@torch.library.triton_op("covseg::_cbam_spatial_pool_backward", mutates_args=())
+def _spatial_pool_backward_op(g_pooled: Tensor, x: Tensor, ca: Tensor, pooled: Tensor, count: Tensor
+                              ) -> tuple[Tensor, Tensor]:
+    return _impl("cbam_spatial_pool", x, backward=True)(g_pooled, x, ca, pooled, count)
+
+
+@_spatial_pool_op.register_fake
+def _(x, ca):
+    b, _, h, w = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((b, 2, h, w), dtype=acc), x.new_empty((b, h, w), dtype=torch.int32)
+
+
+@_spatial_pool_backward_op.register_fake
+def _(g_pooled, x, ca, pooled, count):
+    return torch.empty_like(x), torch.empty_like(ca)
+
+
+def _pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1], output[0], output[1])
+
+
+def _pool_backward(ctx, g_pooled, _g_count):
+    x, ca, pooled, count = ctx.saved_tensors
+    g_pooled = torch.zeros_like(pooled) if g_pooled is None else g_pooled
+    return torch.ops.covseg._cbam_spatial_pool_backward(g_pooled, x, ca, pooled, count)
+
+
+_spatial_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
+
+
+# ---------------------------------------------------------------- covseg::cbam_apply
+@torch.library.triton_op("covseg::cbam_apply", mutates_args=())
+def _apply_op(x: Tensor, ca: Tensor, sa: Tensor) -> Tensor:
+    return _impl("cbam_apply", x)(x, ca, sa)
+
+
+@torch.library.triton_op("covseg::_cbam_apply_backward", mutates_args=())
+def _apply_backward_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl("cbam_apply", x, backward=True)(g, x, ca, sa)
+
+
+@_apply_op.register_fake
+def _(x, ca, sa):
+    return torch.empty_like(x)
+
+
+@_apply_backward_op.register_fake
+def _(g, x, ca, sa):
+    return torch.empty_like(x), torch.empty_like(ca), torch.empty_like(sa)
+
+
+def _apply_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _apply_backward(ctx, g):
+    x, ca, sa = ctx.saved_tensors
+    return torch.ops.covseg._cbam_apply_backward(g, x, ca, sa)
+
+
+_apply_op.register_autograd(_apply_backward, setup_context=_apply_setup)
+
+
+# ---------------------------------------------------------------- public functions
+def _check_x(op: str, x: Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: x dtype must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[1] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{op}: C, H and W must be ≥ 1, got shape {tuple(x.shape)}")
+
+
+def _check_small(op: str, what: str, t: Tensor, shape: tuple[int, ...], x: Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {what} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{op}: {what} must have shape {shape} for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {what} must be floating point, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: {what} is on {t.device} but x is on {x.device}")
+
+
+def cbam_channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and max over H, W in one pass.
+
+    Args:
+        x: (B, C, H, W) float32/float16/bfloat16/float64, NCHW or channels_last.
+    Returns:
+        (mean, max), each (B, C) float32 (float64 for float64 x). Differentiable (max gradient shared
+        evenly among ties, as ``torch.amax``).
+    Raises:
+        ValueError / TypeError: not 4-D, empty C/H/W, non-float dtype.
+    """
+    _check_x("cbam_channel_stats", x)
+    mean, mx, _ = torch.ops.covseg.cbam_channel_stats(x)
+    return mean, mx
+
+
+def cbam_spatial_pool(x: Tensor, ca: Tensor) -> Tensor:
+    """[max over C, mean over C] of x·ca without materialising x·ca.
+
+    Args:
+        x: (B, C, H, W); ca: (B, C) channel gate, floating point, same device.
+    Returns:
+        (B, 2, H, W) float32 (float64 for float64 x), channel 0 the max, channel 1 the mean.
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes or devices.
+    """
+    _check_x("cbam_spatial_pool", x)
+    _check_small("cbam_spatial_pool", "ca", ca, tuple(x.shape[:2]), x)
+    return torch.ops.covseg.cbam_spatial_pool(x, ca)[0]
+
+
+def cbam_apply(x: Tensor, ca: Tensor, sa: Tensor) -> Tensor:
+    """out = x · ca[:, :, None, None] · sa, fp32 math, rounded once to x.dtype (x's memory layout).
+
+    Args:
+        x: (B, C, H, W); ca: (B, C); sa: (B, 1, H, W); floating point, same device.
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes or devices.
+    """
+    _check_x("cbam_apply", x)
+    _check_small("cbam_apply", "ca", ca, tuple(x.shape[:2]), x)
+    _check_small("cbam_apply", "sa", sa, (x.shape[0], 1, x.shape[2], x.shape[3]), x)
+    return torch.ops.covseg.cbam_apply(x, ca, sa)
+
+
+def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight: Tensor,
+         batch_norm: Callable[[Tensor], Tensor]) -> Tensor:
+    """The whole CBAM block on the fused ops (same result as ``reference.cbam.cbam``).
+
+    Args:
+        x: (B, C, H, W). w1 (h, C), b1 (h,), w2 (C, h), b2 (C,): the shared MLP.
+        conv_weight: (1, 2, k, k) bias-free spatial conv (k odd).
+        batch_norm: applied to the (B, 1, H, W) conv output: an ``nn.BatchNorm2d(1)`` (it then uses batch
+            statistics and updates its running statistics in training, running statistics in eval, exactly
+            as in the reference) or e.g. ``functools.partial(F.batch_norm, ...)``.
+    Returns:
+        (B, C, H, W) in x.dtype and x's memory layout.
+    Raises:
+        ValueError / TypeError: bad x, or MLP / conv weights that do not fit C.
+    """
+    _check_x("cbam", x)
+    c = x.shape[1]
+    if w1.dim() != 2 or w1.shape[1] != c or tuple(w2.shape) != (c, w1.shape[0]):
+        raise ValueError(f"cbam: MLP weights {tuple(w1.shape)}, {tuple(w2.shape)} do not fit C={c}")
+    if conv_weight.dim() != 4 or tuple(conv_weight.shape[:2]) != (1, 2) or conv_weight.shape[-1] % 2 == 0:
+        raise ValueError(f"cbam: conv_weight must be (1, 2, k, k) with k odd, got {tuple(conv_weight.shape)}")
+    mean, mx = cbam_channel_stats(x)
+    logits = ref.mlp(torch.cat([mean, mx]).to(x.dtype), w1, b1, w2, b2)  # one MLP call for both pools
+    ca = torch.sigmoid(logits[: x.shape[0]] + logits[x.shape[0]:])
+    pooled = cbam_spatial_pool(x, ca).to(x.dtype)
+    sa = torch.sigmoid(batch_norm(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2)))
+    return cbam_apply(x, ca, sa)

@@ -1,0 +1,323 @@
+"""Triton kernels of the CBAM ops (spec: covseg_fast/ops/reference/cbam.py).
+
+Layout: every full-size tensor (x, grad_out, out, grad_x) is read as (B, C, HW) through
+(stride_b, stride_c, stride_hw); NCHW and channels_last both flatten H, W into one HW axis
+(the launchers make other layouts contiguous first). Small tensors (ca (B, C), sa (B, HW),
+pooled (B, 2, HW), counts) are contiguous. All math is fp32; full-size outputs are rounded
+once to x.dtype. Tiles are [BLOCK_C, BLOCK_HW].
+
+Max ties: a running (max, count) pair is merged block by block
+    m' = max(m, bm);  n' = n·[m = m'] + bn·[bm = m']
+so the backward can share a max's gradient evenly among ties, as torch.amax does.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
+                         sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Per-channel partial Σ, max and #max over one HW split.
+
+    grid (B, cdiv(C, BLOCK_C), S): program (b, cb, s) loops HW in [s·HW_PER_SPLIT, (s+1)·HW_PER_SPLIT)
+    and writes scale·Σ, max, #max to psum/pmax/pcnt[b, c, s] ((B, C, S) contiguous); the launcher merges
+    the S splits (with S = 1 it passes scale = 1/HW and the partials are the final mean/max/count).
+    """
+    b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    mask_c = offs_c < C
+    lo = split * HW_PER_SPLIT
+    hi = tl.minimum(lo + HW_PER_SPLIT, HW)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m = tl.full([BLOCK_C], float("-inf"), dtype=tl.float32)
+    n = tl.zeros([BLOCK_C], dtype=tl.int32)
+    base = x_ptr + b * sxb + offs_c[:, None].to(tl.int64) * sxc
+    for start in range(lo, hi, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw < hi)[None, :]
+        v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.sum(v, axis=1)
+        vm = tl.where(mask, v, float("-inf"))
+        bm = tl.max(vm, axis=1)
+        bn = tl.sum(((vm == bm[:, None]) & mask).to(tl.int32), axis=1)
+        new_m = tl.maximum(m, bm)
+        n = tl.where(m == new_m, n, 0) + tl.where(bm == new_m, bn, 0)
+        m = new_m
+    out = (b * C + offs_c) * S + split
+    tl.store(psum_ptr + out, acc * scale, mask=mask_c)
+    tl.store(pmax_ptr + out, m, mask=mask_c)
+    tl.store(pcnt_ptr + out, n, mask=mask_c)
+
+
+@triton.jit
+def stats_backward_kernel(x_ptr, gmean_ptr, gmax_ptr, mx_ptr, cnt_ptr, gx_ptr, C, HW, inv_hw,
+                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """grad_x[b, c, p] = g_mean[b, c]/HW + g_max[b, c]·[x = max[b, c]]/count[b, c].
+
+    grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); grad_x has x's strides.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = mask_c[:, None] & (offs_hw < HW)[None, :]
+    small = b * C + offs_c
+    gmean = tl.load(gmean_ptr + small, mask=mask_c, other=0.0) * inv_hw
+    mx = tl.load(mx_ptr + small, mask=mask_c, other=0.0)
+    cnt = tl.maximum(tl.load(cnt_ptr + small, mask=mask_c, other=1), 1).to(tl.float32)
+    gmax = tl.load(gmax_ptr + small, mask=mask_c, other=0.0) / cnt
+    off = b * sxb + offs_c[:, None].to(tl.int64) * sxc + offs_hw[None, :].to(tl.int64) * sxhw
+    v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    g = gmean[:, None] + tl.where(v == mx[:, None], gmax[:, None], 0.0)
+    tl.store(gx_ptr + off, g.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """pooled[b, 0, p] = max_c x·ca, pooled[b, 1, p] = mean_c x·ca, cnt[b, p] = #max; x₁ is never stored.
+
+    grid (B, cdiv(HW, BLOCK_HW)): each program loops over all channels of its pixel block.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    m = tl.full([BLOCK_HW], float("-inf"), dtype=tl.float32)
+    n = tl.zeros([BLOCK_HW], dtype=tl.int32)
+    base = x_ptr + b * sxb + offs_hw[None, :].to(tl.int64) * sxhw
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        ca = tl.load(ca_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        v = tl.load(base + offs_c[:, None].to(tl.int64) * sxc, mask=mask, other=0.0).to(tl.float32) * ca[:, None]
+        acc += tl.sum(v, axis=0)
+        vm = tl.where(mask, v, float("-inf"))
+        bm = tl.max(vm, axis=0)
+        bn = tl.sum(((vm == bm[None, :]) & mask).to(tl.int32), axis=0)
+        new_m = tl.maximum(m, bm)
+        n = tl.where(m == new_m, n, 0) + tl.where(bm == new_m, bn, 0)
+        m = new_m
+    tl.store(pooled_ptr + (b * 2) * HW + offs_hw, m, mask=mask_hw)
+    tl.store(pooled_ptr + (b * 2 + 1) * HW + offs_hw, acc * inv_c, mask=mask_hw)
+    tl.store(cnt_ptr + b * HW + offs_hw, n, mask=mask_hw)
+
+
+@triton.jit
+def pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca_ptr, C, HW, NB, inv_c,
+                         sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """g₁ = g_max·[x·ca = max]/count + g_mean/C;  grad_x = g₁·ca;  partial grad_ca = Σ_(pixel block) g₁·x.
+
+    grid (B, NB = cdiv(HW, BLOCK_HW)); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
+    over blocks by the launcher (deterministic, no atomics). gp is (B, 2, HW) contiguous fp32.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    mx = tl.load(pooled_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0)
+    cnt = tl.maximum(tl.load(cnt_ptr + b * HW + offs_hw, mask=mask_hw, other=1), 1).to(tl.float32)
+    gmax = tl.load(gp_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0) / cnt
+    gmean = tl.load(gp_ptr + (b * 2 + 1) * HW + offs_hw, mask=mask_hw, other=0.0) * inv_c
+    pix = b * sxb + offs_hw[None, :].to(tl.int64) * sxhw
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        ca = tl.load(ca_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        off = pix + offs_c[:, None].to(tl.int64) * sxc
+        v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        g1 = tl.where(v * ca[:, None] == mx[None, :], gmax[None, :], 0.0) + gmean[None, :]
+        g1 = tl.where(mask, g1, 0.0)
+        tl.store(gx_ptr + off, (g1 * ca[:, None]).to(gx_ptr.dtype.element_ty), mask=mask)
+        tl.store(pca_ptr + (b * C + offs_c) * NB + blk, tl.sum(g1 * v, axis=1), mask=mask_c)
+
+
+@triton.jit
+def apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
+                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """out[b, c, p] = x·ca[b, c]·sa[b, p]; grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); out has x's strides."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask_hw = offs_hw < HW
+    mask = mask_c[:, None] & mask_hw[None, :]
+    ca = tl.load(ca_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    sa = tl.load(sa_ptr + b * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32)
+    off = b * sxb + offs_c[:, None].to(tl.int64) * sxc + offs_hw[None, :].to(tl.int64) * sxhw
+    v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, (v * ca[:, None] * sa[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def apply_backward_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, gx_ptr, pca_ptr, gsa_ptr, C, HW, NB,
+                          sxb, sxc, sxhw, sgb, sgc, sghw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """grad_x = g·ca·sa;  grad_sa[b, p] = Σ_c g·x·ca;  partial grad_ca[b, c, block] = Σ_(pixel block) g·x·sa.
+
+    grid (B, NB = cdiv(HW, BLOCK_HW)): each program loops over all channels of its pixel block, so
+    grad_sa is complete in-program (fp32, (B, HW)); pca is (B, C, NB) fp32, summed by the launcher.
+    g has its own strides; grad_x has x's.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_hw = offs_hw < HW
+    sa = tl.load(sa_ptr + b * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32)
+    gsa = tl.zeros([BLOCK_HW], dtype=tl.float32)
+    hw64 = offs_hw[None, :].to(tl.int64)
+    for start in range(0, C, BLOCK_C):
+        offs_c = start + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask = mask_c[:, None] & mask_hw[None, :]
+        c64 = offs_c[:, None].to(tl.int64)
+        ca = tl.load(ca_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + b * sxb + c64 * sxc + hw64 * sxhw, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + b * sgb + c64 * sgc + hw64 * sghw, mask=mask, other=0.0).to(tl.float32)
+        gx = g * ca[:, None]
+        tl.store(gx_ptr + b * sxb + c64 * sxc + hw64 * sxhw, (gx * sa[None, :]).to(gx_ptr.dtype.element_ty),
+                 mask=mask)
+        gsa += tl.sum(gx * v, axis=0)
+        tl.store(pca_ptr + (b * C + offs_c) * NB + blk, tl.sum(g * v * sa[None, :], axis=1), mask=mask_c)
+    tl.store(gsa_ptr + b * HW + offs_hw, gsa, mask=mask_hw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (called inside the torch.library.triton_op bodies, so kernels go through wrap_triton)
+# ----------------------------------------------------------------------------------------------
+import torch  # noqa: E402
+from torch.library import wrap_triton  # noqa: E402
+
+_TARGET_PROGRAMS = 528  # ≈ 4 programs per SM on an H100 (132 SMs): enough to fill it for the stats pass
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself if NCHW- or channels_last-contiguous, else an NCHW-contiguous copy."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(stride_b, stride_c, stride_hw) of a dense (B, C, H, W) tensor read as (B, C, HW)."""
+    return t.stride(0), t.stride(1), (t.stride(3) if t.size(3) > 1 else t.stride(2))
+
+
+def _blocks(c: int, hw: int) -> tuple[int, int]:
+    return min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(hw))
+
+
+def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
+    """Tiles for the kernels whose programs own a pixel block and loop over C (grid (B, cdiv(HW, BLOCK_HW))).
+
+    Small maps (refnet_f5: 16×2048×11²) would give too few programs to fill the GPU, so BLOCK_HW shrinks
+    (down to 16) until there are ≥ 2 programs per SM, and BLOCK_C grows to keep a ~2048-element tile.
+    """
+    bhw = min(64, triton.next_power_of_2(hw))
+    while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * 132:
+        bhw //= 2
+    return min(triton.next_power_of_2(c), 2048 // bhw), bhw
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) → mean, max (B, C) fp32 and #max (B, C) int32; split-HW partials merged in PyTorch."""
+    x = _dense(x)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    bc, bhw = _blocks(c, hw)
+    ncb = triton.cdiv(c, bc)
+    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, max(1, b * ncb)), triton.cdiv(hw, bhw)))
+    per_split = triton.cdiv(triton.cdiv(hw, splits), bhw) * bhw
+    splits = triton.cdiv(hw, per_split)
+    # One split: the kernel writes the final (B, C) mean/max/count (index (b·C + c)·1 + 0) in one launch.
+    shape = (b, c) if splits == 1 else (b, c, splits)
+    psum = x.new_empty(shape, dtype=torch.float32)
+    pmax = x.new_empty(shape, dtype=torch.float32)
+    pcnt = x.new_empty(shape, dtype=torch.int32)
+    if b > 0:
+        wrap_triton(stats_partial_kernel)[(b, ncb, splits)](
+            x, psum, pmax, pcnt, c, hw, splits, per_split, 1.0 / hw if splits == 1 else 1.0, *_strides(x),
+            BLOCK_C=bc, BLOCK_HW=bhw)
+    if splits == 1:
+        return psum, pmax, pcnt
+    mx = pmax.amax(dim=-1)
+    cnt = torch.where(pmax == mx[..., None], pcnt, 0).sum(dim=-1, dtype=torch.int32)
+    return psum.sum(dim=-1) / hw, mx, cnt
+
+
+def channel_stats_backward(g_mean, g_max, x, mx, cnt) -> torch.Tensor:
+    """grad_x (x.dtype, x's layout) of the channel stats."""
+    x = _dense(x)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    gx = torch.empty_like(x)
+    bc, bhw = _blocks(c, hw)
+    if b > 0:
+        wrap_triton(stats_backward_kernel)[(b, triton.cdiv(hw, bhw), triton.cdiv(c, bc))](
+            x, g_mean.float().contiguous(), g_max.float().contiguous(), mx.contiguous(), cnt.contiguous(), gx,
+            c, hw, 1.0 / hw, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    return gx
+
+
+def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W), (B, C) → pooled (B, 2, H, W) fp32 [max, mean] of x·ca, #max (B, H, W) int32."""
+    x = _dense(x)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    pooled = x.new_empty((b, 2, h, w), dtype=torch.float32)
+    cnt = x.new_empty((b, h, w), dtype=torch.int32)
+    bc, bhw = _pixel_blocks(b, c, hw)
+    if b > 0:
+        wrap_triton(pool_kernel)[(b, triton.cdiv(hw, bhw))](
+            x, ca.contiguous(), pooled, cnt, c, hw, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    return pooled, cnt
+
+
+def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x in x.dtype / x's layout, grad_ca in ca.dtype) of the spatial pool."""
+    x = _dense(x)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    bc, bhw = _pixel_blocks(b, c, hw)
+    nb = triton.cdiv(hw, bhw)
+    gx = torch.empty_like(x)
+    pca = x.new_empty((b, c, nb), dtype=torch.float32)
+    if b > 0:
+        wrap_triton(pool_backward_kernel)[(b, nb)](
+            x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.float().contiguous(), gx, pca,
+            c, hw, nb, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    return gx, pca.sum(dim=-1).to(ca.dtype)
+
+
+def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
+    """x·ca·sa in x.dtype and x's layout."""
+    x = _dense(x)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    out = torch.empty_like(x)
+    bc, bhw = _blocks(c, hw)
+    if b > 0:
+        wrap_triton(apply_kernel)[(b, triton.cdiv(hw, bhw), triton.cdiv(c, bc))](
+            x, ca.contiguous(), sa.contiguous(), out, c, hw, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    return out
+
+
+def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_ca, grad_sa) of x·ca·sa, each in its input's dtype."""
+    x, g = _dense(x), _dense(g)
+    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
+    hw = h * w
+    bc, bhw = _pixel_blocks(b, c, hw)
+    nb = triton.cdiv(hw, bhw)
+    gx = torch.empty_like(x)
+    pca = x.new_empty((b, c, nb), dtype=torch.float32)
+    gsa = x.new_empty((b, 1, h, w), dtype=torch.float32)
+    if b > 0:
+        wrap_triton(apply_backward_kernel)[(b, nb)](
+            x, g, ca.contiguous(), sa.contiguous(), gx, pca, gsa, c, hw, nb,
+            *_strides(x), *_strides(g), BLOCK_C=bc, BLOCK_HW=bhw)
+    return gx, pca.sum(dim=-1).to(ca.dtype), gsa.to(sa.dtype)
