@@ -5,5 +5,6 @@ their inputs and dispatch to the best backend (see ``_dispatch``).
 """
 from ._dispatch import REGISTRY, BackendError, forced_backend, use_backend
 from .class_prob_pool import class_prob_pool
+from .strip_conv import strip_conv
 
-__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool"]
+__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool", "strip_conv"]
