@@ -128,11 +128,10 @@ def _dwconv_wgrad_kernel(
 def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_H, BLOCK_W): channels-heavy tiles for channels_last, row-heavy for NCHW."""
     c = x.shape[1]
-    channels_last = x.stride(1) == 1 and x.shape[1] > 1
-    if channels_last:
-        return min(32, triton.next_power_of_2(c)), 4, 8
     if x.device.type == "cpu":  # interpreter: few large programs (its cost is per program and per op)
         return min(16, triton.next_power_of_2(c)), 16, 32
+    if x.stride(1) == 1 and c > 1:  # channels_last: vectorise along C
+        return min(32, triton.next_power_of_2(c)), 4, 8
     return min(4, triton.next_power_of_2(c)), 8, 32
 
 
