@@ -6,7 +6,8 @@ Backends, in preference order: ``triton`` (ops/triton/strip_conv.py; CUDA tensor
 under ``TRITON_INTERPRET=1``), ``reference`` (ops/reference/strip_conv.py). The backward is its own
 op, ``covseg::_strip_conv_backward``, returning the gradients of x and of every weight and bias;
 it recomputes a0 and the horizontal strips instead of saving them (only x and the weights are
-saved). Kernel sizes come from the weight shapes, so any odd sizes and any number of branches work.
+saved). Kernel sizes come from the weight shapes, so any odd sizes work; the Triton backend takes up
+to 3 strip branches (more are served by the reference).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from .reference import strip_conv as ref
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _triton_accepts(x, *args) -> Optional[str]:
+def _triton_accepts(x, wh=(), *args) -> Optional[str]:
     if x.dtype not in FLOAT_DTYPES:
         return f"dtype {x.dtype} not supported by the Triton kernels (float32/float16/bfloat16 only)"
+    if len(wh) > 3:
+        return f"{len(wh)} strip branches; the Triton kernels take at most 3"
     return None
 
 
@@ -89,7 +92,7 @@ def _strip_conv_op(
     x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, wh: list[torch.Tensor], bh: list[torch.Tensor],
     wv: list[torch.Tensor], bv: list[torch.Tensor],
 ) -> torch.Tensor:
-    backend = BACKENDS.select(x.device.type, x)
+    backend = BACKENDS.select(x.device.type, x, wh)
     out = backend.fn(x, w0, b0, wh, bh, wv, bv)
     return out.contiguous(memory_format=_output_format(x))
 
@@ -99,7 +102,7 @@ def _strip_conv_backward_op(
     grad: torch.Tensor, x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, wh: list[torch.Tensor],
     bh: list[torch.Tensor], wv: list[torch.Tensor], bv: list[torch.Tensor],
 ) -> list[torch.Tensor]:
-    backend = BACKENDS.select(x.device.type, x)
+    backend = BACKENDS.select(x.device.type, x, wh)
     grads = _BACKWARD[backend.name](grad, x, w0, b0, wh, bh, wv, bv)
     return [g.contiguous(memory_format=_output_format(t)) if t.dim() == 4 else g.contiguous()
             for g, t in zip(grads, (x, w0, b0, *wh, *bh, *wv, *bv))]

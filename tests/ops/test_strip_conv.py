@@ -225,3 +225,11 @@ def test_reference_backend_forced_by_environment(monkeypatch):
     assert BACKENDS.select("cpu", x).name == "reference"
     flat = make_inputs(1, 2, 6, 6, seed=1)
     torch.testing.assert_close(fused_flat(*flat), reference_call(reference_flat, *flat), rtol=0, atol=0)
+
+
+def test_more_than_three_branches_served_by_reference():
+    flat = make_inputs(1, 2, 9, 9, (3, (3, 5, 7, 9)), seed=11)
+    x, w0, b0, wh, bh, wv, bv = split(flat)
+    assert "at most 3" in BACKENDS.get("triton").accepts(x, wh)
+    assert BACKENDS.select("cpu", x, wh).name == "reference"
+    torch.testing.assert_close(fused_flat(*flat), reference_flat(*flat), rtol=0, atol=0)
