@@ -50,25 +50,24 @@ def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOC
 
 @triton.jit
 def _dwconv_kernel(
-    inp_ptr, w_ptr, bias_ptr, acc_ptr, out_ptr,
+    inp_ptr, w_ptr, bias_ptr, out_ptr,
     C, H, W,
     s_ib, s_ic, s_ih, s_iw,
     s_ob, s_oc, s_oh, s_ow,
     KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """out[b,c,h,w] = acc[b,c,h,w] + bias[c] + Σ_{i<KH, j<KW} w[c, i*KW+j] · inp[b,c,h+i-KH//2, w+j-KW//2].
+    """out[b,c,h,w] = bias[c] + Σ_{i<KH, j<KW} w[c, i*KW+j] · inp[b,c,h+i-KH//2, w+j-KW//2].
 
     Layout: inp/out any strides (in elements, so NCHW and channels_last are read in place); w is
-    (C, KH*KW) fp32 contiguous; bias (C,) fp32; acc is fp32 contiguous NCHW (B, C, H, W) and may
-    alias out (each element is read then written by the same program). Out-of-image taps read 0.
-    Grid: (B, cdiv(C, BLOCK_C) · cdiv(H, BLOCK_H) · cdiv(W, BLOCK_W)); program (b, t) computes a
+    (C, KH*KW) fp32 contiguous; bias (C,) fp32. Out-of-image taps read 0.
+    Grid: (cdiv(C, BLOCK_C) · cdiv(H, BLOCK_H) · cdiv(W, BLOCK_W), B); program (t, b) computes a
     [BLOCK_C, BLOCK_H·BLOCK_W] tile (channels × flattened pixels) in fp32 registers, one pass over
     the KH·KW taps (each a masked shifted load + a per-channel weight vector), then one store.
     """
-    b = tl.program_id(0).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(1), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b = tl.program_id(1).to(tl.int64)
+    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
     cmask = ch < C
     in_base = inp_ptr + b * s_ib + ch * s_ic
     acc = tl.zeros((BLOCK_C, BLOCK_H * BLOCK_W), dtype=tl.float32)
@@ -84,8 +83,6 @@ def _dwconv_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + ch, mask=cmask, other=0.0)
     omask = cmask & (rows < H) & (cols < W)
-    if HAS_ACC:
-        acc += tl.load(acc_ptr + ((b * C + ch) * H + rows) * W + cols, mask=omask, other=0.0)
     tl.store(out_ptr + b * s_ob + ch * s_oc + rows * s_oh + cols * s_ow,
              acc.to(out_ptr.dtype.element_ty), mask=omask)
 
@@ -104,11 +101,11 @@ def _dwconv_wgrad_kernel(
     Layout: g and inp any strides; part is fp32 contiguous (B, n_tiles, KH*KW, C) where n_tiles
     counts the spatial tiles (a program covers channels [tc·BLOCK_C, ...) of one spatial tile); the
     caller sums dims 0 and 1 to get the (KH*KW, C) weight gradient. Out-of-image inp taps read 0.
-    Grid: as _dwconv_kernel; program (b, t) loads its g tile once and, per tap, reduces g · shifted
+    Grid: as _dwconv_kernel; program (t, b) loads its g tile once and, per tap, reduces g · shifted
     inp over the pixel axis into a BLOCK_C vector (one vector store per tap).
     """
-    b = tl.program_id(0).to(tl.int64)
-    pid_t = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
+    pid_t = tl.program_id(0)
     ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W)
     spatial_t = pid_t // tl.cdiv(C, BLOCK_C)
     cmask = ch < C
@@ -144,8 +141,8 @@ def _strips_spread_kernel(
     Layout: inp any strides; w_i (C, K_i) fp32; b_i (C,) fp32; o_i contiguous NCHW in any dtype.
     Grid/tile: as _dwconv_kernel.
     """
-    b = tl.program_id(0).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(1), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b = tl.program_id(1).to(tl.int64)
+    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
     cmask = ch < C
     omask = cmask & (rows < H) & (cols < W)
     in_base = inp_ptr + b * s_ib + ch * s_ic
@@ -224,8 +221,8 @@ def _strips_gather_kernel(
     Layout: base and out any strides (out in any dtype, the cast is the epilogue); in_i contiguous
     NCHW; w_i (C, K_i) fp32; b_i (C,) fp32. Grid/tile: as _dwconv_kernel.
     """
-    b = tl.program_id(0).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(1), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b = tl.program_id(1).to(tl.int64)
+    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
     cmask = ch < C
     omask = cmask & (rows < H) & (cols < W)
     acc = tl.load(base_ptr + b * s_bb + ch * s_bc + rows * s_bh + cols * s_bw, mask=omask, other=0.0).to(tl.float32)
@@ -250,15 +247,16 @@ def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
 
 def _grid(x: torch.Tensor, bc: int, bh: int, bw: int) -> tuple[int, int]:
     b, c, h, w = x.shape
-    return (b, triton.cdiv(c, bc) * triton.cdiv(h, bh) * triton.cdiv(w, bw))
+    # tiles on grid x (up to 2³¹−1 programs), batch on grid y (≤ 65535)
+    return (triton.cdiv(c, bc) * triton.cdiv(h, bh) * triton.cdiv(w, bw), b)
 
 
 def dwconv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
-           acc: Optional[torch.Tensor] = None, flip: bool = False) -> torch.Tensor:
-    """``out = acc + bias + depthwise_correlation(inp, weight)`` with "same" zero padding.
+           flip: bool = False) -> torch.Tensor:
+    """``out = bias + depthwise_correlation(inp, weight)`` with "same" zero padding, cast to out.dtype.
 
     inp, out: (B, C, H, W) any strides; weight (C, 1, KH, KW) odd sizes (flipped in both axes when
-    ``flip``, giving the transposed conv); bias (C,) or None; acc fp32 contiguous (B, C, H, W) or None.
+    ``flip``, giving the transposed conv); bias (C,) or None.
     """
     b, c, h, w = inp.shape
     kh, kw = weight.shape[-2:]
@@ -266,13 +264,12 @@ def dwconv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         weight = weight.flip(-1, -2)
     wf = weight.reshape(c, kh * kw).to(torch.float32).contiguous()
     bf = bias.to(torch.float32).contiguous() if bias is not None else wf
-    af = acc if acc is not None else wf
     if inp.numel() == 0:
         return out
     bc, bh, bw = _blocks(inp)
     wrap_triton(_dwconv_kernel)[_grid(inp, bc, bh, bw)](
-        inp, wf, bf, af, out, c, h, w, *inp.stride(), *out.stride(),
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, HAS_ACC=acc is not None,
+        inp, wf, bf, out, c, h, w, *inp.stride(), *out.stride(),
+        KH=kh, KW=kw, HAS_BIAS=bias is not None,
         BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
     )
     return out
