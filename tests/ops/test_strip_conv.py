@@ -233,3 +233,16 @@ def test_more_than_three_branches_served_by_reference():
     assert "at most 3" in BACKENDS.get("triton").accepts(x, wh)
     assert BACKENDS.select("cpu", x, wh).name == "reference"
     torch.testing.assert_close(fused_flat(*flat), reference_flat(*flat), rtol=0, atol=0)
+
+
+@pytest.mark.compile
+def test_torch_export_keeps_the_op():
+    x, w0, b0, wh, bh, wv, bv = split(make_inputs(1, 2, 8, 9, seed=12))
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return strip_conv(x, w0, b0, wh, bh, wv, bv)
+
+    exported = torch.export.export(M(), (x,))
+    assert "covseg.strip_conv" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(x), reference(x, w0, b0, wh, bh, wv, bv), rtol=1e-6, atol=1e-6)
