@@ -194,11 +194,18 @@ def strip_conv(
         wh: per branch (C, 1, 1, k_i) horizontal kernels; bh: (C,) biases.
         wv: per branch (C, 1, k_i, 1) vertical kernels; bv: (C,) biases. All kernel sizes odd.
     Returns:
-        s: (B, C, H, W), x's dtype, channels_last when x is.
+        s: (B, C, H, W), x's dtype (the autocast dtype inside an autocast region, where every
+        input is cast to it, as F.conv2d would), channels_last when x is.
     Raises:
         ValueError / TypeError: wrong rank, channel or branch mismatch, even kernel sizes, wrong weight
         shapes, tensors on different devices or with different dtypes.
     """
     wh, bh, wv, bv = list(wh), list(bh), list(wv), list(bv)
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        # Under autocast, behave like the reference's F.conv2d: everything runs in the autocast dtype.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        x, w0, b0 = cast(x), cast(w0), cast(b0)
+        wh, bh, wv, bv = ([cast(t) for t in ts] for ts in (wh, bh, wv, bv))
     _validate(x, w0, b0, wh, bh, wv, bv)
     return torch.ops.covseg.strip_conv(x, w0, b0, wh, bh, wv, bv)
