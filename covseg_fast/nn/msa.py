@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..ops.reference.strip_conv import strip_conv as strip_conv_reference
+from ..ops.strip_conv import strip_conv as strip_conv_fused
 from .cbam import CBAM
 
 
@@ -53,7 +54,9 @@ class StripConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wh, bh, wv, bv = self.branch_params()
-        return strip_conv_reference(x, self.conv0.weight, self.conv0.bias, wh, bh, wv, bv)
+        # The fused op picks its backend itself (Triton on CUDA, the reference on plain CPU).
+        fn = strip_conv_fused if self.fused else strip_conv_reference
+        return fn(x, self.conv0.weight, self.conv0.bias, wh, bh, wv, bv)
 
 
 class MSA(nn.Module):

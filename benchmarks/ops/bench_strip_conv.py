@@ -1,0 +1,112 @@
+"""MSCA strip convolution: eager reference vs torch.compile(reference) vs the Triton op (KERNELS.md §2).
+
+Run: ``OMP_NUM_THREADS=1 python -m pytest benchmarks/ops/bench_strip_conv.py --benchmark-json out.json``
+(GPU shapes skip with a reason on CPU; ``cpu_tiny`` runs anywhere with the eager and compile providers).
+
+Timed: ``s = a0 + Σ v_i(h_i(a0))`` with SegNeXt kernels (5; 7, 11, 21), bf16 NCHW on CUDA, fp32 on CPU.
+``fwd`` = forward under no_grad; ``fwd+bwd`` = forward + backward of sum(s·g) w.r.t. x and all weights.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import measure_peak_memory, synchronize
+from covseg_fast.ops import strip_conv, use_backend
+from covseg_fast.ops.reference.strip_conv import strip_conv as reference
+
+HAS_CUDA = torch.cuda.is_available()
+# name: (B, C, H, W)
+SHAPES = {
+    "msa_l0": (16, 64, 256, 256),
+    "msa_l1": (16, 128, 128, 128),
+    "msa_l2": (16, 256, 64, 64),
+    "msa_l3": (16, 512, 32, 32),
+    "msa_l4": (16, 512, 16, 16),
+    "cpu_tiny": (2, 16, 32, 32),
+}
+PROVIDERS = ["eager", "compile", "triton"]
+MODES = ["fwd", "fwd+bwd"]
+KERNELS = (5, (7, 11, 21))
+
+
+def _case(shape_name: str, provider: str):
+    if shape_name == "cpu_tiny":
+        if provider == "triton":
+            pytest.skip("the Triton provider needs a CUDA device (the CPU interpreter is not a benchmark)")
+        return "cpu", torch.float32
+    if not HAS_CUDA:
+        pytest.skip(f"{shape_name} is a GPU shape; this machine has no CUDA device")
+    return "cuda", torch.bfloat16
+
+
+def _inputs(shape, device, dtype, grad):
+    b, c, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    k0, ks = KERNELS
+
+    def rnd(*s, scale=1.0):
+        return (torch.randn(s, generator=gen) * scale).to(device=device, dtype=dtype).requires_grad_(grad)
+
+    x = rnd(b, c, h, w)
+    w0, b0 = rnd(c, 1, k0, k0, scale=(2 / k0**2) ** 0.5), rnd(c, scale=0.1)
+    wh = [rnd(c, 1, 1, k, scale=(2 / k) ** 0.5) for k in ks]
+    bh = [rnd(c, scale=0.1) for _ in ks]
+    wv = [rnd(c, 1, k, 1, scale=(2 / k) ** 0.5) for k in ks]
+    bv = [rnd(c, scale=0.1) for _ in ks]
+    return x, w0, b0, wh, bh, wv, bv
+
+
+def _triton(*args):
+    with use_backend("triton"):
+        return strip_conv(*args)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_strip_conv(benchmark, record, provider, shape_name, mode):
+    device, dtype = _case(shape_name, provider)
+    benchmark.group = f"strip_conv {shape_name} {mode}"
+    train = mode == "fwd+bwd"
+    args = _inputs(SHAPES[shape_name], device, dtype, train)
+    x, w0, b0, wh, bh, wv, bv = args
+    leaves = [x, w0, b0, *wh, *bh, *wv, *bv]
+    fn = {"eager": reference, "compile": torch.compile(reference), "triton": _triton}[provider]
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+
+    def step():
+        if train:
+            out = fn(*args)
+            grads = torch.autograd.grad(out, leaves, g)
+        else:
+            with torch.no_grad():
+                out = fn(*args)
+            grads = None
+        synchronize(device)
+        return out, grads
+
+    for _ in range(3):  # warm-up: compile, Triton JIT, cudnn
+        step()
+    peak = measure_peak_memory(step, device)
+    record(provider=provider, shape=shape_name, mode=mode, dtype=str(dtype), kernels=str(KERNELS),
+           bytes_x=x.numel() * x.element_size(), peak_memory_bytes=peak)
+    rounds = 5 if device == "cpu" else 20
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+
+    # check the result after timing against the reference run in fp32 on the same inputs
+    out, grads = step()
+    args32 = [[t.detach().float().requires_grad_(train) for t in a] if isinstance(a, list)
+              else a.detach().float().requires_grad_(train) for a in args]
+    leaves32 = [args32[0], args32[1], args32[2], *[t for a in args32[3:] for t in a]]
+    want = reference(*args32)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+
+    def close(a, b, what):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.float(), b.float(), atol=tol * max(scale, 1.0), rtol=tol, msg=what)
+
+    close(out.detach(), want.detach(), "output")
+    if train:
+        for i, (a, b) in enumerate(zip(grads, torch.autograd.grad(want, leaves32, g.float()))):
+            close(a, b, f"grad {i}")
