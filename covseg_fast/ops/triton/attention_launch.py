@@ -14,30 +14,35 @@ from torch.library import wrap_triton
 
 from .attention import LOG2E, pa_bwd_dk_kernel, pa_bwd_dq_kernel, pa_bwd_dv_kernel, pa_fwd_kernel
 
-# Block caps. Not autotuned (no GPU was available when these were written): 64×64 score tiles,
-# qk and value tiles of at most 128 columns. The interpreter uses 32×32 score tiles (fewer numpy ops).
-MAX_BLOCK_D = 128
-MAX_BLOCK_C = 128
+# Tile sizes. Not autotuned (no GPU was available while writing them); chosen from an offline compile for
+# sm_90 (triton.compile + cuobjdump --dump-resource-usage) as the largest tiles without register spills:
+#   16-bit: 64×64 score tiles, 8 warps; forward qk/value tiles ≤ 128, backward ≤ 64 (the dq/dk kernels
+#           hold s, p, dp, ds and the accumulator at once and spill with 128-wide tiles);
+#   fp32 (IEEE dots): 32×32 score tiles, 8 warps, qk/value tiles ≤ 64.
+# The interpreter uses 32×32 score tiles (fewer numpy ops) and the 16-bit caps, so CPU tests exercise the
+# same chunking (qk dim looped, value dim split) as CUDA.
 
 
 def _np2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-def _config(q: torch.Tensor, dqk: int, dv: int) -> dict:
+def _config(q: torch.Tensor, dqk: int, dv: int, backward: bool) -> dict:
     cuda = q.device.type == "cuda"
-    block = 64 if cuda else 32
+    wide = q.dtype != torch.float32 or not cuda
+    block = 64 if (cuda and wide) else 32
+    cap = 128 if (wide and not backward) else 64
     return dict(
         BLOCK_M=block,
         BLOCK_N=block,
-        BLOCK_D=min(_np2(dqk), MAX_BLOCK_D),
-        BLOCK_C=min(_np2(dv), MAX_BLOCK_C),
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",  # TF32 is ignored for 16-bit operands
+        BLOCK_D=min(_np2(dqk), cap),
+        BLOCK_C=min(_np2(dv), cap),
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",  # TF32 is the default and ignored for 16-bit operands
     )
 
 
 def _launch_opts(q: torch.Tensor) -> dict:
-    return dict(num_warps=4, num_stages=2) if q.device.type == "cuda" else {}
+    return dict(num_warps=8, num_stages=2) if q.device.type == "cuda" else {}
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -48,7 +53,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     if out is None:
         out = torch.empty((b, dv, n), dtype=v.dtype, device=v.device)
     lse = torch.empty((b, n), dtype=torch.float32, device=q.device)
-    cfg = _config(q, dqk, dv)
+    cfg = _config(q, dqk, dv, backward=False)
     num_d = triton.cdiv(dqk, cfg["BLOCK_D"])
     grid = (triton.cdiv(n, cfg["BLOCK_M"]), b, triton.cdiv(dv, cfg["BLOCK_C"]))
     wrap_triton(pa_fwd_kernel)[grid](
@@ -76,7 +81,7 @@ def attention_backward(
     dq = torch.empty_like(q, memory_format=torch.contiguous_format) if dq is None else dq
     dk = torch.empty_like(k, memory_format=torch.contiguous_format) if dk is None else dk
     dv = torch.empty_like(v, memory_format=torch.contiguous_format) if dv is None else dv
-    cfg = _config(q, dqk, dvd)
+    cfg = _config(q, dqk, dvd, backward=True)
     num_d = triton.cdiv(dqk, cfg["BLOCK_D"])
     num_c = triton.cdiv(dvd, cfg["BLOCK_C"])
     opts = _launch_opts(q)
