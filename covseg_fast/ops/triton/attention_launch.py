@@ -18,7 +18,7 @@ from .attention import LOG2E, pa_bwd_dk_kernel, pa_bwd_dq_kernel, pa_bwd_dv_kern
 # sm_90 (triton.compile + cuobjdump --dump-resource-usage) as the largest tiles without register spills:
 #   16-bit: 64×64 score tiles, 8 warps; forward qk/value tiles ≤ 128, backward ≤ 64 (the dq/dk kernels
 #           hold s, p, dp, ds and the accumulator at once and spill with 128-wide tiles);
-#   fp32 (IEEE dots): 32×32 score tiles, 8 warps, qk/value tiles ≤ 64.
+#   fp32 (IEEE dots): 32×32 score tiles, 8 warps, qk/value tiles ≤ 64 (dq/dk keep an 8-byte stack frame).
 # The interpreter uses 32×32 score tiles (fewer numpy ops) and the 16-bit caps, so CPU tests exercise the
 # same chunking (qk dim looped, value dim split) as CUDA.
 
