@@ -1,5 +1,6 @@
 """The attention kernels compile for sm_90 on this (GPU-less) machine, for the configurations the launcher
-picks, and do not spill registers (stack ≤ 16 bytes; oversized tiles show kilobytes) (ptxas ships with triton; `cuobjdump` reads the cubin's resource usage).
+picks, and do not spill registers (stack ≤ 16 bytes; oversized tiles show kilobytes). ptxas ships with
+triton; `cuobjdump` reads the cubin's resource usage.
 
 Skips with a reason when this Triton has no ahead-of-time compile API or no CUDA backend tools.
 """
