@@ -18,9 +18,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_collect_file(parent, file_path):
-    # Collect bench_*.py files as test modules (e.g. `pytest benchmarks/`). A file named on the command
-    # line is already collected by pytest itself (initial paths skip the python_files pattern): returning
-    # a second Module for it would run every benchmark twice.
+    # Collect bench_*.py files as test modules when they are given on the command line.
+    # Paths given explicitly are collected by pytest itself; only add those found by directory walk.
     if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
