@@ -3,12 +3,18 @@
 Defaults follow PFNet (= Ref-Net's APM): plain softmax(XXᵀ) channel attention, γ initialised to 1,
 channel attention then position attention in sequence. ``variant="danet"`` gives DANet's
 softmax(−E) channel attention with γ initialised to 0.
+
+``fused=True`` runs ``covseg::position_attention`` / ``covseg::channel_attention`` (flash-style,
+O(N·C) memory on the Triton backend, so APM fits at any level, e.g. 128×128 maps); ``fused=False``
+runs the eager reference. The γ·out + x epilogue is one elementwise op here in both cases.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..ops.channel_attention import channel_attention as fused_channel_attention
+from ..ops.position_attention import position_attention as fused_position_attention
 from ..ops.reference.attention import channel_attention, position_attention
 
 
@@ -37,7 +43,8 @@ class PositionAttention(nn.Module):
         q = self.query_conv(x).flatten(2)
         k = self.key_conv(x).flatten(2)
         v = self.value_conv(x).flatten(2)
-        out = position_attention(q, k, v, self.scale).view(b, c, h, w)
+        attend = fused_position_attention if self.fused else position_attention
+        out = attend(q, k, v, self.scale).view(b, c, h, w)
         return self.gamma * out + x
 
 
@@ -52,7 +59,8 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        out = channel_attention(x.flatten(2), self.variant).view(b, c, h, w)
+        attend = fused_channel_attention if self.fused else channel_attention
+        out = attend(x.flatten(2), self.variant).view(b, c, h, w)
         return self.gamma * out + x
 
 
