@@ -5,5 +5,6 @@ their inputs and dispatch to the best backend (see ``_dispatch``).
 """
 from ._dispatch import REGISTRY, BackendError, forced_backend, use_backend
 from .class_prob_pool import class_prob_pool
+from .cpp_kl_loss import cpp_kl_loss
 
-__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool"]
+__all__ = ["REGISTRY", "BackendError", "forced_backend", "use_backend", "class_prob_pool", "cpp_kl_loss"]
