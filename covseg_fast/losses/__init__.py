@@ -1,0 +1,2 @@
+"""Training losses (MODELS.md §3.4, §5)."""
+from .cpp_kl import MSAUNetLoss, cpp_kl_aux_loss, soft_binary_targets
