@@ -106,6 +106,18 @@ def _cpp_kl_loss_backward_op(grad: torch.Tensor, logits: torch.Tensor, labels: t
     return BACKWARD_BACKENDS[backend.name](grad, logits, labels, scale, ignore_index)
 
 
+# Explicit shape-only fakes: the traced triton_op body would run the Triton *interpreter* on fake tensors
+# under TRITON_INTERPRET=1 (on CUDA, wrap_triton traces fine either way).
+@_cpp_kl_loss_op.register_fake
+def _(logits, labels, scale, ignore_index):
+    return logits.new_empty((), dtype=ref.compute_dtype(logits.dtype))
+
+
+@_cpp_kl_loss_backward_op.register_fake
+def _(grad, logits, labels, scale, ignore_index):
+    return torch.empty_like(logits)
+
+
 def _setup_context(ctx, inputs, output):
     logits, labels, scale, ignore_index = inputs
     ctx.save_for_backward(logits, labels)
