@@ -6,7 +6,9 @@ import pytest
 # Make `tests.op_harness` importable as `op_harness` from every test module.
 sys.path.insert(0, os.path.dirname(__file__))
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+# COVSEG_SHARED_DATA overrides the location (git worktrees do not sit beside ../shared).
+SHARED_DATA = os.environ.get("COVSEG_SHARED_DATA") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
 @pytest.fixture(scope="session")
