@@ -7,7 +7,7 @@ import torch
 
 from covseg_fast.models import MSAUNet, get_criterion, get_model, get_spec, load_model, prepare_input, save_checkpoint
 from covseg_fast.nn import MSA
-from helpers import load_real_slices, n_params, outputs_and_grads
+from model_harness import load_real_slices, n_params, outputs_and_grads
 
 torch.manual_seed(0)
 

@@ -1,4 +1,5 @@
-"""Shared helpers of the model tests: parameter counts, fused-vs-reference comparison, a real-data loader."""
+"""Shared helpers of the model tests (importable as `model_harness`, like `op_harness`): parameter counts,
+fused-vs-reference comparison, a real-data loader."""
 from __future__ import annotations
 
 import os
