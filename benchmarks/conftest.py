@@ -19,6 +19,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def pytest_collect_file(parent, file_path):
     # Collect bench_*.py files as test modules when they are given on the command line.
+    # A file named on the command line is already collected by pytest's python plugin (initial paths
+    # bypass python_files); collecting it here too would run every benchmark twice.
+    if parent.session.isinitpath(file_path):
+        return None
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
