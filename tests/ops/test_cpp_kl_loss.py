@@ -172,3 +172,17 @@ def test_unchecked_invalid_labels_count_for_no_class():
     bad[0, 0, 0] = 9
     unchecked = cpp_kl_loss(logits, bad, 2, check_labels=False)
     assert_same(unchecked, reference(logits, torch.where(bad == 9, 255, bad), 2, 255), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.compile
+def test_torch_compile_fullgraph_matches_eager():
+    logits, labels = make_inputs(2, 2, 4, 4, 4, 0, seed=13)
+    fn = torch.compile(lambda z: cpp_kl_loss(z, labels, 4, check_labels=False), fullgraph=True)
+    z = logits.clone().requires_grad_()
+    loss = fn(z)
+    (grad,) = torch.autograd.grad(loss, z)
+    zr = logits.clone().requires_grad_()
+    expected = reference(zr, labels, 4)
+    (grad_ref,) = torch.autograd.grad(expected, zr)
+    assert_same(loss.detach(), expected.detach(), atol=1e-6, rtol=1e-5, what="loss")
+    assert_same(grad, grad_ref, atol=1e-6, rtol=1e-5, what="grad")
