@@ -4,4 +4,10 @@ from .registry import (MODELS, CheckpointError, ModelSpec, get_criterion, get_mo
 
 __all__ = ["MODELS", "CheckpointError", "ModelSpec", "get_criterion", "get_model", "get_spec", "load_model",
            "prepare_input", "register_model", "save_checkpoint"]
-from . import refnet  # noqa: F401,E402  (registers "refnet")
+
+# Importing the families registers them.
+from . import msa_unet, refnet, unet  # noqa: E402,F401
+from .msa_unet import MSAUNet  # noqa: E402
+from .unet import UNet  # noqa: E402
+
+__all__ += ["MSAUNet", "UNet"]

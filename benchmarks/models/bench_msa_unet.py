@@ -1,0 +1,85 @@
+"""MSA-UNet training step (fwd + bwd + RMSprop step) and inference throughput.
+
+Providers: ``fused`` (fused=True modules + fused CPP-KL loss), ``reference`` (pure PyTorch, forced with
+use_backend("reference")), ``compile`` (torch.compile of the reference). Shapes:
+``gpu_b16_256`` (batch 16, 3×256×256, base 64, bf16 autocast; CUDA only) and ``cpu_tiny`` (batch 2, 3×64×64,
+base 8, fp32; runs anywhere). images/s and peak CUDA memory go into extra_info.
+
+Run: ``python -m pytest benchmarks/models/bench_msa_unet.py --benchmark-json benchmarks/results/<name>.json``
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from conftest import measure_peak_memory, synchronize
+from covseg_fast.models import get_criterion, get_model
+from covseg_fast.ops import use_backend
+
+SHAPES = {
+    "gpu_b16_256": dict(device="cuda", batch=16, size=256, base=64, dtype=torch.bfloat16, rounds=20, warmup=3),
+    "cpu_tiny": dict(device="cpu", batch=2, size=64, base=8, dtype=torch.float32, rounds=5, warmup=1),
+}
+PROVIDERS = ["fused", "reference", "compile"]
+
+
+def _setup(provider: str, shape: dict):
+    torch.manual_seed(0)
+    fused = provider == "fused"
+    model = get_model("msa_unet", base=shape["base"], fused=fused).to(shape["device"])
+    criterion = get_criterion("msa_unet", fused=fused)
+    x = torch.randn(shape["batch"], 3, shape["size"], shape["size"], device=shape["device"])
+    mask = (torch.rand(shape["batch"], 1, shape["size"], shape["size"], device=shape["device"]) > 0.8).float()
+    runner = torch.compile(model) if provider == "compile" else model
+    backend = contextlib.nullcontext if fused else (lambda: use_backend("reference"))
+    autocast = (lambda: torch.autocast("cuda", dtype=shape["dtype"])) if shape["dtype"] != torch.float32 \
+        else contextlib.nullcontext
+    return model, runner, criterion, x, {"mask": mask}, backend, autocast
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_msa_unet(benchmark, record, shape_name, mode, provider):
+    shape = SHAPES[shape_name]
+    if shape["device"] == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU; this machine has none")
+    model, runner, criterion, x, batch, backend, autocast = _setup(provider, shape)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    result = {}
+
+    def train_step():
+        with backend(), autocast():
+            loss, _ = criterion(runner(x), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result["check"] = loss.detach()
+        synchronize(shape["device"])
+
+    @torch.no_grad()
+    def infer():
+        with backend(), autocast():
+            result["check"] = runner(x)
+        synchronize(shape["device"])
+
+    if mode == "train":
+        model.train()
+        fn = train_step
+    else:
+        model.eval()
+        fn = infer
+    fn()  # first call outside timing (compilation, autotuning)
+    peak = measure_peak_memory(fn, shape["device"])
+    benchmark.group = f"msa_unet {shape_name} {mode}"
+    benchmark.pedantic(fn, rounds=shape["rounds"], warmup_rounds=shape["warmup"], iterations=1)
+    mean = benchmark.stats.stats.mean
+    record(provider=provider, shape=shape_name, mode=mode, batch=shape["batch"], size=shape["size"],
+           base=shape["base"], dtype=str(shape["dtype"]), peak_memory_bytes=peak,
+           images_per_s=shape["batch"] / mean)
+    check = result["check"]
+    assert torch.isfinite(check.float()).all()
+    if mode == "infer":
+        assert check.shape == (shape["batch"], 1, shape["size"], shape["size"])

@@ -1,0 +1,136 @@
+"""MSA-UNet losses (MODELS.md §3.4, §5.3, §11 A5): main BCE / CE plus Σ_k KL(CPP_{s_k}(labels) ‖ softmax(aux_k)).
+
+    L = L_main + aux_weight · Σ_{k} KL_k,   KL_k = (1/(B·h_k·w_k)) Σ t·(log t − log q)   (0·log 0 := 0)
+
+L_main is mean BCE-with-logits over B·H·W (binary, soft targets allowed) or mean cross-entropy
+(K classes). The aux terms use the fused op ``covseg::cpp_kl_loss`` (``fused=True``) or the unfused
+composition CPP pooling → log_softmax → KL (``fused=False``); both give the same value.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.cpp_kl_loss import cpp_kl_loss
+from ..ops.reference.class_prob_pool import class_prob_pool as cpp_reference
+from ..ops.reference.cpp_kl_loss import cpp_kl_from_probs
+
+
+def _pad_to(x: torch.Tensor, h: int, w: int, value: float = 0) -> torch.Tensor:
+    """Pad the last two dims of ``x`` bottom/right up to (h, w) (background / 0); never crops."""
+    ph, pw = max(0, h - x.shape[-2]), max(0, w - x.shape[-1])
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), value=value)
+
+
+def soft_binary_targets(mask: torch.Tensor, scale: int) -> torch.Tensor:
+    """CPP of a soft binary mask (B, 1, H, W) in [0, 1]: [1 − avgpool_s(g), avgpool_s(g)] → (B, 2, H/s, W/s)."""
+    fg = F.avg_pool2d(mask.float(), kernel_size=scale, stride=scale)
+    return torch.cat([1 - fg, fg], dim=1)
+
+
+def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.Tensor] = None,
+                    mask: Optional[torch.Tensor] = None, scales: Optional[Sequence[int]] = None,
+                    ignore_index: Optional[int] = None, fused: bool = True) -> list[torch.Tensor]:
+    """One KL term per aux map.
+
+    Args:
+        aux_logits: maps (B, K, H/s_k, W/s_k).
+        labels: (B, H, W) integer class map (hard targets; fused path when ``fused``).
+        mask: (B, 1, H, W) soft binary mask in [0, 1], used when ``labels`` is None (K must be 2;
+            unfused composition, since the fused op takes integer labels).
+        scales: s_k per map; default 2, 4, 8, ... (one per map). Labels/masks smaller than
+            h_k·s_k (padded model input) are padded bottom/right with background.
+        ignore_index: label value that counts for no class.
+        fused: use ``covseg::cpp_kl_loss``; False runs CPP → log_softmax → KL in plain PyTorch.
+    Returns:
+        list of 0-dim float32 tensors.
+    Raises:
+        ValueError: neither labels nor mask, a mask with K ≠ 2, or sizes that do not fit.
+    """
+    scales = list(scales) if scales is not None else [2 ** (i + 1) for i in range(len(aux_logits))]
+    if len(scales) != len(aux_logits):
+        raise ValueError(f"cpp_kl_aux_loss: {len(aux_logits)} aux maps but {len(scales)} scales")
+    if labels is None and mask is None:
+        raise ValueError("cpp_kl_aux_loss: give labels (B, H, W) or a binary mask (B, 1, H, W)")
+    terms = []
+    checked = False
+    for z, s in zip(aux_logits, scales):
+        h, w = z.shape[-2] * s, z.shape[-1] * s
+        if labels is not None:
+            lab = _pad_to(labels, h, w)
+            if fused:
+                terms.append(cpp_kl_loss(z, lab, s, ignore_index, check_labels=not checked))
+                checked = True
+            else:
+                t = cpp_reference(lab[:, :h, :w], z.shape[1], [s], ignore_index)[0]
+                terms.append(cpp_kl_from_probs(z, t))
+        else:
+            if z.shape[1] != 2:
+                raise ValueError(f"cpp_kl_aux_loss: a binary mask needs 2-class aux maps, got K = {z.shape[1]}")
+            t = soft_binary_targets(_pad_to(mask, h, w)[..., :h, :w], s)
+            terms.append(cpp_kl_from_probs(z, t))
+    return terms
+
+
+def _is_hard(mask: torch.Tensor) -> bool:
+    return bool(((mask == 0) | (mask == 1)).all())
+
+
+class MSAUNetLoss:
+    """criterion(outputs, batch) -> (loss, parts) for MSA-UNet / U-Net (registry contract).
+
+    Args:
+        num_classes: 1 (binary: BCE on ``batch["mask"]``) or K ≥ 2 (CE on ``batch["labels"]``).
+        aux_weight: weight of Σ KL_k (1 in the paper).
+        scales: CPP scale of each aux map (default 2, 4, 8, 16).
+        fused: fused CPP-KL op (hard labels) vs the unfused composition.
+        ignore_index: label value excluded from CE and counted for no class in CPP.
+    ``outputs``: logits tensor or dict with "out" (B, C, H, W) and optional "aux" list. Binary with a
+    hard {0,1} mask uses labels = mask (fused path); a soft mask uses the soft CPP composition.
+    ``parts``: {"main", "aux", "aux1".., "total"} as floats.
+    """
+
+    def __init__(self, num_classes: int = 1, aux_weight: float = 1.0, scales: Optional[Sequence[int]] = None,
+                 fused: bool = True, ignore_index: Optional[int] = None):
+        if num_classes < 1:
+            raise ValueError(f"MSAUNetLoss: num_classes must be ≥ 1, got {num_classes}")
+        self.num_classes, self.aux_weight, self.fused = num_classes, float(aux_weight), fused
+        self.scales = list(scales) if scales is not None else None
+        self.ignore_index = ignore_index
+
+    def main_loss(self, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.num_classes == 1:
+            mask = batch["mask"]
+            if mask.shape != out.shape:
+                raise ValueError(f"MSAUNetLoss: mask {tuple(mask.shape)} does not match output {tuple(out.shape)}")
+            return F.binary_cross_entropy_with_logits(out.float(), mask.float())
+        labels = batch["labels"]
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        return F.cross_entropy(out.float(), labels.long(), ignore_index=ignore)
+
+    def __call__(self, outputs: Union[torch.Tensor, Mapping], batch: Mapping[str, torch.Tensor]):
+        out = outputs if isinstance(outputs, torch.Tensor) else outputs["out"]
+        aux = [] if isinstance(outputs, torch.Tensor) else list(outputs.get("aux") or [])
+        main = self.main_loss(out, batch)
+        parts = {"main": float(main.detach())}
+        total = main
+        if aux and self.aux_weight != 0:
+            labels, mask = (batch["labels"] if self.num_classes > 1 else None), None
+            if self.num_classes == 1:  # binary: the aux targets come from the mask (K_aux = 2)
+                m = batch["mask"]
+                if _is_hard(m):
+                    labels = m[:, 0].to(torch.uint8)
+                else:
+                    mask = m
+            terms = cpp_kl_aux_loss(aux, labels=labels, mask=mask, scales=self.scales,
+                                    ignore_index=self.ignore_index, fused=self.fused)
+            aux_sum = torch.stack(terms).sum()
+            total = total + self.aux_weight * aux_sum
+            parts["aux"] = float(aux_sum.detach())
+            parts.update({f"aux{i + 1}": float(t.detach()) for i, t in enumerate(terms)})
+        parts["total"] = float(total.detach())
+        return total, parts

@@ -1,0 +1,90 @@
+"""Triton kernels of ``covseg::cpp_kl_loss`` (CPP pooling + log-softmax + KL in one pass).
+
+Formula (per pooled pixel p = (b, i, j), classes k < K, window s×s):
+
+    t[p, k]    = #{(u, v) in window(i, j) : L[b, u, v] = k, L ≠ ignore} / s²
+    logq[p, k] = z[p, k] − logsumexp_k z[p, :]
+    kl[p]      = Σ_k [t > 0] · t·(log t − logq)
+    loss       = Σ_p kl[p] / P,          P = B·h·w
+    ∂loss/∂z   = g · (softmax(z)·Σ_k t − t) / P
+
+Layout: z (B, K, h, w) contiguous (class stride h·w), labels (B, H, W) contiguous with
+H // s = h, W // s = w (rows/columns past the last full window are never read).
+Grid: one program per BLOCK_P consecutive pooled pixels (flattened b, i, j). Each program loads a
+(BLOCK_P, BLOCK_S) tile of labels (BLOCK_S = next_pow2(s²) window slots), counts classes through a
+(BLOCK_P, BLOCK_S, BLOCK_K) compare, and a (BLOCK_P, BLOCK_K) tile of logits. The forward writes one
+partial sum per program (summed afterwards in a fixed order: deterministic, no atomics); the backward
+writes dz. Accumulation dtype = the partial/grad buffer's dtype (float32, or float64 for float64 logits).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = p < P
+    hw = h * w
+    b = p // hw
+    r = p % hw
+    i = r // w
+    j = r % w
+    kk = tl.arange(0, BLOCK_K)
+    km = kk < K
+    q = tl.arange(0, BLOCK_S)
+    qm = q < s * s
+    dy = q // s
+    dx = q % s
+    row = i[:, None] * s + dy[None, :]
+    col = j[:, None] * s + dx[None, :]
+    lab_off = b[:, None].to(tl.int64) * H * W + row * W + col
+    lab = tl.load(lab_ptr + lab_off, mask=pm[:, None] & qm[None, :], other=-1).to(tl.int32)
+    valid = (lab != ignore) & (lab >= 0)
+    hit = (lab[:, :, None] == kk[None, None, :]) & valid[:, :, None]
+    t = tl.sum(hit.to(ACC), axis=1) / (s * s)                               # (BLOCK_P, BLOCK_K)
+    z_off = b[:, None].to(tl.int64) * K * hw + kk[None, :] * hw + r[:, None]
+    zm = pm[:, None] & km[None, :]
+    z = tl.load(z_ptr + z_off, mask=zm, other=0.0).to(ACC)
+    z = tl.where(km[None, :], z, float("-inf"))
+    zmax = tl.max(z, axis=1)
+    zs = z - zmax[:, None]
+    lse = tl.log(tl.sum(tl.exp(zs), axis=1))
+    logq = zs - lse[:, None]
+    return t, logq, pm, km, z_off, zm
+
+
+@triton.jit
+def cpp_kl_fwd_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
+                      BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    pid = tl.program_id(0)
+    ACC: tl.constexpr = part_ptr.dtype.element_ty
+    t, logq, pm, km, z_off, zm = _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC,
+                                                      BLOCK_P, BLOCK_K, BLOCK_S)
+    pos = (t > 0) & zm
+    safe_t = tl.where(pos, t, 1.0)
+    kl = tl.where(pos, t * (tl.log(safe_t) - logq), 0.0)
+    tl.store(part_ptr + pid, tl.sum(tl.sum(kl, axis=1), axis=0))
+
+
+@triton.jit
+def cpp_kl_bwd_kernel(g_ptr, z_ptr, lab_ptr, dz_ptr, P, K, h, w, H, W, s, ignore,
+                      BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    pid = tl.program_id(0)
+    ACC: tl.constexpr = g_ptr.dtype.element_ty
+    t, logq, pm, km, z_off, zm = _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC,
+                                                      BLOCK_P, BLOCK_K, BLOCK_S)
+    g = tl.load(g_ptr).to(ACC) / P
+    tsum = tl.sum(t, axis=1)
+    dz = (tl.exp(logq) * tsum[:, None] - t) * g
+    tl.store(dz_ptr + z_off, dz.to(dz_ptr.dtype.element_ty), mask=zm)
+
+
+def block_sizes(num_classes: int, scale: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_K, BLOCK_S): window slots and classes padded to powers of two, ~4096-element tiles."""
+    block_k = triton.next_power_of_2(max(num_classes, 1))
+    block_s = triton.next_power_of_2(scale * scale)
+    block_p = max(1, min(128, 4096 // (block_k * block_s)))
+    return block_p, block_k, block_s

@@ -1,0 +1,71 @@
+"""MSA-UNet loss: BCE/CE + Σ_k KL(CPP ‖ softmax(aux_k)) (MODELS.md §3.4): fused == unfused, soft targets, weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from covseg_fast.losses import MSAUNetLoss, cpp_kl_aux_loss, soft_binary_targets
+
+
+def outputs(b=2, k=2, size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.randn((b, 1 if k == 2 else k, size, size), generator=gen)
+    aux = [torch.randn((b, k, size // s, size // s), generator=gen) for s in (2, 4, 8, 16)]
+    return {"out": out, "aux": aux}
+
+
+def test_total_is_bce_plus_weighted_sum_of_kl_terms():
+    outs = outputs()
+    mask = (torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    loss1, parts1 = MSAUNetLoss()(outs, {"mask": mask})
+    loss2, parts2 = MSAUNetLoss(aux_weight=0.25)(outs, {"mask": mask})
+    bce = F.binary_cross_entropy_with_logits(outs["out"], mask)
+    labels = mask[:, 0].long()
+    kls = []
+    for z, s in zip(outs["aux"], (2, 4, 8, 16)):
+        t = F.avg_pool2d(F.one_hot(labels, 2).permute(0, 3, 1, 2).float(), s)
+        kls.append(F.kl_div(F.log_softmax(z, 1), t, reduction="sum") / (z.shape[0] * z.shape[2] * z.shape[3]))
+    torch.testing.assert_close(loss1, bce + sum(kls), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(loss2, bce + 0.25 * sum(kls), atol=1e-6, rtol=1e-6)
+    assert parts1["aux1"] == pytest.approx(kls[0].item(), abs=1e-6) and parts1["main"] == pytest.approx(bce.item())
+
+
+def test_fused_equals_unfused_with_gradients():
+    outs = outputs(k=3, seed=2)
+    labels = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(3))
+    grads = []
+    for fused in (True, False):
+        aux = [a.clone().requires_grad_() for a in outs["aux"]]
+        terms = cpp_kl_aux_loss(aux, labels=labels, fused=fused)
+        torch.stack(terms).sum().backward()
+        grads.append([a.grad for a in aux])
+        if fused:
+            values = torch.stack(terms).detach()
+        else:
+            torch.testing.assert_close(torch.stack(terms).detach(), values, atol=1e-6, rtol=1e-6)
+    for gf, gu in zip(*grads):
+        torch.testing.assert_close(gf, gu, atol=1e-7, rtol=1e-5)
+
+
+def test_soft_mask_targets_and_hard_mask_agree():
+    outs = outputs(seed=4)
+    hard = (torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    via_labels = cpp_kl_aux_loss(outs["aux"], labels=hard[:, 0].long())
+    via_mask = cpp_kl_aux_loss(outs["aux"], mask=hard)
+    torch.testing.assert_close(torch.stack(via_labels), torch.stack(via_mask), atol=1e-6, rtol=1e-6)
+    soft = hard * 0.8
+    t = soft_binary_targets(soft, 4)
+    assert t.shape == (2, 2, 8, 8) and torch.allclose(t.sum(1), torch.ones(()))
+    loss, parts = MSAUNetLoss()(outs, {"mask": soft})
+    assert torch.isfinite(loss) and parts["aux"] > 0
+
+
+def test_errors():
+    outs = outputs()
+    with pytest.raises(ValueError, match="give labels"):
+        cpp_kl_aux_loss(outs["aux"])
+    with pytest.raises(ValueError, match="4 aux maps but 2 scales"):
+        cpp_kl_aux_loss(outs["aux"], labels=torch.zeros(2, 32, 32, dtype=torch.long), scales=[2, 4])
+    with pytest.raises(ValueError, match="binary mask needs 2-class aux maps"):
+        cpp_kl_aux_loss(outputs(k=3)["aux"], mask=torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="num_classes must be"):
+        MSAUNetLoss(num_classes=0)
