@@ -15,19 +15,12 @@ import pytest
 import torch
 
 from conftest import measure_peak_memory, synchronize
+from shapes import MSA_LEVELS, REFNET_F5
 from covseg_fast.nn import CBAM
 
 HAS_CUDA = torch.cuda.is_available()
 # name: (B, C, H, W)
-SHAPES = {
-    "msa_l0": (16, 64, 256, 256),
-    "msa_l1": (16, 128, 128, 128),
-    "msa_l2": (16, 256, 64, 64),
-    "msa_l3": (16, 512, 32, 32),
-    "msa_l4": (16, 512, 16, 16),
-    "refnet_f5": (16, 2048, 11, 11),
-    "cpu_tiny": (2, 32, 24, 24),
-}
+SHAPES = {**MSA_LEVELS, "refnet_f5": REFNET_F5, "cpu_tiny": (2, 32, 24, 24)}
 PROVIDERS = ["eager", "compile", "fused"]
 MODES = ["fwd", "fwd+bwd"]
 

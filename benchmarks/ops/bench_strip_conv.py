@@ -12,19 +12,13 @@ import pytest
 import torch
 
 from conftest import measure_peak_memory, synchronize
+from shapes import MSA_LEVELS
 from covseg_fast.ops import strip_conv, use_backend
 from covseg_fast.ops.reference.strip_conv import strip_conv as reference
 
 HAS_CUDA = torch.cuda.is_available()
 # name: (B, C, H, W)
-SHAPES = {
-    "msa_l0": (16, 64, 256, 256),
-    "msa_l1": (16, 128, 128, 128),
-    "msa_l2": (16, 256, 64, 64),
-    "msa_l3": (16, 512, 32, 32),
-    "msa_l4": (16, 512, 16, 16),
-    "cpu_tiny": (2, 16, 32, 32),
-}
+SHAPES = {**MSA_LEVELS, "cpu_tiny": (2, 16, 32, 32)}
 PROVIDERS = ["eager", "compile", "triton"]
 MODES = ["fwd", "fwd+bwd"]
 KERNELS = (5, (7, 11, 21))

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .weights import load_backbone_weights
+from .weights import init_resnet_style, load_backbone_weights
 
 RES2NET50_FILE = "res2net50_v1b_26w_4s-3cf99910.pth"
 RES2NET50_SHA256_PREFIX = "3cf99910"
@@ -92,12 +92,7 @@ class Res2Net(nn.Module):
         self.with_classifier = with_classifier
         if with_classifier:
             self.fc = nn.Linear(512 * Bottle2neck.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_style(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_ch = planes * Bottle2neck.expansion

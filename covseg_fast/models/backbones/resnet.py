@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .weights import load_backbone_weights
+from .weights import init_resnet_style, load_backbone_weights
 
 RESNET50_FILE = "resnet50-0676ba61.pth"
 
@@ -59,12 +59,7 @@ class ResNet50(nn.Module):
         self.with_classifier = with_classifier
         if with_classifier:
             self.fc = nn.Linear(2048, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_style(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

@@ -63,3 +63,13 @@ def load_backbone_weights(model: nn.Module, path: str, expected_file: str,
         raise ValueError(f"{path}: weights do not fit {type(model).__name__}: {exc}") from exc
     log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
     return model
+
+
+def init_resnet_style(model: nn.Module) -> None:
+    """Init used when not pretrained (Res2Net/torchvision ResNet): conv kaiming-normal (fan_out, relu), BN 1/0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
