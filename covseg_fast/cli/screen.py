@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="output directory (default: covseg_screen_out)")
     p.add_argument("--checkpoint", help="checkpoint written by covseg train (save_checkpoint)")
     p.add_argument("--model", help="expected model name in the checkpoint (checked)")
+    p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
+                   help="how the model runs: eager torch (fused ops), torch.compile, onnxruntime or TensorRT "
+                   "(exported once into OUTPUT/.covseg_cache)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
@@ -88,6 +91,7 @@ def run(args) -> int:
 def _run(args) -> int:
     from .. import __version__
     from ..inference.batch import UsageError, screen_batch
+    from ..inference.backends import make_backend
     from ..inference.screener import ScreenConfig, Screener
     from ..models.registry import CheckpointError, get_spec, load_model
 
@@ -124,8 +128,13 @@ def _run(args) -> int:
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
-        meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__}
-        return Screener(model, get_spec(name), cfg, meta)
+        meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__,
+                "backend": args.backend}
+        try:
+            runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"))
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"--backend {args.backend}: {exc}") from None
+        return Screener(runnable, get_spec(name), cfg, meta)
 
     code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,
                                 shard=args.shard, allow_output_in_input=args.allow_output_in_input,
