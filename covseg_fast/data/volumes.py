@@ -103,22 +103,21 @@ def find_cases(root: str) -> list[VolumeCase]:
 def load_canonical(path: str, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI volume reoriented to the closest canonical (RAS+) frame.
 
+    Orientation, scaling and validity are decided by ``covseg_fast.io.read_nifti``, the one place that
+    does so for training and screening alike.
+
     Returns:
         (data (X, Y, Z) in ``dtype`` with scaling applied, 4×4 canonical affine).
     Raises:
-        DataError: unreadable file or not a 3-D volume.
+        DataError: unreadable file, not a 3-D volume, NaN/Inf voxels (the reason from covseg_fast.io).
     """
-    import nibabel as nib
+    from ..io import VolumeError, read_nifti
 
     try:
-        img = nib.as_closest_canonical(nib.load(path))
-        data = np.asarray(img.get_fdata(dtype=np.float32) if dtype == np.float32 else img.dataobj)
-    except Exception as exc:
-        raise DataError(f"cannot read volume {path}: {type(exc).__name__}: {exc}") from exc
-    data = np.squeeze(data)
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    return data.astype(dtype, copy=False), img.affine
+        volume = read_nifti(path)
+    except VolumeError as exc:
+        raise DataError(f"cannot read volume {path}: {exc}") from exc
+    return volume.data.astype(dtype, copy=False), volume.affine
 
 
 def axial_slice(volume: np.ndarray, k: int) -> np.ndarray:
