@@ -13,7 +13,11 @@ Providers (the same eval model, fp32, random weights: speed only):
 Shapes: ``*_cpu`` are small configurations that finish in a few minutes on 2 cores (MSA-UNet base 8 at
 256×256, Ref-Net/Res2Net-50 at 128×128); ``*_gpu`` are the papers' sizes (MSA-UNet base 64 at 256×256,
 Ref-Net at 352×352) and skip with a reason without CUDA. After timing, each provider's probabilities are
-compared with the eager reference (fp32: max |Δ| ≤ 1e-4 on CPU, ≤ 1e-3 on CUDA where TF32/cuDNN may differ).
+compared with the eager reference (fp32: max |Δ| ≤ 1e-4 on CPU, ≤ 1e-3 on CUDA where TF32/cuDNN may differ)
+and the difference is recorded. Ref-Net allows 5e-3: with random weights and identity BN statistics its
+reduced level-5 features reach ~760, so the APM's attention energies reach ~1e7 and the fp32 summation order
+(fused vs reference formulation, MLAS vs oneDNN matmuls) moves probabilities by up to ~2e-3 at batch 32
+(measured). Parity at 1e-4 on real slices is asserted in tests/export/test_export_models.py.
 """
 from __future__ import annotations
 
@@ -30,17 +34,18 @@ from covseg_fast.models import get_model
 
 SHAPES = {
     "msa_unet_cpu": dict(model="msa_unet", config={"base": 8}, size=256, device="cpu"),
-    "refnet_cpu": dict(model="refnet", config={}, size=128, device="cpu"),
+    "refnet_cpu": dict(model="refnet", config={}, size=128, device="cpu", tolerance=5e-3),
     "msa_unet_gpu": dict(model="msa_unet", config={"base": 64}, size=256, device="cuda"),
-    "refnet_gpu": dict(model="refnet", config={}, size=352, device="cuda"),
+    "refnet_gpu": dict(model="refnet", config={}, size=352, device="cuda", tolerance=5e-3),
 }
 BATCHES = [1, 32]
 PROVIDERS = ["eager", "compile", "onnxruntime", "tensorrt"]
 ROUNDS = {("cpu", 1): 10, ("cpu", 32): 3, ("cuda", 1): 50, ("cuda", 32): 20}
-# Measured on the 2-core CPU machine: torch.compile of Res2Net-50 (Inductor, max-autotune-no-cudagraphs)
-# takes well over the 2-minute budget, so it is measured on GPU only.
-COMPILE_CPU_SKIP = {"refnet_cpu": "torch.compile of Ref-Net (Res2Net-50) on 2 CPU cores takes more than 2 min "
-                                  "of Inductor time; measured on GPU"}
+# Measured on the 2-core CPU machine (OMP_NUM_THREADS=2, load ~2): torch.compile as the compile backend builds
+# it takes 52 s (batch 1) + 65 s (batch-32 recompile) for MSA-UNet base 8 at 256², but 113 s for Ref-Net's
+# batch-1 compile alone (Res2Net-50 at 128²), over the 2-min budget with the batch-32 recompile: GPU only.
+COMPILE_CPU_SKIP = {"refnet_cpu": "torch.compile of Ref-Net (Res2Net-50) on 2 CPU cores: 113 s for batch 1, over "
+                                  "2 min with the batch-32 recompile; measured on GPU"}
 _models: dict = {}
 _onnx: dict = {}
 _backends: dict = {}
@@ -154,5 +159,7 @@ def test_inference_backend(benchmark, record, artifacts, provider, shape_name, b
     model = _model(shape_name)
     with torch.no_grad(), reference_modules(model):
         expected = model(x)
-    tolerance = 1e-4 if device == "cpu" else 1e-3
-    torch.testing.assert_close(torch.sigmoid(out.float()), torch.sigmoid(expected.float()), atol=tolerance, rtol=0)
+    tolerance = max(shape.get("tolerance", 0.0), 1e-4 if device == "cpu" else 1e-3)
+    difference = (torch.sigmoid(out.float()) - torch.sigmoid(expected.float())).abs().max().item()
+    benchmark.extra_info["max_abs_diff_probability_vs_reference"] = difference
+    assert difference <= tolerance, f"{provider}: max |Δ probability| {difference:.2e} > {tolerance:.0e} vs reference"
