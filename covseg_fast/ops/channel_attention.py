@@ -19,6 +19,7 @@ import torch
 
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
+from .reference.attention import channel_attention_lse
 
 VARIANTS = ("pfnet", "danet")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -33,11 +34,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _reference_forward(x, variant):
-    xf = x.to(_compute_dtype(x.dtype))
-    energy = torch.bmm(xf, xf.transpose(1, 2)) * _sign(variant)  # (B, C, C)
-    lse = torch.logsumexp(energy, dim=-1)
-    attn = torch.exp(energy - lse.unsqueeze(-1))
-    return torch.bmm(attn, xf).to(x.dtype), lse
+    return channel_attention_lse(x, variant)
 
 
 def _reference_backward(grad_out, grad_lse, x, out, lse, variant):

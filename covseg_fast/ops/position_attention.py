@@ -18,6 +18,7 @@ import torch
 
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
+from .reference.attention import position_attention_lse
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -27,11 +28,7 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _reference_forward(q, k, v, scale):
-    ct = _lse_dtype(q.dtype)
-    energy = torch.bmm(q.transpose(1, 2).to(ct), k.to(ct)) * scale  # (B, N, N)
-    lse = torch.logsumexp(energy, dim=-1)
-    attn = torch.exp(energy - lse.unsqueeze(-1))
-    return torch.bmm(v.to(ct), attn.transpose(1, 2)).to(v.dtype), lse
+    return position_attention_lse(q, k, v, scale)
 
 
 def _reference_backward(grad_out, grad_lse, q, k, v, out, lse, scale):

@@ -3,29 +3,64 @@
 Position attention (PAM / PFNet SA), q, k: (B, Cq, N), v: (B, C, N):
     out[b, :, i] = Σ_j softmax_j(scale · q_i·k_j) v[b, :, j]          (scale = 1: unscaled)
 
-Channel attention (CAM / PFNet CA), x: (B, C, N), energy E = X Xᵀ (fp32):
+Channel attention (CAM / PFNet CA), x: (B, C, N), energy E = X Xᵀ:
     variant "pfnet": A = softmax(E)           variant "danet": A = softmax(rowmax(E) − E) = softmax(−E)
     out = A X
+
+Energies and softmax run in fp32 (float64 for float64 inputs): they overflow fp16. The ``*_lse``
+variants also return the log-sum-exp of the energies, which the fused kernels save for their backward;
+the ops use them as their reference backend. Both compute ``out`` the same way (an exported graph keeps
+the Softmax node that TensorRT fuses into attention).
 """
 from __future__ import annotations
 
 import torch
 
+CHANNEL_VARIANTS = ("pfnet", "danet")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def position_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Cq, N), (B, Cq, N), (B, C, N) → (out (B, C, N) in v's dtype, lse (B, N) fp32/fp64)."""
+    energy = _position_energy(q, k, scale)
+    return _position_out(energy, v), torch.logsumexp(energy, dim=-1)
+
 
 def position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """(B, Cq, N), (B, Cq, N), (B, C, N) → (B, C, N); softmax over keys in fp32."""
-    energy = torch.bmm(q.transpose(1, 2).float(), k.float()) * scale  # (B, N, N)
+    """(B, Cq, N), (B, Cq, N), (B, C, N) → (B, C, N); softmax over keys."""
+    return _position_out(_position_energy(q, k, scale), v)
+
+
+def _position_energy(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    ct = _compute_dtype(q.dtype)
+    return torch.bmm(q.transpose(1, 2).to(ct), k.to(ct)) * scale  # (B, N, N)
+
+
+def _position_out(energy: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     attn = torch.softmax(energy, dim=-1)
-    return torch.bmm(v.float(), attn.transpose(1, 2)).to(v.dtype)
+    return torch.bmm(v.to(energy.dtype), attn.transpose(1, 2)).to(v.dtype)
+
+
+def channel_attention_lse(x: torch.Tensor, variant: str = "pfnet") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, N) → (out (B, C, N) in x's dtype, lse (B, C) of the signed energies)."""
+    xf, energy = _channel_energy(x, variant)
+    return (torch.bmm(torch.softmax(energy, dim=-1), xf).to(x.dtype)), torch.logsumexp(energy, dim=-1)
 
 
 def channel_attention(x: torch.Tensor, variant: str = "pfnet") -> torch.Tensor:
-    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X, energies and softmax in fp32."""
-    xf = x.float()
-    energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
-    if variant == "danet":
-        energy = energy.amax(dim=-1, keepdim=True) - energy
-    elif variant != "pfnet":
+    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X."""
+    xf, energy = _channel_energy(x, variant)
+    return torch.bmm(torch.softmax(energy, dim=-1), xf).to(x.dtype)
+
+
+def _channel_energy(x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if variant not in CHANNEL_VARIANTS:
         raise ValueError(f"channel_attention: variant must be 'pfnet' or 'danet', got {variant!r}")
-    attn = torch.softmax(energy, dim=-1)
-    return torch.bmm(attn, xf).to(x.dtype)
+    xf = x.to(_compute_dtype(x.dtype))
+    energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
+    # danet: softmax(rowmax(E) − E) = softmax(−E), the shift cancels
+    return xf, (-energy if variant == "danet" else energy)
