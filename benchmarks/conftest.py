@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_collect_file(parent, file_path):
-    # Collect bench_*.py files as test modules when they are given on the command line.
-    # Paths given explicitly are collected by pytest itself; only add those found by directory walk.
+    # `pytest benchmarks/` would skip bench_*.py (not test_*.py): collect them. Files named on the
+    # command line are collected by pytest itself, so adding them here would run them twice.
     if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None

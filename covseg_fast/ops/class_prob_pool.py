@@ -87,6 +87,7 @@ def class_prob_pool(
     Raises:
         ValueError / TypeError: wrong rank, dtype, scales, or a label outside [0, K) that is not ``ignore_index``.
     """
-    scales = [int(s) if isinstance(s, (int,)) or (hasattr(s, "__index__")) else s for s in scales]
+    # Integer-like scales (numpy ints, 0-d tensors) become ints; anything else is left for _validate to reject.
+    scales = [int(s) if hasattr(s, "__index__") else s for s in scales]
     _validate(labels, num_classes, scales, ignore_index)
     return list(torch.ops.covseg.class_prob_pool(labels, num_classes, scales, ignore_index))
