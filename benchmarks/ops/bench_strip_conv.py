@@ -8,6 +8,8 @@ Timed: ``s = a0 + Σ v_i(h_i(a0))`` with SegNeXt kernels (5; 7, 11, 21), bf16 NC
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -19,14 +21,15 @@ from covseg_fast.ops.reference.strip_conv import strip_conv as reference
 HAS_CUDA = torch.cuda.is_available()
 # name: (B, C, H, W)
 SHAPES = {**MSA_LEVELS, "cpu_tiny": (2, 16, 32, 32)}
-PROVIDERS = ["eager", "compile", "triton"]
+# triton: the default single-pass forward; triton_split: the three-launch forward (same backward)
+PROVIDERS = ["eager", "compile", "triton", "triton_split"]
 MODES = ["fwd", "fwd+bwd"]
 KERNELS = (5, (7, 11, 21))
 
 
 def _case(shape_name: str, provider: str):
     if shape_name == "cpu_tiny":
-        if provider == "triton":
+        if provider.startswith("triton"):
             pytest.skip("the Triton provider needs a CUDA device (the CPU interpreter is not a benchmark)")
         return "cpu", torch.float32
     if not HAS_CUDA:
@@ -59,14 +62,15 @@ def _triton(*args):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_strip_conv(benchmark, record, provider, shape_name, mode):
+def test_strip_conv(benchmark, record, monkeypatch, provider, shape_name, mode):
     device, dtype = _case(shape_name, provider)
+    monkeypatch.setenv("COVSEG_STRIP_CONV_SCHEDULE", "split" if provider == "triton_split" else "single")
     benchmark.group = f"strip_conv {shape_name} {mode}"
     train = mode == "fwd+bwd"
     args = _inputs(SHAPES[shape_name], device, dtype, train)
     x, w0, b0, wh, bh, wv, bv = args
     leaves = [x, w0, b0, *wh, *bh, *wv, *bv]
-    fn = {"eager": reference, "compile": torch.compile(reference), "triton": _triton}[provider]
+    fn = {"eager": reference, "compile": torch.compile(reference), "triton": _triton, "triton_split": _triton}[provider]
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
 
     def step():
@@ -83,7 +87,8 @@ def test_strip_conv(benchmark, record, provider, shape_name, mode):
     for _ in range(3):  # warm-up: compile, Triton JIT, cudnn
         step()
     peak = measure_peak_memory(step, device)
-    record(provider=provider, shape=shape_name, mode=mode, dtype=str(dtype), kernels=str(KERNELS),
+    record(provider=provider, schedule=os.environ["COVSEG_STRIP_CONV_SCHEDULE"], shape=shape_name, mode=mode,
+           dtype=str(dtype), kernels=str(KERNELS),
            bytes_x=x.numel() * x.element_size(), peak_memory_bytes=peak)
     rounds = 5 if device == "cpu" else 20
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)

@@ -6,7 +6,8 @@ Backends, in preference order: ``triton`` (ops/triton/strip_conv.py; CUDA tensor
 under ``TRITON_INTERPRET=1``), ``reference`` (ops/reference/strip_conv.py). The backward is its own
 op, ``covseg::_strip_conv_backward``, returning the gradients of x and of every weight and bias;
 it recomputes a0 and the horizontal strips instead of saving them (only x and the weights are
-saved). Kernel sizes come from the weight shapes, so any odd sizes work; the Triton backend takes up
+saved). The Triton forward is one launch (``COVSEG_STRIP_CONV_SCHEDULE=split``: three; see
+ops/triton/strip_conv.py). Kernel sizes come from the weight shapes, so any odd sizes work; the Triton backend takes up
 to 3 strip branches (more are served by the reference).
 """
 from __future__ import annotations

@@ -1,18 +1,21 @@
 """Triton kernels for ``covseg::strip_conv`` (SegNeXt MSCA depthwise part) and its backward.
 
-Forward, three launches (``strip_conv_forward``):
+Forward (``strip_conv_forward``), two schedules, chosen by ``COVSEG_STRIP_CONV_SCHEDULE``:
 
-1. ``_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
-2. ``_strips_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
-   a0 tile is loaded once and shared by every branch with that tap.
-3. ``_strips_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
-   to the output dtype/layout fused into one pass.
-
-What is fused and why: the horizontal and vertical strip of a branch are not fused into one pass:
-Triton has no cheap way to shift a register tile, and recomputing the horizontal strip for every
-vertical tap costs k² instead of 2k MACs (441 vs 42 for k = 21). HBM traffic in bf16 is about
-2E (x) + 2E (a0 out) + 2E+6E (spread) + 2E+6E+2E (gather) = 22E bytes versus ≈ 60E for the eager
-13-kernel chain (KERNELS.md §2.2), at most 3 strip branches (more fall back to the reference).
+- ``single`` (default): one launch, ``strip_conv_single.py``; a0 and the horizontal strips live in an
+  L2-resident per-program scratch, HBM sees x and s (≈ 2E–3E bytes in bf16), at ≈ 1.3× the MACs
+  (halo recomputation).
+- ``split``: three launches through HBM, kept as the benchmark's comparison point:
+  1. ``_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
+  2. ``_strips_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
+     a0 tile is loaded once and shared by every branch with that tap.
+  3. ``_strips_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
+     to the output dtype/layout fused into one pass.
+  HBM traffic in bf16 is 2E (x) + 2E (a0 out) + 2E+6E (spread) + 2E+6E+2E (gather) = 22E bytes
+  versus ≈ 60E for the eager 13-kernel chain (KERNELS.md §2.2).
+Both take at most 3 strip branches (more fall back to the reference). Neither fuses the 1×1 conv or
+the multiplication with the input: the 1×1 is a GEMM over all C channels of a pixel, which a
+depthwise tile (one or a few channels) does not hold; cuBLAS/cuDNN does it as an epilogue-free GEMM.
 
 Backward (``strip_conv_backward``): recompute a0 and the t_i, then the transposed convs with the
 same kernels and flipped weights (grad of an odd "same" correlation wrt its input is the correlation
@@ -25,12 +28,15 @@ intermediates are contiguous NCHW. Only this module (and the ops/triton package)
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+
+from .strip_conv_single import strip_conv_single_pass
 
 @triton.jit
 def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -340,13 +346,32 @@ def _intermediate_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def strip_conv_forward(x, w0, b0, wh, bh, wv, bv, out: torch.Tensor) -> torch.Tensor:
-    """s = a0 + Σ_i v_i(h_i(a0)) into ``out`` (any layout, any float dtype), ≤ 3 branches, 3 launches:
-    a0 = dw(x) → {t_i = h_i(a0)} in one pass → s = a0 + Σ v_i(t_i) in one pass (sum + cast fused).
+SCHEDULES = ("single", "split")
+
+
+def forward_schedule() -> str:
+    """The forward schedule: ``COVSEG_STRIP_CONV_SCHEDULE`` = ``single`` (default: one launch,
+    strip_conv_single.py) or ``split`` (three launches through HBM, below). Both are benchmarked."""
+    name = os.environ.get("COVSEG_STRIP_CONV_SCHEDULE", "single").strip().lower() or "single"
+    if name not in SCHEDULES:
+        raise ValueError(f"COVSEG_STRIP_CONV_SCHEDULE={name!r}: expected one of {', '.join(SCHEDULES)}")
+    return name
+
+
+def strip_conv_forward(x, w0, b0, wh, bh, wv, bv, out: torch.Tensor, schedule: Optional[str] = None
+                       ) -> torch.Tensor:
+    """s = a0 + Σ_i v_i(h_i(a0)) into ``out`` (any layout, any float dtype), ≤ 3 branches.
+
+    ``single``: one launch, a0 and the t_i kept in an L2-resident scratch (strip_conv_single.py).
+    ``split``: 3 launches: a0 = dw(x) → {t_i = h_i(a0)} in one pass → s = a0 + Σ v_i(t_i) in one pass.
     """
     bsz, c, h, w = x.shape
     if len(wh) == 0:
         return dwconv(x, w0, b0, out)
+    if (schedule or forward_schedule()) == "single":
+        wf, bf, ks = _pad3(wh, bh, flip=False)
+        vf, vbf, _ = _pad3(wv, bv, flip=False)
+        return strip_conv_single_pass(x, w0, b0, wf, bf, vf, vbf, ks, out)
     a0 = dwconv(x, w0, b0, torch.empty((bsz, c, h, w), device=x.device, dtype=_intermediate_dtype(x)))
     ts = strips_spread(a0, wh, bh, [torch.empty_like(a0) for _ in wh], vertical=False)
     return strips_gather(a0, ts, wv, bv, out, vertical=True)
