@@ -144,4 +144,6 @@ def _run(args) -> int:
     log.info("done: %d ok, %d failed, %d already complete; %d slices in %.1f s (%.2f volumes/s, %.1f slices/s); "
              "outputs in %s", s["ok"], s["failed"], s["skipped_complete"], s["slices"], s["wall_s"],
              s["volumes_per_s"], s["slices_per_s"], os.path.abspath(s["output_dir"]))
+    if s["ok"] or s["failed"]:
+        log.info("%s", s["stage_line"])
     return code

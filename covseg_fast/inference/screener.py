@@ -14,6 +14,10 @@ Stages (each overlaps the others):
 
 A failing case (unreadable, corrupt, not 3-D, NaN, ...) is recorded with a one-line reason and the batch
 goes on.
+
+Every run also accounts for where the time went (:class:`StageTimes`, host ``perf_counter`` only, no
+device synchronisation added): the busy time of each stage and how long the inference loop waited for
+decoded input (starved) or for room in the write queue (back-pressure), and names the bottleneck.
 """
 from __future__ import annotations
 
@@ -61,6 +65,73 @@ class ScreenConfig:
 
 
 @dataclasses.dataclass
+class StageTimes:
+    """Where the time of one run went, in seconds (host ``time.perf_counter``; no device sync added).
+
+    Busy time per stage, summed over cases: ``decode_s`` (reading + lung mask, in the worker
+    processes, so it can exceed the wall time with several workers), ``device_s`` (to the device,
+    windowing, resizing, normalising), ``inference_s`` (batching and the model), ``postprocess_s``
+    (resizing back, to the host, thresholding) and ``write_s`` (all outputs of a case, summed over the
+    writer threads). The inference loop (the main thread) additionally waited ``starved_s`` for a
+    decoded case, ``backpressure_s`` for room in the write queue and, after its last batch,
+    ``drain_s`` for the writers to finish. On CUDA the device stages run asynchronously: their host
+    times hold kernel launches, and the GPU's own time surfaces wherever the loop first waits for it
+    (mostly the copy of a finished case to the host, counted in ``postprocess_s``).
+    """
+
+    decode_s: float = 0.0
+    device_s: float = 0.0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    write_s: float = 0.0
+    starved_s: float = 0.0
+    backpressure_s: float = 0.0
+    drain_s: float = 0.0
+    workers: int = 0
+    writers: int = 1
+    device: str = "cpu"
+
+    def loop_shares(self) -> dict[str, float]:
+        """The inference loop's waits and device stages, seconds each: what its wall time consisted of.
+
+        ``decode`` is the time it was starved (``decode_s`` itself too when decoding runs in the loop,
+        ``workers=0``), ``write`` its back-pressure and final drain; on CUDA the asynchronous device
+        stages are one share, ``gpu``.
+        """
+        shares = {"decode": self.starved_s, "write": self.backpressure_s + self.drain_s}
+        if self.device.startswith("cuda"):
+            shares["gpu"] = self.device_s + self.inference_s + self.postprocess_s
+        else:
+            shares.update(device=self.device_s, inference=self.inference_s, postprocess=self.postprocess_s)
+        return shares
+
+    @property
+    def bottleneck(self) -> str:
+        """The stage the inference loop spent most of its time on or waiting for ('' for an empty run)."""
+        shares = self.loop_shares()
+        name, value = max(shares.items(), key=lambda kv: kv[1])
+        return name if value > 0 else ""
+
+    def as_dict(self) -> dict:
+        d = {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+        d["bottleneck"] = self.bottleneck
+        return d
+
+    def line(self, wall_s: float) -> str:
+        """One line for the end of `covseg screen`: stage busy times, loop waits, the bottleneck."""
+        dec = "in the loop" if self.workers == 0 else f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        text = (f"stages (busy s): decode {self.decode_s:.1f} ({dec}), device {self.device_s:.1f}, "
+                f"inference {self.inference_s:.1f}, postprocess {self.postprocess_s:.1f}, write {self.write_s:.1f} "
+                f"({self.writers} writer{'s' if self.writers > 1 else ''}); inference loop waited "
+                f"{self.starved_s:.1f} for input, {self.backpressure_s + self.drain_s:.1f} for writers")
+        b = self.bottleneck
+        if b:
+            share = self.loop_shares()[b] / wall_s if wall_s > 0 else 0.0
+            text += f" → bottleneck: {b} ({100 * share:.0f}% of {wall_s:.1f} s)"
+        return text
+
+
+@dataclasses.dataclass
 class ScreenResult:
     """What a run did: records of finished cases, failures (case, path, reason), timing."""
 
@@ -68,6 +139,7 @@ class ScreenResult:
     failures: list[dict] = dataclasses.field(default_factory=list)
     slices: int = 0
     wall_s: float = 0.0
+    stages: StageTimes = dataclasses.field(default_factory=StageTimes)
 
     @property
     def volumes_per_s(self) -> float:
@@ -86,7 +158,7 @@ def decode_case(case: Case) -> dict:
         lung = lung_mask(vol.data)
         return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
     except Exception as exc:  # one bad input must never stop the batch
-        return {"case": case, "error": _reason(exc)}
+        return {"case": case, "error": _reason(exc), "decode_s": time.perf_counter() - t0}
 
 
 def _reason(exc: BaseException) -> str:
@@ -167,8 +239,9 @@ class Screener:
 
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:
-        """Screen ``cases``; returns records and failures (does not write the batch CSVs)."""
+        """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs)."""
         res = ScreenResult()
+        res.stages = StageTimes(workers=self.cfg.workers, writers=1, device=str(self.device))
         t0 = time.perf_counter()
         write_q: queue.Queue = queue.Queue(maxsize=4)
         lock = threading.Lock()
@@ -178,8 +251,10 @@ class Screener:
         try:
             self._produce(cases, res, lock, write_q, bar)
         finally:
+            t_drain = time.perf_counter()
             write_q.put(None)
             writer.join()
+            res.stages.drain_s = time.perf_counter() - t_drain
             res.wall_s = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
@@ -220,13 +295,15 @@ class Screener:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
             res.failures.append({"case_id": case.case_id, "path": case.path, "reason": reason})
-        if bar is not None:
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
 
     def _produce(self, cases, res, lock, write_q, bar) -> None:
         pending: collections.deque[_Pending] = collections.deque()
         bs = self.cfg.batch_size
         queued = 0  # slices waiting for a batch
+        st_times = res.stages
+        clock = time.perf_counter
 
         def run_batch(n: int) -> None:
             nonlocal queued
@@ -244,6 +321,7 @@ class Screener:
                 queued -= take
             if not parts:
                 return
+            t_inf = clock()
             try:
                 probs = self._infer(torch.cat(parts) if len(parts) > 1 else parts[0])
             except Exception as exc:
@@ -257,19 +335,30 @@ class Screener:
                     st.prob[start:start + take] = probs[off:off + take]
                     off += take
                     st.done += take
+            st_times.inference_s += clock() - t_inf
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
 
-        for item in self._decoded(cases):
+        decoded = self._decoded(cases)
+        while True:
+            t_wait = clock()
+            item = next(decoded, None)  # blocks while the next case is still being decoded
+            st_times.starved_s += clock() - t_wait
+            if item is None:
+                break
             case = item["case"]
+            st_times.decode_s += item.get("decode_s", 0.0)
             if "error" in item:
                 self._fail(res, lock, case, item["error"], bar)
                 continue
+            t_dev = clock()
             try:
                 x, plane = self.to_model_slices(item["volume"].data)
             except Exception as exc:
                 self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar)
                 continue
+            finally:
+                st_times.device_s += clock() - t_dev
             item["t_dequeued"] = time.perf_counter()
             pending.append(_Pending(item, x, plane))
             queued += x.shape[0]
@@ -283,12 +372,16 @@ class Screener:
         if "error" in item:
             self._fail(res, lock, item["case"], item["error"], bar)
             return
+        t_post = time.perf_counter()
         prob = self.from_model_probs(st.prob, st.plane)
         item["prob"] = prob
         item["mask"] = prob >= self.cfg.threshold
-        item["infer_s"] = time.perf_counter() - item["t_dequeued"]
+        t_put = time.perf_counter()
+        res.stages.postprocess_s += t_put - t_post
+        item["infer_s"] = t_put - item["t_dequeued"]
         st.slices = st.prob = None  # free device memory now
-        write_q.put(item)
+        write_q.put(item)  # blocks while the writers are behind (back-pressure)
+        res.stages.backpressure_s += time.perf_counter() - t_put
 
     def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar, t0: float) -> None:
         while True:
@@ -296,8 +389,8 @@ class Screener:
             if item is None:
                 return
             case, vol = item["case"], item["volume"]
+            t_w = time.perf_counter()
             try:
-                t_w = time.perf_counter()
                 record = {"case_id": case.case_id, "status": "ok", "path": case.path, "format": vol.fmt,
                           "shape": list(vol.source_shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
                           "slices": int(vol.data.shape[2]), "threshold": self.cfg.threshold,
@@ -313,11 +406,14 @@ class Screener:
                 with lock:
                     res.records.append(rec)
                     res.slices += rec["slices"]
-                if bar is not None:
-                    el = time.perf_counter() - t0
-                    bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
-                    bar.update(1)
+                    res.stages.write_s += time.perf_counter() - t_w
+                    if bar is not None:
+                        el = time.perf_counter() - t0
+                        bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
+                        bar.update(1)
             except Exception as exc:
+                with lock:
+                    res.stages.write_s += time.perf_counter() - t_w
                 self._fail(res, lock, case, f"writing outputs failed: {_reason(exc)}", bar)
 
 
