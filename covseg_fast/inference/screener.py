@@ -9,8 +9,9 @@ Stages (each overlaps the others):
 3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
    CUDA); probabilities return to per-case buffers on the device; a finished case is resized back to
    its slice size, thresholded and mapped back to its canonical grid;
-4. write — a background thread writes the mask on the input grid (input affine), optional
-   probabilities, the PNG montage and the JSON record (last: it marks the case complete).
+4. write — ``writers`` background threads (gzip/zlib and PNG encoding release the GIL) each write whole
+   cases: the mask on the input grid (input affine), optional probabilities, the PNG montage and the
+   JSON record (last: it marks the case complete). Records and failures are returned in input order.
 
 A failing case (unreadable, corrupt, not 3-D, NaN, ...) is recorded with a one-line reason and the batch
 goes on.
@@ -26,6 +27,7 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -44,6 +46,15 @@ from .outputs import OutputPlan, write_case
 log = logging.getLogger(__name__)
 
 
+def default_writers() -> int:
+    """Writer threads by default: min(4, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 @dataclasses.dataclass
 class ScreenConfig:
     """Knobs of one screening run (see ``covseg screen --help``)."""
@@ -54,6 +65,7 @@ class ScreenConfig:
     batch_size: int = 16
     workers: int = 2
     device: str = "cpu"
+    writers: int = dataclasses.field(default_factory=default_writers)
     save_masks: bool = True
     save_probabilities: bool = False
     montage: bool = True
@@ -239,25 +251,36 @@ class Screener:
 
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:
-        """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs)."""
+        """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs).
+
+        Records and failures come back in the order of ``cases`` whatever order the writers finish in.
+        """
+        n_writers = max(1, int(self.cfg.writers))
         res = ScreenResult()
-        res.stages = StageTimes(workers=self.cfg.workers, writers=1, device=str(self.device))
+        res.stages = StageTimes(workers=self.cfg.workers, writers=n_writers, device=str(self.device))
         t0 = time.perf_counter()
-        write_q: queue.Queue = queue.Queue(maxsize=4)
+        write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
         bar = _progress(len(cases), self.cfg.progress)
-        writer = threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True)
-        writer.start()
+        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
+                                    name=f"covseg-writer-{i}") for i in range(n_writers)]
+        for w in writers:
+            w.start()
         try:
             self._produce(cases, res, lock, write_q, bar)
         finally:
             t_drain = time.perf_counter()
-            write_q.put(None)
-            writer.join()
+            for _ in writers:
+                write_q.put(None)  # one stop mark per writer, after every case
+            for w in writers:
+                w.join()
             res.stages.drain_s = time.perf_counter() - t_drain
             res.wall_s = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
+        order = {c.case_id: i for i, c in enumerate(cases)}
+        res.records.sort(key=lambda r: order.get(r["case_id"], len(order)))
+        res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
 
     def _decoded(self, cases: list[Case]):
@@ -374,8 +397,8 @@ class Screener:
             return
         t_post = time.perf_counter()
         prob = self.from_model_probs(st.prob, st.plane)
-        item["prob"] = prob
         item["mask"] = prob >= self.cfg.threshold
+        item["prob"] = prob if self.cfg.save_probabilities else None  # queued cases hold only what is written
         t_put = time.perf_counter()
         res.stages.postprocess_s += t_put - t_post
         item["infer_s"] = t_put - item["t_dequeued"]
@@ -388,16 +411,17 @@ class Screener:
             item = write_q.get()
             if item is None:
                 return
-            case, vol = item["case"], item["volume"]
             t_w = time.perf_counter()
+            case = item["case"]
             try:
+                vol = item["volume"]
                 record = {"case_id": case.case_id, "status": "ok", "path": case.path, "format": vol.fmt,
                           "shape": list(vol.source_shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
                           "slices": int(vol.data.shape[2]), "threshold": self.cfg.threshold,
                           "window_hu": list(self.cfg.window), **self.meta, "warnings": list(vol.warnings)}
                 for w in vol.warnings:
                     log.warning("%s: %s", case.case_id, w)
-                prob = item["prob"] if self.cfg.save_probabilities else None
+                prob = item["prob"]
                 record["decode_s"] = round(item["decode_s"], 4)
                 record["infer_s"] = round(item["infer_s"], 4)
                 record["time_s"] = round(item["decode_s"] + item["infer_s"] + (time.perf_counter() - t_w), 4)
