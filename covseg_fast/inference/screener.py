@@ -130,11 +130,16 @@ class StageTimes:
         return d
 
     def line(self, wall_s: float) -> str:
-        """One line for the end of `covseg screen`: stage busy times, loop waits, the bottleneck."""
-        dec = "in the loop" if self.workers == 0 else f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        """One line for the end of `covseg screen`: stage busy times (with how busy the decoding workers
+        and the writers were, in % of their capacity), the loop's waits, the bottleneck."""
+        def pool(n: int, what: str, busy: float) -> str:
+            use = f", {100 * busy / (n * wall_s):.0f}% busy" if wall_s > 0 else ""
+            return f"{n} {what}{'s' if n > 1 else ''}{use}"
+
+        dec = "in the loop" if self.workers == 0 else pool(self.workers, "worker", self.decode_s)
         text = (f"stages (busy s): decode {self.decode_s:.1f} ({dec}), device {self.device_s:.1f}, "
-                f"inference {self.inference_s:.1f}, postprocess {self.postprocess_s:.1f}, write {self.write_s:.1f} "
-                f"({self.writers} writer{'s' if self.writers > 1 else ''}); inference loop waited "
+                f"inference {self.inference_s:.1f}, postprocess {self.postprocess_s:.1f}, "
+                f"write {self.write_s:.1f} ({pool(self.writers, 'writer', self.write_s)}); inference loop waited "
                 f"{self.starved_s:.1f} for input, {self.backpressure_s + self.drain_s:.1f} for writers")
         b = self.bottleneck
         if b:
