@@ -11,7 +11,9 @@ Providers (same model, same batch size, same slices, same run):
 - ``screen``: the whole `covseg screen` pipeline (decode in workers, lung mask, device windowing and
   resizing, batched inference, write-back of masks/montages/JSON).
 The result is volumes/min and slices/s for both and ``screen / model_only`` (the issue's target on an
-H100: ≥ 0.85). The model is ``COVSEG_BENCH_MODEL`` (a registered name, random weights: speed only) or,
+H100: ≥ 0.85), plus the pipeline's stage account (``stages`` in extra_info: busy seconds of decode,
+device, inference, postprocess and write, the inference loop's starved / back-pressure / drain waits,
+and the bottleneck). ``COVSEG_BENCH_WRITERS`` sets the writer threads (default min(4, CPUs)). The model is ``COVSEG_BENCH_MODEL`` (a registered name, random weights: speed only) or,
 by default, ``bench_convnet`` defined here: 6 conv layers of 32 channels at 352×352 on CUDA, 4 conv
 layers of 16 channels at 128×128 on CPU (so the CPU run stays short).
 """
@@ -26,7 +28,7 @@ from torch import nn
 
 from conftest import environment, synchronize
 from covseg_fast.inference.batch import screen_batch
-from covseg_fast.inference.screener import ScreenConfig, Screener
+from covseg_fast.inference.screener import ScreenConfig, Screener, default_writers
 from covseg_fast.io import discover, read_case
 from covseg_fast.models.registry import ModelSpec, get_model, get_spec, prepare_input, register_model
 
@@ -90,6 +92,7 @@ def test_screening_throughput(benchmark, tmp_path):
     n = int(os.environ.get("COVSEG_BENCH_VOLUMES", "100" if CUDA else "4"))
     batch = int(os.environ.get("COVSEG_BENCH_BATCH", "32" if CUDA else "16"))
     workers = int(os.environ.get("COVSEG_BENCH_WORKERS", str(min(8, os.cpu_count() or 1)) if CUDA else "1"))
+    writers = int(os.environ.get("COVSEG_BENCH_WRITERS", str(default_writers())))
     name = os.environ.get("COVSEG_BENCH_MODEL", "bench_convnet")
     torch.manual_seed(0)
     model = get_model(name).eval()
@@ -100,7 +103,7 @@ def test_screening_throughput(benchmark, tmp_path):
 
     # model-only ceiling: the same slices, pre-staged on the device, same batches
     cfg = ScreenConfig(out_dir=str(tmp_path / "out"), batch_size=batch, workers=workers, device=DEVICE,
-                       progress=False)
+                       writers=writers, progress=False)
     scr = Screener(model, spec, cfg, {"model": name})
     uniq = {}
     for c in cases[: len(_sources())]:
@@ -134,13 +137,14 @@ def test_screening_throughput(benchmark, tmp_path):
     benchmark.extra_info.update(environment())
     benchmark.extra_info.update({
         "provider": "screen vs model_only", "model": name, "input_size": list(spec.input_size),
-        "batch_size": batch, "workers": workers, "volumes": n, "slices": n_slices_total,
+        "batch_size": batch, "workers": workers, "writers": writers, "volumes": n, "slices": n_slices_total,
         "screen_volumes_per_min": 60 * n / summary["wall_s"], "screen_slices_per_s": e2e_sps,
         "model_only_slices_per_s": model_sps, "model_only_volumes_per_min": 60 * n / model_only_s,
-        "screen_over_model_only": e2e_sps / model_sps,
+        "screen_over_model_only": e2e_sps / model_sps, "stages": summary["stages"],
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if CUDA else None})
     print(f"\n[bench_screening] {DEVICE}: {n} volumes, {n_slices_total} slices, model {name} "
-          f"{tuple(spec.input_size)}, batch {batch}, workers {workers}\n"
+          f"{tuple(spec.input_size)}, batch {batch}, workers {workers}, writers {writers}\n"
           f"  screen end to end: {60 * n / summary['wall_s']:.1f} volumes/min, {e2e_sps:.1f} slices/s\n"
           f"  model only:        {60 * n / model_only_s:.1f} volumes/min, {model_sps:.1f} slices/s\n"
-          f"  ratio screen / model-only: {e2e_sps / model_sps:.2f}")
+          f"  ratio screen / model-only: {e2e_sps / model_sps:.2f}\n"
+          f"  {summary['stage_line']}")

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
+    p.add_argument("--writers", type=int, default=None,
+                   help="writer threads (masks, probabilities, montages, JSON; gzip and PNG encoding run in "
+                   "parallel); default min(4, CPUs)")
     p.add_argument("--window", default="-1250,250", help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: "
                    "--window=-1250,250 (the default lung window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
@@ -92,7 +95,7 @@ def _run(args) -> int:
     from .. import __version__
     from ..inference.batch import UsageError, screen_batch
     from ..inference.backends import make_backend
-    from ..inference.screener import ScreenConfig, Screener
+    from ..inference.screener import ScreenConfig, Screener, default_writers
     from ..models.registry import CheckpointError, get_spec, load_model
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
@@ -110,8 +113,8 @@ def _run(args) -> int:
                          "(or --demo)")
     if checkpoint is None:
         raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
-    if args.batch_size < 1 or args.workers < 0:
-        raise UsageError("--batch-size must be ≥ 1 and --workers ≥ 0")
+    if args.batch_size < 1 or args.workers < 0 or (args.writers is not None and args.writers < 1):
+        raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
     window = _parse_window(args.window)
@@ -120,7 +123,8 @@ def _run(args) -> int:
     cfg = ScreenConfig(out_dir=out_dir, window=window, threshold=args.threshold, batch_size=args.batch_size,
                        workers=args.workers, device=device, save_masks=not args.no_masks,
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress,
+                       writers=default_writers() if args.writers is None else args.writers)
 
     def factory() -> Screener:
         try:
@@ -144,4 +148,6 @@ def _run(args) -> int:
     log.info("done: %d ok, %d failed, %d already complete; %d slices in %.1f s (%.2f volumes/s, %.1f slices/s); "
              "outputs in %s", s["ok"], s["failed"], s["skipped_complete"], s["slices"], s["wall_s"],
              s["volumes_per_s"], s["slices_per_s"], os.path.abspath(s["output_dir"]))
+    if s["ok"] or s["failed"]:
+        log.info("%s", s["stage_line"])
     return code

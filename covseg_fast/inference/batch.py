@@ -66,6 +66,10 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
     """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
 
+    ``summary`` holds counts, wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
+    per stage, the inference loop's starved/back-pressure/drain waits, the bottleneck), ``bottleneck``
+    and ``stage_line`` (the one-line account `covseg screen` prints).
+
     ``screener_factory()`` builds the :class:`Screener` (called after planning, so a usage error
     costs no model load). Exit code 0 when every case succeeded (or was complete), 1 when any failed.
 
@@ -115,5 +119,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     summary = {"ok": len(res.records), "failed": len(res.failures), "skipped_complete": len(done),
                "slices": res.slices, "wall_s": wall,
                "volumes_per_s": len(res.records) / wall if wall > 0 else 0.0,
-               "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir}
+               "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir,
+               "stages": res.stages.as_dict(), "bottleneck": res.stages.bottleneck,
+               "stage_line": res.stages.line(res.wall_s)}
     return (1 if res.failures else 0), res, summary

@@ -9,11 +9,16 @@ Stages (each overlaps the others):
 3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
    CUDA); probabilities return to per-case buffers on the device; a finished case is resized back to
    its slice size, thresholded and mapped back to its canonical grid;
-4. write — a background thread writes the mask on the input grid (input affine), optional
-   probabilities, the PNG montage and the JSON record (last: it marks the case complete).
+4. write — ``writers`` background threads (gzip/zlib and PNG encoding release the GIL) each write whole
+   cases: the mask on the input grid (input affine), optional probabilities, the PNG montage and the
+   JSON record (last: it marks the case complete). Records and failures are returned in input order.
 
 A failing case (unreadable, corrupt, not 3-D, NaN, ...) is recorded with a one-line reason and the batch
 goes on.
+
+Every run also accounts for where the time went (:class:`StageTimes`, host ``perf_counter`` only, no
+device synchronisation added): the busy time of each stage and how long the inference loop waited for
+decoded input (starved) or for room in the write queue (back-pressure), and names the bottleneck.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -40,6 +46,15 @@ from .outputs import OutputPlan, write_case
 log = logging.getLogger(__name__)
 
 
+def default_writers() -> int:
+    """Writer threads by default: min(4, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 @dataclasses.dataclass
 class ScreenConfig:
     """Knobs of one screening run (see ``covseg screen --help``)."""
@@ -50,6 +65,7 @@ class ScreenConfig:
     batch_size: int = 16
     workers: int = 2
     device: str = "cpu"
+    writers: int = dataclasses.field(default_factory=default_writers)
     save_masks: bool = True
     save_probabilities: bool = False
     montage: bool = True
@@ -61,6 +77,78 @@ class ScreenConfig:
 
 
 @dataclasses.dataclass
+class StageTimes:
+    """Where the time of one run went, in seconds (host ``time.perf_counter``; no device sync added).
+
+    Busy time per stage, summed over cases: ``decode_s`` (reading + lung mask, in the worker
+    processes, so it can exceed the wall time with several workers), ``device_s`` (to the device,
+    windowing, resizing, normalising), ``inference_s`` (batching and the model), ``postprocess_s``
+    (resizing back, to the host, thresholding) and ``write_s`` (all outputs of a case, summed over the
+    writer threads). The inference loop (the main thread) additionally waited ``starved_s`` for a
+    decoded case, ``backpressure_s`` for room in the write queue and, after its last batch,
+    ``drain_s`` for the writers to finish. On CUDA the device stages run asynchronously: their host
+    times hold kernel launches, and the GPU's own time surfaces wherever the loop first waits for it
+    (mostly the copy of a finished case to the host, counted in ``postprocess_s``).
+    """
+
+    decode_s: float = 0.0
+    device_s: float = 0.0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    write_s: float = 0.0
+    starved_s: float = 0.0
+    backpressure_s: float = 0.0
+    drain_s: float = 0.0
+    workers: int = 0
+    writers: int = 1
+    device: str = "cpu"
+
+    def loop_shares(self) -> dict[str, float]:
+        """The inference loop's waits and device stages, seconds each: what its wall time consisted of.
+
+        ``decode`` is the time it was starved (``decode_s`` itself too when decoding runs in the loop,
+        ``workers=0``), ``write`` its back-pressure and final drain; on CUDA the asynchronous device
+        stages are one share, ``gpu``.
+        """
+        shares = {"decode": self.starved_s, "write": self.backpressure_s + self.drain_s}
+        if self.device.startswith("cuda"):
+            shares["gpu"] = self.device_s + self.inference_s + self.postprocess_s
+        else:
+            shares.update(device=self.device_s, inference=self.inference_s, postprocess=self.postprocess_s)
+        return shares
+
+    @property
+    def bottleneck(self) -> str:
+        """The stage the inference loop spent most of its time on or waiting for ('' for an empty run)."""
+        shares = self.loop_shares()
+        name, value = max(shares.items(), key=lambda kv: kv[1])
+        return name if value > 0 else ""
+
+    def as_dict(self) -> dict:
+        d = {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+        d["bottleneck"] = self.bottleneck
+        return d
+
+    def line(self, wall_s: float) -> str:
+        """One line for the end of `covseg screen`: stage busy times (with how busy the decoding workers
+        and the writers were, in % of their capacity), the loop's waits, the bottleneck."""
+        def pool(n: int, what: str, busy: float) -> str:
+            use = f", {100 * busy / (n * wall_s):.0f}% busy" if wall_s > 0 else ""
+            return f"{n} {what}{'s' if n > 1 else ''}{use}"
+
+        dec = "in the loop" if self.workers == 0 else pool(self.workers, "worker", self.decode_s)
+        text = (f"stages (busy s): decode {self.decode_s:.1f} ({dec}), device {self.device_s:.1f}, "
+                f"inference {self.inference_s:.1f}, postprocess {self.postprocess_s:.1f}, "
+                f"write {self.write_s:.1f} ({pool(self.writers, 'writer', self.write_s)}); inference loop waited "
+                f"{self.starved_s:.1f} for input, {self.backpressure_s + self.drain_s:.1f} for writers")
+        b = self.bottleneck
+        if b:
+            share = self.loop_shares()[b] / wall_s if wall_s > 0 else 0.0
+            text += f" → bottleneck: {b} ({100 * share:.0f}% of {wall_s:.1f} s)"
+        return text
+
+
+@dataclasses.dataclass
 class ScreenResult:
     """What a run did: records of finished cases, failures (case, path, reason), timing."""
 
@@ -68,6 +156,7 @@ class ScreenResult:
     failures: list[dict] = dataclasses.field(default_factory=list)
     slices: int = 0
     wall_s: float = 0.0
+    stages: StageTimes = dataclasses.field(default_factory=StageTimes)
 
     @property
     def volumes_per_s(self) -> float:
@@ -86,7 +175,7 @@ def decode_case(case: Case) -> dict:
         lung = lung_mask(vol.data)
         return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
     except Exception as exc:  # one bad input must never stop the batch
-        return {"case": case, "error": _reason(exc)}
+        return {"case": case, "error": _reason(exc), "decode_s": time.perf_counter() - t0}
 
 
 def _reason(exc: BaseException) -> str:
@@ -167,22 +256,36 @@ class Screener:
 
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:
-        """Screen ``cases``; returns records and failures (does not write the batch CSVs)."""
+        """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs).
+
+        Records and failures come back in the order of ``cases`` whatever order the writers finish in.
+        """
+        n_writers = max(1, int(self.cfg.writers))
         res = ScreenResult()
+        res.stages = StageTimes(workers=self.cfg.workers, writers=n_writers, device=str(self.device))
         t0 = time.perf_counter()
-        write_q: queue.Queue = queue.Queue(maxsize=4)
+        write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
         bar = _progress(len(cases), self.cfg.progress)
-        writer = threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True)
-        writer.start()
+        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
+                                    name=f"covseg-writer-{i}") for i in range(n_writers)]
+        for w in writers:
+            w.start()
         try:
             self._produce(cases, res, lock, write_q, bar)
         finally:
-            write_q.put(None)
-            writer.join()
+            t_drain = time.perf_counter()
+            for _ in writers:
+                write_q.put(None)  # one stop mark per writer, after every case
+            for w in writers:
+                w.join()
+            res.stages.drain_s = time.perf_counter() - t_drain
             res.wall_s = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
+        order = {c.case_id: i for i, c in enumerate(cases)}
+        res.records.sort(key=lambda r: order.get(r["case_id"], len(order)))
+        res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
 
     def _decoded(self, cases: list[Case]):
@@ -220,13 +323,15 @@ class Screener:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
             res.failures.append({"case_id": case.case_id, "path": case.path, "reason": reason})
-        if bar is not None:
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
 
     def _produce(self, cases, res, lock, write_q, bar) -> None:
         pending: collections.deque[_Pending] = collections.deque()
         bs = self.cfg.batch_size
         queued = 0  # slices waiting for a batch
+        st_times = res.stages
+        clock = time.perf_counter
 
         def run_batch(n: int) -> None:
             nonlocal queued
@@ -244,6 +349,7 @@ class Screener:
                 queued -= take
             if not parts:
                 return
+            t_inf = clock()
             try:
                 probs = self._infer(torch.cat(parts) if len(parts) > 1 else parts[0])
             except Exception as exc:
@@ -257,19 +363,30 @@ class Screener:
                     st.prob[start:start + take] = probs[off:off + take]
                     off += take
                     st.done += take
+            st_times.inference_s += clock() - t_inf
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
 
-        for item in self._decoded(cases):
+        decoded = self._decoded(cases)
+        while True:
+            t_wait = clock()
+            item = next(decoded, None)  # blocks while the next case is still being decoded
+            st_times.starved_s += clock() - t_wait
+            if item is None:
+                break
             case = item["case"]
+            st_times.decode_s += item.get("decode_s", 0.0)
             if "error" in item:
                 self._fail(res, lock, case, item["error"], bar)
                 continue
+            t_dev = clock()
             try:
                 x, plane = self.to_model_slices(item["volume"].data)
             except Exception as exc:
                 self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar)
                 continue
+            finally:
+                st_times.device_s += clock() - t_dev
             item["t_dequeued"] = time.perf_counter()
             pending.append(_Pending(item, x, plane))
             queued += x.shape[0]
@@ -283,28 +400,33 @@ class Screener:
         if "error" in item:
             self._fail(res, lock, item["case"], item["error"], bar)
             return
+        t_post = time.perf_counter()
         prob = self.from_model_probs(st.prob, st.plane)
-        item["prob"] = prob
         item["mask"] = prob >= self.cfg.threshold
-        item["infer_s"] = time.perf_counter() - item["t_dequeued"]
+        item["prob"] = prob if self.cfg.save_probabilities else None  # queued cases hold only what is written
+        t_put = time.perf_counter()
+        res.stages.postprocess_s += t_put - t_post
+        item["infer_s"] = t_put - item["t_dequeued"]
         st.slices = st.prob = None  # free device memory now
-        write_q.put(item)
+        write_q.put(item)  # blocks while the writers are behind (back-pressure)
+        res.stages.backpressure_s += time.perf_counter() - t_put
 
     def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar, t0: float) -> None:
         while True:
             item = write_q.get()
             if item is None:
                 return
-            case, vol = item["case"], item["volume"]
+            t_w = time.perf_counter()
+            case = item["case"]
             try:
-                t_w = time.perf_counter()
+                vol = item["volume"]
                 record = {"case_id": case.case_id, "status": "ok", "path": case.path, "format": vol.fmt,
                           "shape": list(vol.source_shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
                           "slices": int(vol.data.shape[2]), "threshold": self.cfg.threshold,
                           "window_hu": list(self.cfg.window), **self.meta, "warnings": list(vol.warnings)}
                 for w in vol.warnings:
                     log.warning("%s: %s", case.case_id, w)
-                prob = item["prob"] if self.cfg.save_probabilities else None
+                prob = item["prob"]
                 record["decode_s"] = round(item["decode_s"], 4)
                 record["infer_s"] = round(item["infer_s"], 4)
                 record["time_s"] = round(item["decode_s"] + item["infer_s"] + (time.perf_counter() - t_w), 4)
@@ -313,11 +435,14 @@ class Screener:
                 with lock:
                     res.records.append(rec)
                     res.slices += rec["slices"]
-                if bar is not None:
-                    el = time.perf_counter() - t0
-                    bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
-                    bar.update(1)
+                    res.stages.write_s += time.perf_counter() - t_w
+                    if bar is not None:
+                        el = time.perf_counter() - t0
+                        bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
+                        bar.update(1)
             except Exception as exc:
+                with lock:
+                    res.stages.write_s += time.perf_counter() - t_w
                 self._fail(res, lock, case, f"writing outputs failed: {_reason(exc)}", bar)
 
 

@@ -159,6 +159,136 @@ def test_write_failure_leaves_no_partial_file(tmp_path, ckpt, monkeypatch):
     assert (out / "b.json").is_file()
 
 
+TIMING_KEYS = {"decode_s", "infer_s", "time_s"}
+
+
+def _six_cases(inp):
+    inp.mkdir()
+    names = [f"c{n}" for n in range(6)]
+    for n, name in enumerate(names):
+        save_nifti(str(inp / f"{name}.nii.gz"), _marked((24 + 4 * n, 28, 3 + n % 3), n), axis_affine("LPS"))
+    return names
+
+
+def _outputs(out):
+    """File name → bytes (NIfTI, PNG) or the record minus timings (JSON), summary rows minus time."""
+    got = {}
+    for f in sorted(os.listdir(out)):
+        if f.endswith(".json") and not f.startswith("summary"):
+            got[f] = {k: v for k, v in json.load(open(out / f)).items() if k not in TIMING_KEYS}
+        elif f.startswith("summary") and f.endswith(".csv"):
+            got[f] = [{k: v for k, v in r.items() if k != "time_s"} for r in _rows(out / f)]
+        elif f.startswith("summary"):
+            got[f] = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in json.load(open(out / f))["cases"]]
+        else:
+            got[f] = open(out / f, "rb").read()
+    return got
+
+
+def test_parallel_writers_give_the_same_outputs_as_one(tmp_path, ckpt, monkeypatch):
+    import threading
+    import time
+
+    from covseg_fast.inference import screener
+
+    inp = tmp_path / "in"
+    names = _six_cases(inp)
+    assert screen(inp, "-o", tmp_path / "w1", "--checkpoint", ckpt, "--writers", 1, "--batch-size", 4,
+                  "--save-probabilities") == 0
+    # the first case writes slowly: with 3 writers the others finish before it, on other threads
+    real, threads = screener.write_case, set()
+
+    def slow_first(plan, case_id, *a, **k):
+        threads.add(threading.current_thread().name)
+        if case_id == names[0]:
+            time.sleep(0.5)
+        return real(plan, case_id, *a, **k)
+
+    monkeypatch.setattr(screener, "write_case", slow_first)
+    assert screen(inp, "-o", tmp_path / "w3", "--checkpoint", ckpt, "--writers", 3, "--batch-size", 4,
+                  "--save-probabilities") == 0
+    assert len(threads) > 1
+    one, three = _outputs(tmp_path / "w1"), _outputs(tmp_path / "w3")
+    assert sorted(one) == sorted(three) and len(one) == 6 * 4 + 3
+    for f in one:
+        assert one[f] == three[f], f
+    assert [r["case_id"] for r in three["summary.csv"]] == names  # sorted by case id, not by finish time
+
+
+def test_write_failure_with_parallel_writers(tmp_path, ckpt, monkeypatch):
+    import covseg_fast.io.writer as writer
+    from covseg_fast.inference import screener
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = _six_cases(inp)
+    real = nib.save
+
+    def dying_save(img, path):
+        if "c2_infection" in str(path):
+            raise OSError("disk full (simulated)")
+        real(img, path)
+
+    class Bar:  # counts what the progress bar is told
+        n = 0
+        closed = False
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, text):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    bar = Bar()
+    monkeypatch.setattr(screener, "_progress", lambda total, enabled: bar)
+    monkeypatch.setattr(writer.nib, "save", dying_save)
+    assert main(["screen", str(inp), "-o", str(out), "--checkpoint", ckpt, "--workers", "0", "--writers", "3"]) == 1
+    assert bar.n == 6 and bar.closed
+    assert [(r["case_id"], "disk full" in r["reason"]) for r in _rows(out / "failures.csv")] == [("c2", True)]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == [n for n in names if n != "c2"]
+    assert all((out / f"{n}.json").is_file() for n in names if n != "c2")
+    assert not [f for f in os.listdir(out) if f.startswith(".") or f.startswith("c2")]
+    monkeypatch.setattr(writer.nib, "save", real)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume", "--writers", 3) == 0
+    rows = _rows(out / "summary.csv")
+    assert [r["case_id"] for r in rows] == names and sum(r["status"] == "ok" for r in rows) == 1
+
+
+def test_stage_accounting_in_summary_and_cli(tmp_path, ckpt, caplog):
+    from covseg_fast.inference.batch import screen_batch
+    from covseg_fast.inference.screener import ScreenConfig, Screener, StageTimes
+    from covseg_fast.models.registry import get_spec, load_model
+
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    cfg = ScreenConfig(out_dir=str(tmp_path / "out"), workers=1, writers=2, progress=False)
+    model = load_model(ckpt)
+    code, res, s = screen_batch([str(inp)], lambda: Screener(model, get_spec(model.covseg_name), cfg), cfg)
+    assert code == 0 and s["ok"] == 3 and [r["case_id"] for r in res.records] == ["a", "b", "c"]
+    st = s["stages"]
+    for k in ("decode_s", "device_s", "inference_s", "postprocess_s", "write_s", "starved_s",
+              "backpressure_s", "drain_s"):
+        assert st[k] >= 0, k
+    assert st["decode_s"] > 0 and st["inference_s"] > 0 and st["write_s"] > 0
+    assert st["workers"] == 1 and st["writers"] == 2
+    loop = st["starved_s"] + st["backpressure_s"] + st["drain_s"] + st["device_s"] + st["inference_s"] + \
+        st["postprocess_s"]
+    assert loop <= res.wall_s + 1e-3  # one thread's time: its parts cannot exceed the wall time
+    assert s["bottleneck"] == st["bottleneck"] in {"decode", "write", "device", "inference", "postprocess"}
+    assert "bottleneck" in s["stage_line"]
+    # the bottleneck is the largest share of the inference loop's time
+    assert StageTimes(starved_s=3, inference_s=1).bottleneck == "decode"
+    assert StageTimes(backpressure_s=1, drain_s=2.5, inference_s=3).bottleneck == "write"
+    assert StageTimes(postprocess_s=2, inference_s=1, device="cuda:0").bottleneck == "gpu"
+    assert StageTimes().bottleneck == ""
+    caplog.set_level("INFO", logger="covseg.screen")
+    assert screen(inp, "-o", tmp_path / "cli", "--checkpoint", ckpt, "--writers", 2) == 0
+    assert any("stages (busy s): decode" in r.getMessage() and "2 writers" in r.getMessage() and
+               "bottleneck:" in r.getMessage() for r in caplog.records)
+
+
 def test_output_inside_input_is_refused_and_inputs_untouched(tmp_path, ckpt):
     inp = tmp_path / "in"
     _three_cases(inp)
@@ -191,6 +321,7 @@ def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
 @pytest.mark.parametrize("args,words", [(["--window", "250,-1250"], "HIGH must be greater"),
                                         (["--shard", "2/2"], "0 ≤ K < N"),
                                         (["--threshold", "1.5"], "threshold"),
+                                        (["--writers", "0"], "--writers ≥ 1"),
                                         (["--no-checkpoint"], "--checkpoint is required")])
 def test_usage_errors(tmp_path, ckpt, caplog, args, words):
     inp = tmp_path / "in"
