@@ -1,19 +1,46 @@
-"""Fused CBAM (MODELS.md §2.6) as three custom ops around a PyTorch MLP / 7×7 conv / BatchNorm.
+"""Fused CBAM (MODELS.md §2.6): three forward ops around a PyTorch MLP / 7×7 conv / BatchNorm, and a fused backward.
 
-    covseg::cbam_channel_stats(x)        → mean_HW x, max_HW x (fp32), #max        pass 1: reads x
-    (PyTorch) ca = σ(MLP(mean) + MLP(max))                                          (B, C): tiny
-    covseg::cbam_spatial_pool(x, ca)     → [max_C, mean_C](x·ca) (fp32), #max      pass 2: reads x
-    (PyTorch) sa = σ(BN(conv7×7(pooled)))                                           (B, 1, H, W): 2/C of x
-    covseg::cbam_apply(x, ca, sa)        → x·ca·sa                                  pass 3: reads x, writes out
+Forward (E = bytes of x):
 
-Forward traffic is 4E (E = bytes of x), the floor of KERNELS.md §3 without SMEM halo tiles; no
-full-size intermediate is written (x₁ = x·ca is recomputed, never stored). The conv and BN stay in
-PyTorch on purpose: BN then *is* ``nn.BatchNorm2d`` (batch statistics in training, running-stat update
-with unbiased variance and momentum, running statistics in eval), so the ops mutate nothing.
+    covseg::cbam_channel_stats(x)     → mean_HW x, max_HW x (fp32), #max         pass 1: reads x              E
+    (PyTorch) ca = σ(MLP(mean) + MLP(max))                                        (B, C): tiny
+    covseg::cbam_spatial_pool(x, ca)  → [max_C, mean_C](x·ca) (fp32), #max       pass 2: reads x              E
+    (PyTorch) sa = σ(BN(conv7×7(pooled)))                                         (B, 1, H, W): 2/C of x
+    covseg::cbam_apply(x, ca, sa)     → x·ca·sa                                   pass 3: reads x, writes out  2E
+
+4E, the floor of KERNELS.md §3 without SMEM halo tiles; no full-size intermediate is written (x₁ = x·ca is
+recomputed, never stored). The conv and BN stay in PyTorch on purpose: BN then *is* ``nn.BatchNorm2d`` (batch
+statistics in training, running-stat update with unbiased variance and momentum or the cumulative average,
+running statistics in eval), so the ops mutate nothing.
+
+Backward of the whole block, ``cbam()`` (g = ∂L/∂out), ≈6E:
+
+    covseg::_cbam_apply_backward_reduce(g, x, ca, sa)                            pass A: reads g, x           2E
+        → Σ_HW g·x·sa (apply part of grad_ca), grad_sa = Σ_C g·x·ca
+    (autograd) σ, BatchNorm, conv backward → grad_pooled                          small
+    covseg::_cbam_spatial_pool_backward_reduce(grad_pooled, x, ca, pooled, #max)  pass B: reads x              E
+        → Σ_HW g₁·x (pool part of grad_ca), g₁ = grad_max_C·[x·ca = max_C]/#max + grad_mean_C/C
+    (PyTorch) σ′ and the MLP backward in closed form → grad_mean, grad_max, MLP weight/bias grads   tiny
+    covseg::_cbam_block_backward_x(g, x, ca, sa, grad_pooled, …, grad_mean, …)   pass C: reads g, x,
+        → grad_x = ca·(g·sa + g₁) + grad_mean/HW + grad_max·[x = max_HW]/#max      writes grad_x once  3E
+
+Before, autograd ran each forward op's own backward op (``covseg::_cbam_*_backward``, still there for the ops used
+on their own), each writing a full-size grad_x (3E + 2E + 2E), and summed the three with two full-size adds (2 × 3E):
+≈13E. Launches touching x: forward 3; backward 3, was 5 (three grad_x writes and two adds). Small launches, on
+(B, C), (B, 1, H, W) or (B, 2, H, W) tensors, in fp32 training: forward 10 (cat, MLP, σ: 6; conv; BN 2; σ) plus
+6 that merge the channel-stat partials when HW is split over programs (as at 256×256); backward 15 (σ, BN and
+conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19; bf16 adds
+about 10 casts of small tensors.
+
+How autograd is made to write grad_x once: two ``torch.autograd.Function`` s (below) cover the x-dependent
+parts, and the conv, BN and σ between them stay ordinary autograd ops on the caller's BN (so torch.compile and
+torch.export see plain ops plus these custom ops). ``_ApplyGates`` (pass 3; backward pass A) hands g and sa back to
+``_GateAndPool`` (passes 1–2; backward passes B and C) as the gradients of two zero-stride placeholders, because
+pass C needs g and sa but can only run after the MLP backward, i.e. last. Double backward is not supported (the
+backward ops have no autograd formula; it raises, as for the per-op path).
 
 Backends, in preference order: ``triton`` (CUDA; CPU under TRITON_INTERPRET=1; fp32/fp16/bf16), then
-``reference`` (ops/reference/cbam.py; also float64). Each op has a separate backward op
-``covseg::_<op>_backward``.
+``reference`` (ops/reference/cbam.py; also float64); every op, the backward ones too, dispatches on its own.
 """
 from __future__ import annotations
 
@@ -47,8 +74,17 @@ _REF = {"cbam_channel_stats": (ref.channel_stats, ref.channel_stats_backward),
 _TRITON = {} if tk is None else {"cbam_channel_stats": (tk.channel_stats, tk.channel_stats_backward),
                                  "cbam_spatial_pool": (tk.spatial_pool, tk.spatial_pool_backward),
                                  "cbam_apply": (tk.apply, tk.apply_backward)}
+# The fused block backward's three ops (passes A, B, C): backward-only, each its own dispatch entry.
+_BLOCK_BWD = ("_cbam_apply_backward_reduce", "_cbam_spatial_pool_backward_reduce", "_cbam_block_backward_x")
+_REF.update({"_cbam_apply_backward_reduce": (ref.apply_backward_reduce, None),
+             "_cbam_spatial_pool_backward_reduce": (ref.spatial_pool_backward_reduce, None),
+             "_cbam_block_backward_x": (ref.block_backward_x, None)})
+if tk is not None:
+    _TRITON.update({"_cbam_apply_backward_reduce": (tk.apply_backward_reduce, None),
+                    "_cbam_spatial_pool_backward_reduce": (tk.spatial_pool_backward_reduce, None),
+                    "_cbam_block_backward_x": (tk.block_backward_x, None)})
 BACKENDS = {}
-for _name in _OPS:
+for _name in (*_OPS, *_BLOCK_BWD):
     BACKENDS[_name] = op_backends(_name, _REF[_name][0])
     if tk is not None:
         BACKENDS[_name].register(Backend("triton", _TRITON[_name][0], _triton_pkg.available, _triton_accepts))
@@ -58,6 +94,10 @@ def _impl(op: str, x: Tensor, backward: bool = False) -> Callable:
     name = BACKENDS[op].select(x.device.type, x).name
     table = _TRITON if name == "triton" else _REF
     return table[op][1 if backward else 0]
+
+
+def _acc(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------- covseg::cbam_channel_stats
@@ -167,6 +207,101 @@ def _apply_backward(ctx, g):
 _apply_op.register_autograd(_apply_backward, setup_context=_apply_setup)
 
 
+# ---------------------------------------------------------------- fused block backward: passes A, B, C
+@torch.library.triton_op("covseg::_cbam_apply_backward_reduce", mutates_args=())
+def _apply_backward_reduce_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor) -> tuple[Tensor, Tensor]:
+    return _impl("_cbam_apply_backward_reduce", x)(g, x, ca, sa)
+
+
+@_apply_backward_reduce_op.register_fake
+def _(g, x, ca, sa):
+    b, c, h, w = x.shape
+    return x.new_empty((b, c), dtype=_acc(x)), x.new_empty((b, 1, h, w), dtype=_acc(x))
+
+
+@torch.library.triton_op("covseg::_cbam_spatial_pool_backward_reduce", mutates_args=())
+def _spatial_pool_backward_reduce_op(g_pooled: Tensor, x: Tensor, ca: Tensor, pooled: Tensor, count: Tensor
+                                     ) -> Tensor:
+    return _impl("_cbam_spatial_pool_backward_reduce", x)(g_pooled, x, ca, pooled, count)
+
+
+@_spatial_pool_backward_reduce_op.register_fake
+def _(g_pooled, x, ca, pooled, count):
+    return x.new_empty(tuple(x.shape[:2]), dtype=_acc(x))
+
+
+@torch.library.triton_op("covseg::_cbam_block_backward_x", mutates_args=())
+def _block_backward_x_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor, g_pooled: Tensor, pooled: Tensor,
+                         pool_count: Tensor, g_mean: Tensor, g_max: Tensor, mx: Tensor, stats_count: Tensor) -> Tensor:
+    return _impl("_cbam_block_backward_x", x)(g, x, ca, sa, g_pooled, pooled, pool_count, g_mean, g_max, mx,
+                                              stats_count)
+
+
+@_block_backward_x_op.register_fake
+def _(g, x, ca, sa, g_pooled, pooled, pool_count, g_mean, g_max, mx, stats_count):
+    return torch.empty_like(x)
+
+
+class _GateAndPool(torch.autograd.Function):
+    """Forward passes 1–2 (stats → MLP → ca → spatial pool); its backward ends the fused block backward.
+
+    forward(x, w1, b1, w2, b2) → (ca, pooled, g_port, sa_port). The two ports are zero-stride placeholders
+    (no memory) whose only consumer is :class:`_ApplyGates`: its backward hands them the block's incoming
+    gradient g and the spatial gate sa *as their gradients*, so this backward, which autograd runs last (after
+    the conv / BatchNorm backward that yields grad_pooled), has everything to write grad_x once. The MLP's
+    backward is written out (``reference.mlp_backward``): autograd never sees the MLP.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        b = x.shape[0]
+        mean, mx, stats_count = torch.ops.covseg.cbam_channel_stats(x)      # pass 1: reads x
+        v = torch.cat([mean, mx]).to(x.dtype)
+        h = F.relu(F.linear(v, w1, b1))
+        logits = F.linear(h, w2, b2)  # one MLP call for both pools
+        ca = torch.sigmoid(logits[:b] + logits[b:])
+        pooled, pool_count = torch.ops.covseg.cbam_spatial_pool(x, ca)      # pass 2: reads x
+        # placeholders: one uninitialised element broadcast (no kernel, no memory); their values are never read
+        g_port = x.new_empty(()).expand(x.shape)
+        sa_port = pooled.new_empty(()).expand(b, 1, x.shape[2], x.shape[3])
+        ctx.save_for_backward(x, w1, w2, v, h, ca, mx, stats_count, pooled, pool_count)
+        return ca, pooled.to(x.dtype), g_port, sa_port
+
+    @staticmethod
+    def backward(ctx, grad_ca, grad_pooled, g, sa):
+        x, w1, w2, v, h, ca, mx, stats_count, pooled, pool_count = ctx.saved_tensors
+        b = x.shape[0]
+        # pass B (reads x): the spatial pool's part of grad_ca, added to the apply part from pass A
+        grad_ca = grad_ca.to(pooled.dtype) + torch.ops.covseg._cbam_spatial_pool_backward_reduce(
+            grad_pooled, x, ca, pooled, pool_count)
+        grad_logits = torch.ops.aten.sigmoid_backward(grad_ca, ca.to(grad_ca.dtype))  # σ′ = ca·(1 − ca)
+        grad_v, gw1, gb1, gw2, gb2 = ref.mlp_backward(torch.cat([grad_logits, grad_logits]), v, h, w1, w2)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # pass C (reads g and x, writes grad_x once)
+            grad_x = torch.ops.covseg._cbam_block_backward_x(g, x, ca, sa, grad_pooled, pooled, pool_count,
+                                                             grad_v[:b], grad_v[b:], mx, stats_count)
+        return grad_x, gw1.to(w1.dtype), gb1.to(w1.dtype), gw2.to(w2.dtype), gb2.to(w2.dtype)
+
+
+class _ApplyGates(torch.autograd.Function):
+    """Forward pass 3 (out = x·ca·sa); its backward is pass A and routes g and sa to :class:`_GateAndPool`.
+
+    forward(x, ca, sa, g_port, sa_port) → out. backward: grad_ca and grad_sa from pass A (reads g and x, no
+    grad_x); no gradient for x (pass C writes all of it); the ports receive g and sa (see ``_GateAndPool``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, ca, sa, g_port, sa_port):
+        ctx.save_for_backward(x, ca, sa)
+        return torch.ops.covseg.cbam_apply(x, ca, sa)                       # pass 3: reads x, writes out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, ca, sa = ctx.saved_tensors
+        grad_ca, grad_sa = torch.ops.covseg._cbam_apply_backward_reduce(g, x, ca, sa)  # pass A: reads g, x
+        return None, grad_ca.to(ca.dtype), grad_sa.to(sa.dtype), g, sa.to(grad_sa.dtype)
+
+
 # ---------------------------------------------------------------- public functions
 def _check_x(op: str, x: Tensor) -> None:
     if not isinstance(x, torch.Tensor):
@@ -238,7 +373,11 @@ def cbam_apply(x: Tensor, ca: Tensor, sa: Tensor) -> Tensor:
 
 def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight: Tensor,
          batch_norm: Callable[[Tensor], Tensor]) -> Tensor:
-    """The whole CBAM block on the fused ops (same result as ``reference.cbam.cbam``).
+    """The whole CBAM block on the fused ops (same result and gradients as ``reference.cbam.cbam``).
+
+    Forward: three passes over x (4E); backward: passes A, B, C (≈6E, grad_x written once), see the module
+    docstring. Gradients flow to x, the MLP weights and biases, ``conv_weight`` and whatever ``batch_norm``
+    differentiates (its weight and bias).
 
     Args:
         x: (B, C, H, W). w1 (h, C), b1 (h,), w2 (C, h), b2 (C,): the shared MLP.
@@ -249,7 +388,8 @@ def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight:
     Returns:
         (B, C, H, W) in x.dtype and x's memory layout.
     Raises:
-        ValueError / TypeError: bad x, or MLP / conv weights that do not fit C.
+        ValueError / TypeError: bad x, MLP / conv weights that do not fit C, or a ``batch_norm`` that does not
+            return (B, 1, H, W).
     """
     _check_x("cbam", x)
     c = x.shape[1]
@@ -257,9 +397,8 @@ def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight:
         raise ValueError(f"cbam: MLP weights {tuple(w1.shape)}, {tuple(w2.shape)} do not fit C={c}")
     if conv_weight.dim() != 4 or tuple(conv_weight.shape[:2]) != (1, 2) or conv_weight.shape[-1] % 2 == 0:
         raise ValueError(f"cbam: conv_weight must be (1, 2, k, k) with k odd, got {tuple(conv_weight.shape)}")
-    mean, mx = cbam_channel_stats(x)
-    logits = ref.mlp(torch.cat([mean, mx]).to(x.dtype), w1, b1, w2, b2)  # one MLP call for both pools
-    ca = torch.sigmoid(logits[: x.shape[0]] + logits[x.shape[0]:])
-    pooled = cbam_spatial_pool(x, ca).to(x.dtype)
+    ca, pooled, g_port, sa_port = _GateAndPool.apply(x, w1, b1, w2, b2)
+    # conv, BatchNorm and σ stay in autograd: the BN is the caller's own (module or function)
     sa = torch.sigmoid(batch_norm(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2)))
-    return cbam_apply(x, ca, sa)
+    _check_small("cbam", "batch_norm output", sa, (x.shape[0], 1, x.shape[2], x.shape[3]), x)
+    return _ApplyGates.apply(x, ca, sa, g_port, sa_port)

@@ -44,9 +44,14 @@ def test_state_dict_keys_are_the_contract():
 
 
 @pytest.mark.parametrize("backend,device", CASES)
-def test_training_steps_match_batchnorm_reference(backend, device):
-    """Several SGD steps in train mode: outputs, every parameter gradient and BN running stats agree."""
+@pytest.mark.parametrize("momentum", [0.01, None], ids=["momentum", "cumulative"])
+def test_training_steps_match_batchnorm_reference(backend, device, momentum):
+    """Several SGD steps in train mode: outputs, every parameter gradient and BN running stats agree.
+
+    momentum=None: nn.BatchNorm2d's cumulative average (factor 1/num_batches_tracked), still the module's own.
+    """
     fused, ref = pair(12, 1, device)
+    fused.spatial_gate.bn.momentum = ref.spatial_gate.bn.momentum = momentum
     opt_f = torch.optim.SGD(fused.parameters(), lr=0.1)
     opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
     for step in range(3):
