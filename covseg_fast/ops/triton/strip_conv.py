@@ -246,9 +246,11 @@ def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     c = x.shape[1]
     if x.device.type == "cpu":  # interpreter: few large programs (its cost is per program and per op)
         return min(16, triton.next_power_of_2(c)), 16, 32
-    if x.stride(1) == 1 and c > 1:  # channels_last: vectorise along C
-        return min(32, triton.next_power_of_2(c)), 4, 8
-    return min(4, triton.next_power_of_2(c)), 8, 32
+    # GPU: 256-element tiles (2 per thread at 4 warps). Larger ones spill: compiled for sm_90
+    # (tests/triton_aot.py) the gather kernel needed 255 registers + 450–700 bytes of stack at 1024.
+    if x.stride(1) == 1 and c > 1:  # channels_last: vectorise along C (32 bytes per pixel in bf16)
+        return min(16, triton.next_power_of_2(c)), 2, 8
+    return 1, 8, 32
 
 
 def _grid(x: torch.Tensor, bc: int, bh: int, bw: int) -> tuple[int, int]:
