@@ -24,7 +24,7 @@ LAUNCHES = triton_aot.record_launches()
 
 def test_every_kernel_module_is_covered():
     names = {launch.name for launch in LAUNCHES}
-    want = {"_msca_single_pass_kernel", "_dwconv_kernel", "_strips_spread_kernel", "_strips_gather_kernel",
+    want = {"_msca_single_pass_kernel", "_msca_single_pass_backward_kernel", "_dwconv_kernel", "_strips_spread_kernel", "_strips_gather_kernel",
             "_dwconv_wgrad_kernel", "stats_partial_kernel", "stats_backward_kernel", "pool_kernel",
             "pool_backward_kernel", "apply_kernel", "apply_backward_kernel", "block_backward_x_kernel",
             "pa_fwd_kernel", "pa_bwd_dq_kernel", "pa_bwd_dk_kernel", "pa_bwd_dv_kernel",

@@ -101,21 +101,36 @@ class _Recorder:
 @contextlib.contextmanager
 def recording(case: str, sink: list) -> Iterator[None]:
     """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run."""
-    from covseg_fast.ops.triton import attention_launch, cbam, strip_conv, strip_conv_single, structure_loss
+    from covseg_fast.ops.triton import (attention_launch, cbam, strip_conv, strip_conv_single,
+                                        strip_conv_single_backward, structure_loss)
 
     cpp_kl_loss = importlib.import_module("covseg_fast.ops.cpp_kl_loss")  # the package exports a function by that name
-    modules = [cpp_kl_loss, attention_launch, cbam, strip_conv, strip_conv_single, structure_loss]
+    modules = [cpp_kl_loss, attention_launch, cbam, strip_conv, strip_conv_single, strip_conv_single_backward,
+               structure_loss]
     saved = [m.wrap_triton for m in modules]
-    saved_sm = strip_conv_single._sm_count
+    saved_sm = strip_conv_single._sm_count, strip_conv_single_backward._sm_count
     try:
         for m in modules:
             m.wrap_triton = _Recorder(case, sink)
-        strip_conv_single._sm_count = lambda device: 132  # an H100 SXM
+        strip_conv_single._sm_count = strip_conv_single_backward._sm_count = lambda device: 132  # an H100 SXM
         yield
     finally:
         for m, w in zip(modules, saved):
             m.wrap_triton = w
-        strip_conv_single._sm_count = saved_sm
+        strip_conv_single._sm_count, strip_conv_single_backward._sm_count = saved_sm
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = saved
 
 
 def _meta(*shape, dtype=torch.bfloat16, channels_last=False) -> torch.Tensor:
@@ -135,7 +150,8 @@ def _strip_conv_cases() -> dict[str, Callable]:
         bs = [_meta(c, dtype=dtype) for _ in range(3)]
         for schedule in k.SCHEDULES:
             k.strip_conv_forward(x, w0, b0, wh, bs, wv, bs, torch.empty_like(x), schedule=schedule)
-        k.strip_conv_backward(torch.empty_like(x), x, w0, b0, wh, bs, wv, bs)
+            with _env("COVSEG_STRIP_CONV_SCHEDULE", schedule):
+                k.strip_conv_backward(torch.empty_like(x), x, w0, b0, wh, bs, wv, bs)
 
     return {"strip_conv msa_l0 bf16": lambda: run((16, 64, 256, 256), False),
             "strip_conv msa_l0 bf16 channels_last": lambda: run((16, 64, 256, 256), True),

@@ -1,7 +1,7 @@
 """The two Triton forward schedules of covseg::strip_conv against the reference.
 
-``single`` (one launch, intermediates in a per-program scratch, persistent grid) is the default and is
-covered by test_strip_conv.py; here both schedules are checked directly on shapes that stress the
+``single`` (one launch forward and one backward, intermediates in a per-program scratch, persistent
+grid) is the default and is covered by test_strip_conv.py; here both schedules are checked directly on shapes that stress the
 single-pass tiling: several tiles per program (the interpreter config uses 16×16 tiles and 2
 programs), images smaller than the halo, one long strip (P = 15), absent branches, channels_last with
 a partial channel block. fp32 tolerance as in test_strip_conv.py; fp16 within 2× the reference's own
@@ -17,6 +17,7 @@ if import_error is not None:
     pytest.skip(f"Triton kernels unavailable: {import_error}", allow_module_level=True)
 
 from covseg_fast.ops.reference.strip_conv import strip_conv as reference  # noqa: E402
+from covseg_fast.ops.strip_conv import _reference_backward  # noqa: E402
 from covseg_fast.ops.triton import strip_conv as kernels  # noqa: E402
 
 CPU_REASON = available("cpu")
@@ -63,6 +64,24 @@ def test_schedule_matches_reference_fp32(device, schedule, shape):
     scale = want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale + 1e-7)
     assert got.is_contiguous(memory_format=torch.channels_last if shape[-1] else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("schedule", kernels.SCHEDULES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_backward_schedule_matches_reference_fp32(monkeypatch, device, schedule, shape):
+    """gx and every weight/bias gradient; g has the other layout than x, so both are read in place."""
+    monkeypatch.setenv("COVSEG_STRIP_CONV_SCHEDULE", schedule)
+    x, *weights = make(*shape, device=device, seed=sum(shape[:4]) + 1)
+    g = torch.randn(x.shape, generator=generator(3), dtype=torch.float64).to(x)
+    g = g.contiguous(memory_format=torch.contiguous_format if shape[-1] else torch.channels_last)
+    got = kernels.strip_conv_backward(g, x, *weights)
+    want = _reference_backward(g, x, *weights)
+    assert len(got) == len(want)
+    for i, (a, e) in enumerate(zip(got, want)):
+        scale = e.abs().max().item() if e.numel() else 0.0
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * scale + 1e-7, msg=lambda m: f"grad {i}: {m}")
+    assert got[0].is_contiguous(memory_format=torch.channels_last if shape[-1] else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -17,11 +17,16 @@ Both take at most 3 strip branches (more fall back to the reference). Neither fu
 the multiplication with the input: the 1×1 is a GEMM over all C channels of a pixel, which a
 depthwise tile (one or a few channels) does not hold; cuBLAS/cuDNN does it as an epilogue-free GEMM.
 
-Backward (``strip_conv_backward``): recompute a0 and the t_i, then the transposed convs with the
-same kernels and flipped weights (grad of an odd "same" correlation wrt its input is the correlation
-with the flipped kernel): all gt_i = v_iᵀ(g) in one spread pass, ga0 = g + Σ h_iᵀ(gt_i) in one gather
-pass, gx = c0ᵀ(ga0); weight grads by ``_dwconv_wgrad_kernel`` (per-tile partial sums reduced in
-fp32 by torch), bias grads by torch sums. Backward intermediates are fp32.
+Backward (``strip_conv_backward``), the same two schedules:
+
+- ``single`` (default): one launch, ``strip_conv_single_backward.py``; each tile recomputes a0, t_i,
+  gt_i and ga0 in its scratch and writes gx plus per-tile weight/bias-gradient partials (summed by
+  torch); HBM sees g, x and gx (≈ 3E–4E bytes in bf16, halo re-reads mostly from L2).
+- ``split``: recompute a0 and the t_i, then the transposed convs with the same kernels and flipped
+  weights (grad of an odd "same" correlation wrt its input is the correlation with the flipped
+  kernel): all gt_i = v_iᵀ(g) in one spread pass, ga0 = g + Σ h_iᵀ(gt_i) in one gather pass,
+  gx = c0ᵀ(ga0); weight grads by ``_dwconv_wgrad_kernel`` (per-tile partial sums reduced in fp32 by
+  torch), bias grads by torch sums: ≈ 50E bytes. Backward intermediates are fp32 in both.
 
 All kernels take arbitrary input/output strides, so NCHW and channels_last are read in place; the
 intermediates are contiguous NCHW. Only this module (and the ops/triton package) imports triton.
@@ -37,6 +42,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .strip_conv_single import strip_conv_single_pass
+from .strip_conv_single_backward import strip_conv_single_pass_backward, tap_layout
 
 @triton.jit
 def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -387,6 +393,8 @@ def strip_conv_backward(grad, x, w0, b0, wh, bh, wv, bv) -> list[torch.Tensor]:
     Launches: a0, all t_i, all gt_i (one pass over g), ga0 (one pass), gx, and one wgrad per weight.
     """
     bsz, c, h, w = x.shape
+    if len(wh) and forward_schedule() == "single":
+        return _single_pass_backward(grad, x, w0, b0, wh, bh, wv, bv)
     f32 = dict(device=x.device, dtype=torch.float32)
     a0 = dwconv(x, w0, b0, torch.empty((bsz, c, h, w), device=x.device, dtype=_intermediate_dtype(x)))
     gwh, gbh, gwv, gbv = [], [], [], []
@@ -404,4 +412,21 @@ def strip_conv_backward(grad, x, w0, b0, wh, bh, wv, bv) -> list[torch.Tensor]:
     gx = dwconv(ga0, w0, None, torch.empty_like(x), flip=True)
     gw0 = dwconv_wgrad(ga0, x, w0.shape[-2], w0.shape[-1]).to(w0.dtype)
     gb0 = ga0.to(torch.float32).sum(dim=(0, 2, 3)).to(b0.dtype)
+    return [gx, gw0, gb0, *gwh, *gbh, *gwv, *gbv]
+
+
+def _single_pass_backward(grad, x, w0, b0, wh, bh, wv, bv) -> list[torch.Tensor]:
+    """The same gradients from one launch (strip_conv_single_backward.py) plus a sum of its partials."""
+    c, k0 = x.shape[1], w0.shape[-1]
+    wf, bf, ks = _pad3(wh, bh, flip=False)
+    vf, _, _ = _pad3(wv, bv, flip=False)
+    gx, sums = strip_conv_single_pass_backward(grad, x, w0, b0, wf, bf, vf, ks)
+    lay = tap_layout(k0, ks)
+    # every gradient a copy: custom-op outputs may not alias each other (they are all slices of sums)
+    gw0 = sums[:, :k0 * k0].reshape(c, 1, k0, k0).to(w0.dtype, copy=True)
+    gb0 = sums[:, lay["b0"]].to(b0.dtype, copy=True)
+    gwh = [sums[:, lay[f"wh{i}"]:lay[f"wh{i}"] + k].reshape(c, 1, 1, k).to(wh[i].dtype, copy=True) for i, k in enumerate(ks[:len(wh)])]
+    gwv = [sums[:, lay[f"wv{i}"]:lay[f"wv{i}"] + k].reshape(c, 1, k, 1).to(wv[i].dtype, copy=True) for i, k in enumerate(ks[:len(wv)])]
+    gbh = [sums[:, lay[f"bh{i}"]].to(bh[i].dtype, copy=True) for i in range(len(bh))]
+    gbv = [sums[:, lay["bv"]].to(bv[i].dtype, copy=True) for i in range(len(bv))]
     return [gx, gw0, gb0, *gwh, *gbh, *gwv, *gbv]

@@ -33,6 +33,81 @@ from torch.library import wrap_triton
 
 
 @triton.jit
+def stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+             K0: tl.constexpr, P: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+             BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """sa[c, r·RWA + q] = a0 at image pixel (h0 − P + r, w0 − P + q), RWA = TW + 2P, for the
+    (TH+2P)×(TW+2P) halo region of the tile at (h0, w0); x read through x_base (per channel) and strides."""
+    RWA: tl.constexpr = TW + 2 * P
+    NA: tl.constexpr = (TH + 2 * P) * RWA
+    b0 = tl.load(b0_ptr + ch, mask=cmask, other=0.0)
+    for start in range(0, NA, CHUNK):
+        idx = start + lane
+        valid = idx < NA
+        gh = h0 - P + idx // RWA
+        gw = w0 - P + idx % RWA
+        inside = valid & cmask & (gh >= 0) & (gh < H) & (gw >= 0) & (gw < W)
+        acc = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
+        for i in tl.static_range(K0):
+            r = gh + (i - K0 // 2)
+            rm = inside & (r >= 0) & (r < H)
+            for j in tl.static_range(K0):
+                q = gw + (j - K0 // 2)
+                v = tl.load(x_base + r * s_xh + q * s_xw, mask=rm & (q >= 0) & (q < W), other=0.0)
+                acc += v.to(tl.float32) * tl.load(w0_ptr + ch * (K0 * K0) + (i * K0 + j), mask=cmask, other=0.0)
+        acc = tl.where(inside, acc + b0, 0.0)
+        tl.store(sa + idx, acc.to(sa.dtype.element_ty), mask=valid & cmask)
+
+
+@triton.jit
+def stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+                   ch, cmask, lane, h0, w0, H, W,
+                   K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, P: tl.constexpr,
+                   TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """st_i[c, r·TW + q] = t_i at image pixel (h0 − P + r, w0 + q) on the TH+2P halo rows × the tile's
+    TW columns, from the a0 region in sa (stage_a0's layout)."""
+    RWA: tl.constexpr = TW + 2 * P
+    NT: tl.constexpr = (TH + 2 * P) * TW
+    # (absent branches point at dummies: their biases are never read)
+    bh1 = tl.load(bh1_ptr + ch, mask=cmask, other=0.0)
+    bh2 = tl.load(bh2_ptr + ch, mask=cmask, other=0.0)
+    bh3 = tl.load(bh3_ptr + ch, mask=cmask, other=0.0)
+    for start in range(0, NT, CHUNK):
+        idx = start + lane
+        valid = idx < NT
+        rr = idx // TW
+        cc = idx % TW
+        gh = h0 - P + rr
+        gw = w0 + cc
+        inside = valid & cmask & (gh >= 0) & (gh < H) & (gw < W)
+        src = sa + rr * RWA + cc + P                       # a0 at the same pixel
+        acc1 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
+        for d in tl.static_range(2 * P + 1):
+            v = tl.load(src + (d - P), mask=valid & cmask, other=0.0).to(tl.float32)
+            if K1 > 0:
+                if d >= P - K1 // 2:
+                    if d <= P + K1 // 2:
+                        acc1 += v * tl.load(wh1_ptr + ch * K1 + (d - P + K1 // 2), mask=cmask, other=0.0)
+            if K2 > 0:
+                if d >= P - K2 // 2:
+                    if d <= P + K2 // 2:
+                        acc2 += v * tl.load(wh2_ptr + ch * K2 + (d - P + K2 // 2), mask=cmask, other=0.0)
+            if K3 > 0:
+                if d >= P - K3 // 2:
+                    if d <= P + K3 // 2:
+                        acc3 += v * tl.load(wh3_ptr + ch * K3 + (d - P + K3 // 2), mask=cmask, other=0.0)
+        smask = valid & cmask
+        if K1 > 0:
+            tl.store(st1 + idx, tl.where(inside, acc1 + bh1, 0.0).to(st1.dtype.element_ty), mask=smask)
+        if K2 > 0:
+            tl.store(st2 + idx, tl.where(inside, acc2 + bh2, 0.0).to(st1.dtype.element_ty), mask=smask)
+        if K3 > 0:
+            tl.store(st3 + idx, tl.where(inside, acc3 + bh3, 0.0).to(st1.dtype.element_ty), mask=smask)
+
+
+@triton.jit
 def _msca_single_pass_kernel(
     x_ptr, w0_ptr, b0_ptr,
     wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
@@ -82,63 +157,13 @@ def _msca_single_pass_kernel(
         x_base = x_ptr + b * s_xb + ch * s_xc
 
         # 1. a0 = b0 + dw(x) on the (TH+2P)×(TW+2P) halo region, zero outside the image.
-        b0 = tl.load(b0_ptr + ch, mask=cmask, other=0.0)
-        for start in range(0, NA, CHUNK):
-            idx = start + lane
-            valid = idx < NA
-            gh = h0 - P + idx // RWA
-            gw = w0 - P + idx % RWA
-            inside = valid & cmask & (gh >= 0) & (gh < H) & (gw >= 0) & (gw < W)
-            acc = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
-            for i in tl.static_range(K0):
-                r = gh + (i - K0 // 2)
-                rm = inside & (r >= 0) & (r < H)
-                for j in tl.static_range(K0):
-                    q = gw + (j - K0 // 2)
-                    v = tl.load(x_base + r * s_xh + q * s_xw, mask=rm & (q >= 0) & (q < W), other=0.0)
-                    acc += v.to(tl.float32) * tl.load(w0_ptr + ch * (K0 * K0) + (i * K0 + j), mask=cmask, other=0.0)
-            acc = tl.where(inside, acc + b0, 0.0)
-            tl.store(sa + idx, acc.to(scratch_ptr.dtype.element_ty), mask=valid & cmask)
+        stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+                 K0, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
 
         # 2. t_i = bh_i + h_i(a0) on the halo rows × the tile's columns, zero outside the image.
-        # (absent branches point at dummies: their biases are never read)
-        bh1 = tl.load(bh1_ptr + ch, mask=cmask, other=0.0)
-        bh2 = tl.load(bh2_ptr + ch, mask=cmask, other=0.0)
-        bh3 = tl.load(bh3_ptr + ch, mask=cmask, other=0.0)
-        for start in range(0, NT, CHUNK):
-            idx = start + lane
-            valid = idx < NT
-            rr = idx // TW
-            cc = idx % TW
-            gh = h0 - P + rr
-            gw = w0 + cc
-            inside = valid & cmask & (gh >= 0) & (gh < H) & (gw < W)
-            src = sa + rr * RWA + cc + P                       # a0 at the same pixel
-            acc1 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
-            acc2 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
-            acc3 = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
-            for d in tl.static_range(2 * P + 1):
-                v = tl.load(src + (d - P), mask=valid & cmask, other=0.0).to(tl.float32)
-                if K1 > 0:
-                    if d >= P - K1 // 2:
-                        if d <= P + K1 // 2:
-                            acc1 += v * tl.load(wh1_ptr + ch * K1 + (d - P + K1 // 2), mask=cmask, other=0.0)
-                if K2 > 0:
-                    if d >= P - K2 // 2:
-                        if d <= P + K2 // 2:
-                            acc2 += v * tl.load(wh2_ptr + ch * K2 + (d - P + K2 // 2), mask=cmask, other=0.0)
-                if K3 > 0:
-                    if d >= P - K3 // 2:
-                        if d <= P + K3 // 2:
-                            acc3 += v * tl.load(wh3_ptr + ch * K3 + (d - P + K3 // 2), mask=cmask, other=0.0)
-            smask = valid & cmask
-            if K1 > 0:
-                tl.store(st1 + idx, tl.where(inside, acc1 + bh1, 0.0).to(scratch_ptr.dtype.element_ty), mask=smask)
-            if K2 > 0:
-                tl.store(st2 + idx, tl.where(inside, acc2 + bh2, 0.0).to(scratch_ptr.dtype.element_ty), mask=smask)
-            if K3 > 0:
-                tl.store(st3 + idx, tl.where(inside, acc3 + bh3, 0.0).to(scratch_ptr.dtype.element_ty), mask=smask)
+        stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+                       ch, cmask, lane, h0, w0, H, W, K1, K2, K3, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
 
         # 3. s = a0 + Σ_i (bv_i + v_i(t_i)) on the tile, cast and stored in out's layout.
