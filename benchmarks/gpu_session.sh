@@ -8,13 +8,17 @@
 #   ops     kernel benchmarks: class_prob_pool, strip_conv, cbam, attention
 #   models  model benchmarks (training step and inference, batch 16) and the export latency benchmark
 #   screen  screening throughput vs the model-only rate (real volumes if COVSEG_SHARED_DATA is set)
+#   results the cross-validation results table (`covseg crossval`, the papers' presets) on
+#           $COVSEG_SHARED_DATA/covid-semiseg/train; the study lives in runs/crossval (kept while the
+#           machine stays warm) and stops after COVSEG_RESULTS_SECONDS (default 540): run the stage
+#           again to continue; extra flags in COVSEG_CROSSVAL_ARGS (e.g. "--models msa_unet unet")
 # Each benchmark writes OUTDIR/<suite>_<gpu>.json (e.g. strip_conv_h100.json) and OUTDIR/<stage>.log;
 # copy the JSON into benchmarks/results/ and summarise it in benchmarks/README.md.
 # Wheels missing on the machine (nibabel, pydicom, pysodmetrics) are taken from .whl/ when present.
 # Set COVSEG_GIT_COMMIT to the commit being measured when the copy has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: gpu_session.sh setup|ops|models|screen [OUTDIR]}
+stage=${1:?usage: gpu_session.sh setup|ops|models|screen|results [OUTDIR]}
 out=${2:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -68,8 +72,17 @@ case "$stage" in
   screen)
     bench screening benchmarks/bench_screening.py
     ;;
+  results)
+    data=${COVSEG_SHARED_DATA:-../shared/data}/covid-semiseg/train
+    # at the time limit SIGINT stops the study cleanly (table written, exit 124): finished folds are
+    # kept and the next call continues
+    # shellcheck disable=SC2086
+    step crossval timeout --signal INT "${COVSEG_RESULTS_SECONDS:-540}" covseg crossval --data "$data" \
+      --out runs/crossval --table "$out/results.md" ${COVSEG_CROSSVAL_ARGS:-}
+    cp runs/crossval/results.json "$out/results_${gpu}.json" 2>/dev/null
+    ;;
   *)
-    echo "unknown stage $stage (setup|ops|models|screen)" >&2
+    echo "unknown stage $stage (setup|ops|models|screen|results)" >&2
     exit 2
     ;;
 esac

@@ -11,7 +11,7 @@ import logging
 import sys
 
 # subcommand -> module under covseg_fast.cli; a module missing here is simply not offered.
-SUBCOMMANDS = ["screen", "train", "evaluate", "export", "bench", "info"]
+SUBCOMMANDS = ["screen", "train", "evaluate", "crossval", "export", "bench", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:

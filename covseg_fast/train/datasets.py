@@ -47,6 +47,21 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Subs
     return Subset(dataset, sorted(order[n_val:])), Subset(dataset, sorted(order[:n_val]))
 
 
+def open_slice_folder(path: str, size: int, soft: bool = False, seed: int = 0,
+                      ids: Optional[list[str]] = None) -> Dataset:
+    """A slice folder at ``size``×``size`` (only the stems ``ids`` when given), as ``covseg train`` reads it.
+
+    Edge maps are used when the folder has them (Ref-Net's edge supervision); soft pseudo-labels
+    are resized bilinearly, hard masks nearest so they stay binary.
+    """
+    cls = slice_dataset_class()
+    from ..data.transforms import Resize
+
+    edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
+    resize = Resize(size, mask_mode="bilinear" if soft else "nearest")
+    return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=resize, seed=seed)
+
+
 def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, val_fraction: Optional[float] = None,
                         pseudo_data: Optional[str] = None, seed: int = 0
                         ) -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
@@ -58,21 +73,11 @@ def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, va
     for label, path in (("--data", data), ("--val-data", val_data), ("--pseudo-data", pseudo_data)):
         if path is not None and not os.path.isdir(path):
             raise FileNotFoundError(f"{label}: no such folder: {path}")
-    cls = slice_dataset_class()
-    from ..data.transforms import Resize
-
-    def open_folder(path: str, soft: bool) -> Dataset:
-        # Edge maps are used when the folder has them (Ref-Net's edge supervision);
-        # soft pseudo-labels are resized bilinearly, hard masks nearest so they stay binary.
-        edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
-        resize = Resize(size, mask_mode="bilinear" if soft else "nearest")
-        return cls(path, edges=edges, soft_masks=soft, transform=resize, seed=seed)
-
-    train: Dataset = open_folder(data, soft=False)
-    val = open_folder(val_data, soft=False) if val_data else None
+    train: Dataset = open_slice_folder(data, size, soft=False, seed=seed)
+    val = open_slice_folder(val_data, size, soft=False, seed=seed) if val_data else None
     if val_fraction:
         train, val = split_validation(train, val_fraction, seed)
-    pseudo = open_folder(pseudo_data, soft=True) if pseudo_data else None
+    pseudo = open_slice_folder(pseudo_data, size, soft=True, seed=seed) if pseudo_data else None
     return train, val, pseudo
 
 

@@ -1,0 +1,227 @@
+"""Repeated k-fold cross-validation of registered models on one labelled slice folder.
+
+Why: the COVID-SemiSeg test images are not distributed with the training split, so a results
+table on real data needs held-out predictions from the 50 labelled slices. Every (model, seed)
+gets its own k-fold split (seeded, saved to ``splits/seed<s>.json``); each fold trains on the
+other folds for the preset's full schedule and scores its **last** checkpoint on the held-out
+fold (no checkpoint is chosen on the images it is scored on). Over the k folds each slice is
+predicted exactly once, so one seed gives one out-of-fold score over all slices, and the table
+reports mean ± std over seeds (see :mod:`.results_table`).
+
+Layout under ``out``::
+
+    splits/seed<s>.json                       the k-fold split of seed s
+    runs/<arm>/seed<s>/fold<f>/last.pt        trained weights (+ best.pt, history.json)
+    runs/<arm>/seed<s>/fold<f>/eval/          covseg evaluate's reports on the held-out fold
+    runs/<arm>/seed<s>/fold<f>/result.json    train time, throughput, per-image rows, or the error
+    results.json, results.md                  the aggregate (rewritten after every fold)
+
+A fold whose ``result.json`` holds a score is skipped, so an interrupted study continues where it
+stopped; a fold that fails records its error there, the study goes on, and the next run tries it again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ..atomic import atomic_write
+from ..data.slices import SliceDataset
+from ..data.splits import fold_parts, make_split
+from ..evaluate import Evaluator
+from ..models.registry import get_spec, load_model
+from ..train.presets import preset_for_model, resolve_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Arm", "CrossValidation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One row of the study: a registered model with its configuration and training settings.
+
+    ``overrides`` are TrainConfig fields on top of ``preset`` (default: the model's paper preset);
+    ``pseudo_data`` trains first on that pseudo-labelled folder, then fine-tunes (Semi-Inf-Net).
+    """
+
+    label: str
+    model: str
+    model_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    preset: Optional[str] = None
+    pseudo_data: Optional[str] = None
+    pseudo_epochs: Optional[int] = None
+
+    def train_config(self, seed: int):
+        return resolve_config(self.preset or preset_for_model(self.model), {**self.overrides, "seed": seed})
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "model": self.model, "model_config": dict(self.model_config),
+                "preset": self.preset or preset_for_model(self.model), "overrides": dict(self.overrides),
+                "pseudo_data": self.pseudo_data, "pseudo_epochs": self.pseudo_epochs}
+
+
+def _write_json(path: str, payload: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
+
+
+class CrossValidation:
+    """Run (and resume) a repeated k-fold study.
+
+    Args:
+        data: labelled slice folder (``Imgs/``, ``GT/``, optional ``Edge/``).
+        out: study folder (see the module docstring).
+        arms: the models to compare (labels unique).
+        seeds: one k-fold split and one training run per fold for each seed.
+        folds: k.
+        only_folds: run just these folds (e.g. to spread a study over several calls); the table
+            then says how many folds each seed has.
+        device: torch device for training and scoring (default cuda if available, else cpu).
+        protocol: "infnet" or "threshold" (see covseg_fast.metrics).
+        progress: training progress bars.
+        on_fold_done: called after each fold (e.g. to rewrite the table).
+    """
+
+    def __init__(self, data: str, out: str, arms: Sequence[Arm], seeds: Sequence[int], folds: int = 5,
+                 only_folds: Optional[Sequence[int]] = None, device: Optional[str] = None,
+                 protocol: str = "infnet", progress: bool = False,
+                 on_fold_done: Optional[Callable[[], None]] = None) -> None:
+        from ..train.datasets import open_slice_folder
+
+        if not arms:
+            raise ValueError("crossval: give at least one model")
+        labels = [a.label for a in arms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"crossval: model labels must be unique, got {labels}")
+        if not seeds:
+            raise ValueError("crossval: give at least one seed")
+        if not os.path.isdir(data):
+            raise FileNotFoundError(f"--data: no such folder: {data}")
+        for arm in arms:
+            get_spec(arm.model)
+            arm.train_config(0)  # unknown settings fail here, before hours of training
+            if arm.pseudo_data is not None and not os.path.isdir(arm.pseudo_data):
+                raise FileNotFoundError(f"--pseudo-data: no such folder: {arm.pseudo_data}")
+        self.case_ids = open_slice_folder(data, 32).ids
+        if not 2 <= folds <= len(self.case_ids):
+            raise ValueError(f"crossval: folds must be in 2..{len(self.case_ids)} (slices in {data}), got {folds}")
+        bad = [f for f in (only_folds or []) if not 0 <= f < folds]
+        if bad:
+            raise ValueError(f"crossval: --only-folds {bad} outside 0..{folds - 1}")
+        self.data, self.out, self.arms, self.seeds, self.folds = data, out, list(arms), list(seeds), folds
+        self.only_folds = sorted(set(only_folds)) if only_folds else list(range(folds))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.protocol, self.progress, self.on_fold_done = protocol, progress, on_fold_done
+
+    def fold_dir(self, arm: Arm, seed: int, fold: int) -> str:
+        return os.path.join(self.out, "runs", arm.label, f"seed{seed}", f"fold{fold}")
+
+    def split(self, seed: int) -> dict:
+        return make_split(self.case_ids, k_folds=self.folds, seed=seed,
+                          path=os.path.join(self.out, "splits", f"seed{seed}.json"))
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Every finished fold's result on disk for this study's arms and seeds (all k folds, not only ours)."""
+        results = []
+        for arm in self.arms:
+            for seed in self.seeds:
+                for fold in range(self.folds):
+                    path = os.path.join(self.fold_dir(arm, seed, fold), "result.json")
+                    if os.path.exists(path):
+                        with open(path) as fh:
+                            results.append(json.load(fh))
+        return results
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train and score every pending fold; returns every fold's result (done before or now)."""
+        results = []
+        for arm in self.arms:
+            for seed in self.seeds:
+                parts = self.split(seed)
+                for fold in self.only_folds:
+                    path = os.path.join(self.fold_dir(arm, seed, fold), "result.json")
+                    if os.path.exists(path):
+                        with open(path) as fh:
+                            before = json.load(fh)
+                        if "error" not in before:
+                            results.append(before)
+                            log.info("%s seed %d fold %d: done before, skipped", arm.label, seed, fold)
+                            continue
+                        log.info("%s seed %d fold %d: failed before (%s), trying again", arm.label, seed, fold,
+                                 before["error"])
+                    result = self.run_fold(arm, seed, fold, fold_parts(parts, fold))
+                    _write_json(path, result)
+                    results.append(result)
+                    if self.on_fold_done is not None:
+                        self.on_fold_done()
+        return results
+
+    def run_fold(self, arm: Arm, seed: int, fold: int, parts: Mapping[str, list[str]]) -> dict[str, Any]:
+        """Train on ``parts['train']``, score the last checkpoint on ``parts['val']``; errors are recorded."""
+        from ..train import Trainer, train_semi_supervised
+        from ..train.datasets import open_slice_folder
+
+        where = self.fold_dir(arm, seed, fold)
+        result: dict[str, Any] = {"arm": arm.label, "model": arm.model, "seed": seed, "fold": fold,
+                                  "train_ids": list(parts["train"]), "val_ids": list(parts["val"]),
+                                  "device": self.device}
+        try:
+            cfg = arm.train_config(seed)
+            train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"])
+            common = dict(model_config=arm.model_config, preset=cfg, device=self.device, progress=self.progress)
+            t0 = time.perf_counter()
+            if arm.pseudo_data is not None:
+                pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed)
+                out = train_semi_supervised(arm.model, pseudo, train, where,
+                                            pseudo_overrides={"epochs": arm.pseudo_epochs}, **common)["finetune"]
+            else:
+                out = Trainer(arm.model, train_dataset=train, out_dir=where, **common).fit()
+            result.update(train_seconds=round(time.perf_counter() - t0, 2), epochs=out["epochs"],
+                          images_per_s=out["images_per_s"], checkpoint=out["last"])
+            model = load_model(out["last"], map_location="cpu")
+            result["parameters"] = sum(p.numel() for p in model.parameters())
+            # scored at each slice's own size (Inf-Net protocol); the model sees the training input size
+            scored = SliceDataset(self.data, ids=parts["val"])
+            summary = Evaluator(model, device=self.device, protocol=self.protocol,
+                                input_size=(cfg.input_size, cfg.input_size)).run(
+                scored, os.path.join(where, "eval"), meta={"checkpoint": out["last"]})
+            with open(os.path.join(where, "eval", "per_image.csv")) as fh:
+                result["rows"] = _read_rows(fh.read())
+            result["fold_table"] = summary["table"]
+            log.info("%s seed %d fold %d: Dice %.4f on %d held-out slices, trained in %.0f s", arm.label, seed,
+                     fold, summary["table"]["Dice"], summary["n_images"], result["train_seconds"])
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded, and the study goes on with the next fold
+            log.error("%s seed %d fold %d failed: %s", arm.label, seed, fold, exc)
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            result["traceback"] = traceback.format_exc(limit=8)
+        return result
+
+
+def _read_rows(text: str) -> list[dict[str, Any]]:
+    """per_image.csv → rows with numbers as floats (ids stay strings)."""
+    import csv
+    import io
+
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: (v if k == "id" else float(v)) for k, v in row.items()})
+    return rows
+
+
+def command_line() -> str:
+    """The command that started this process, for the results file."""
+    return " ".join(["covseg" if os.path.basename(sys.argv[0]) in ("covseg", "__main__.py") else sys.argv[0],
+                     *sys.argv[1:]])

@@ -1,0 +1,133 @@
+"""`covseg crossval`: pooled out-of-fold scores, the study end to end on a tiny model, resume,
+recorded failures, usage errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import covseg_fast.experiments.crossval as crossval_module
+from covseg_fast.cli.main import main
+from covseg_fast.experiments import seed_scores
+from covseg_fast.metrics import MetricAccumulator
+
+from ..train._tiny import NAME
+
+
+def _folder(root, n, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "Imgs"))
+    os.makedirs(os.path.join(root, "GT"))
+    for i in range(n):
+        gt = np.zeros((40, 36), np.uint8)
+        y, x = rng.integers(8, 24, 2)
+        gt[y:y + 9, x:x + 8] = 255
+        img = (rng.integers(0, 60, gt.shape) + (gt > 0) * 150).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(root, "Imgs", f"{i}.png"))
+        Image.fromarray(gt).save(os.path.join(root, "GT", f"{i}.png"))
+    return str(root)
+
+
+def test_pooled_rows_equal_one_accumulator_over_all_images():
+    # why pooling per-image rows across folds is the Inf-Net table over all out-of-fold maps
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(1, 1, 24, 20, generator=gen) * 3, torch.rand(30, 26, generator=gen) > 0.7) for _ in range(7)]
+    whole, fold_a, fold_b = MetricAccumulator(), MetricAccumulator(), MetricAccumulator()
+    for i, (logits, gt) in enumerate(pairs):
+        whole.update(logits, gt, str(i))
+        (fold_a if i < 3 else fold_b).update(logits, gt, str(i))
+    pooled = seed_scores(fold_a.rows + fold_b.rows)
+    summary = whole.summary()
+    for col in ("Dice", "Sen", "Spec", "S_alpha", "E_phi_mean", "MAE"):
+        assert pooled[col] == pytest.approx(summary["table"][col], abs=1e-6), col
+    for col, key in (("IoU@0.5", "iou"), ("P@0.5", "precision"), ("R@0.5", "recall"), ("Dice@0.5", "dice")):
+        assert pooled[col] == pytest.approx(summary["threshold_0.5"]["per_image_mean"][key], abs=1e-9), col
+
+
+BASE = ["crossval", "--models", NAME, "--preset", "msa_unet", "--folds", "3", "--seeds", "0", "1", "--epochs", "1",
+        "--set", "input_size=32", "batch_size=2", "--device", "cpu"]
+
+
+def test_study_end_to_end_then_resume(tmp_path):
+    data, out = _folder(tmp_path / "data", 7), str(tmp_path / "study")
+    table = str(tmp_path / "docs" / "results.md")
+    assert main(BASE + ["--data", data, "--out", out, "--config", f"{NAME}:width=3", "--table", table]) == 0
+    report = json.load(open(os.path.join(out, "results.json")))
+    arm = report["arms"][0]
+    assert arm["n_complete_seeds"] == 2 and arm["failures"] == [] and arm["model_config"] == {"width": 3}
+    for seed_entry in arm["seeds"]:
+        split = json.load(open(os.path.join(out, "splits", f"seed{seed_entry['seed']}.json")))
+        held_out = [i for part in split["parts"].values() for i in part]
+        assert sorted(held_out) == sorted(str(i) for i in range(7))   # every slice predicted once per seed
+        assert seed_entry["n_images"] == 7 and seed_entry["folds"] == [0, 1, 2]
+        rows = []
+        for fold in range(3):
+            r = json.load(open(os.path.join(out, "runs", NAME, f"seed{seed_entry['seed']}", f"fold{fold}", "result.json")))
+            assert sorted(r["val_ids"]) == sorted(split["parts"][f"fold{fold}"])
+            assert not set(r["train_ids"]) & set(r["val_ids"])
+            assert r["epochs"] == 1 and r["train_seconds"] >= 0
+            rows += r["rows"]
+        assert seed_entry["scores"]["Dice"] == pytest.approx(np.mean([row["mean_dice"] for row in rows]))
+    dice = [s["scores"]["Dice"] for s in arm["seeds"]]
+    assert arm["summary"]["Dice"]["mean"] == pytest.approx(np.mean(dice))
+    assert arm["summary"]["Dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
+    text = open(table).read()
+    assert text == open(os.path.join(out, "results.md")).read()
+    assert f"| {NAME} | 2 | {np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f} |" in text
+    assert "epochs 1 (paper preset: 70)" in text and "Ref-Net (Med Phys 2022) | 0.755" in text
+
+    # a second run trains nothing (finished folds are skipped); --report-only rebuilds the same numbers
+    mtime = os.path.getmtime(os.path.join(out, "runs", NAME, "seed0", "fold0", "last.pt"))
+    assert main(BASE + ["--data", data, "--out", out, "--config", f"{NAME}:width=3"]) == 0
+    assert os.path.getmtime(os.path.join(out, "runs", NAME, "seed0", "fold0", "last.pt")) == mtime
+    assert main(BASE + ["--data", data, "--out", out, "--report-only"]) == 0
+    again = json.load(open(os.path.join(out, "results.json")))
+    assert again["arms"][0]["summary"] == arm["summary"]
+
+
+def test_failed_fold_is_recorded_the_study_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    data, out = _folder(tmp_path / "data", 6), str(tmp_path / "study")
+    real = crossval_module.Evaluator
+    calls = {"n": 0}
+
+    class FlakyEvaluator(real):
+        def run(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated out of memory")
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(crossval_module, "Evaluator", FlakyEvaluator)
+    assert main(BASE + ["--data", data, "--out", out, "--seeds", "0"]) == 1
+    report = json.load(open(os.path.join(out, "results.json")))
+    arm = report["arms"][0]
+    assert arm["failures"] == [{"seed": 0, "fold": 1, "error": "RuntimeError: simulated out of memory"}]
+    assert arm["n_complete_seeds"] == 0 and arm["seeds"][0]["folds"] == [0, 2]
+    assert "fold 1 **failed**: RuntimeError: simulated out of memory" in open(os.path.join(out, "results.md")).read()
+    assert main(BASE + ["--data", data, "--out", out, "--seeds", "0"]) == 0   # retried, now succeeds
+    arm = json.load(open(os.path.join(out, "results.json")))["arms"][0]
+    assert arm["failures"] == [] and arm["n_complete_seeds"] == 1
+    assert calls["n"] == 4   # only the failed fold was scored again
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--models", "no_such_model"], "no_such_model"),
+    (["--config", "refnet:x=1"], "'refnet' is not one of --models"),
+    (["--config", "width=3"], "expects MODEL:KEY=VALUE"),
+    (["--folds", "9"], "folds must be in 2..6"),
+    (["--only-folds", "3"], "--only-folds [3] outside 0..2"),
+    (["--set", "no_such_setting=1"], "unknown training setting 'no_such_setting'"),
+    (["--preset", "fast"], "unknown preset 'fast'"),
+])
+def test_usage_errors_name_the_problem(tmp_path, caplog, extra, message):
+    data = _folder(tmp_path / "data", 6)
+    assert main(BASE + ["--data", data, "--out", str(tmp_path / "o")] + extra) == 2
+    assert message in caplog.text
+    assert not os.path.exists(tmp_path / "o" / "runs")
+
+
+def test_missing_data_folder(tmp_path, caplog):
+    assert main(BASE + ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in caplog.text
