@@ -109,8 +109,14 @@ def write_report(study, args) -> dict:
     from ..experiments.results_table import aggregate, format_markdown
     from ..info import versions
 
+    command = command_line()
+    previous = os.path.join(args.out, "results.json")
+    if args.report_only and os.path.exists(previous):
+        # the table should name the command that trained the models, not the one that rebuilt it
+        with open(previous) as fh:
+            command = json.load(fh).get("command", command)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command_line(), "commit": _commit(), "versions": versions(),
+            "command": command, "commit": _commit(), "versions": versions(),
             "device": _device_name(study.device), "data": args.data, "n_slices": len(study.case_ids),
             "seeds": study.seeds, "protocol": study.protocol}
     report = aggregate(study.collect(), [a.describe() for a in study.arms], study.folds, meta)

@@ -85,6 +85,7 @@ def test_study_end_to_end_then_resume(tmp_path):
     assert main(BASE + ["--data", data, "--out", out, "--report-only"]) == 0
     again = json.load(open(os.path.join(out, "results.json")))
     assert again["arms"][0]["summary"] == arm["summary"]
+    assert again["command"] == report["command"]   # the training command, not the rebuild
 
 
 def test_failed_fold_is_recorded_the_study_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
