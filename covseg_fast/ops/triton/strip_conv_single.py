@@ -33,6 +33,16 @@ from torch.library import wrap_triton
 
 
 @triton.jit
+def tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr):
+    """Tile index → (batch, channel block, first row, first column); columns vary fastest, batch slowest."""
+    tw_i = tile % n_tw
+    rest = tile // n_tw
+    th_i = rest % n_th
+    rest = rest // n_th
+    return (rest // n_cb).to(tl.int64), rest % n_cb, th_i * TH, tw_i * TW
+
+
+@triton.jit
 def stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
              K0: tl.constexpr, P: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
              BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
@@ -144,14 +154,7 @@ def _msca_single_pass_kernel(
     st2 = st1 + BLOCK_C * NT
     st3 = st2 + BLOCK_C * NT
     for tile in range(pid, n_tiles, n_prog):
-        tw_i = tile % n_tw
-        rest = tile // n_tw
-        th_i = rest % n_th
-        rest = rest // n_th
-        cb = rest % n_cb
-        b = (rest // n_cb).to(tl.int64)
-        h0 = th_i * TH
-        w0 = tw_i * TW
+        b, cb, h0, w0 = tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc

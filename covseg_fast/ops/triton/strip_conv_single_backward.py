@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .strip_conv_single import _sm_count, stage_a0, stage_strips_h
+from .strip_conv_single import _sm_count, stage_a0, stage_strips_h, tile_origin
 
 
 def tap_layout(k0: int, ks: list[int]) -> dict:
@@ -195,14 +195,7 @@ def _msca_single_pass_backward_kernel(
     sg3 = sg2 + BLOCK_C * NG
     sga = slot + BLOCK_C * (NA + 3 * NT + 3 * NG) + cl * ND
     for tile in range(pid, n_tiles, n_prog):
-        tw_i = tile % n_tw
-        rest = tile // n_tw
-        th_i = rest % n_th
-        rest = rest // n_th
-        cb = rest % n_cb
-        b = (rest // n_cb).to(tl.int64)
-        h0 = th_i * TH
-        w0 = tw_i * TW
+        b, cb, h0, w0 = tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc
