@@ -6,28 +6,18 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import covseg_fast.experiments.crossval as crossval_module
 from covseg_fast.cli.main import main
 from covseg_fast.experiments import seed_scores
 from covseg_fast.metrics import MetricAccumulator
 
+from ..slice_folders import write_slice_folder
 from ..train._tiny import NAME
 
 
 def _folder(root, n, seed=0):
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "Imgs"))
-    os.makedirs(os.path.join(root, "GT"))
-    for i in range(n):
-        gt = np.zeros((40, 36), np.uint8)
-        y, x = rng.integers(8, 24, 2)
-        gt[y:y + 9, x:x + 8] = 255
-        img = (rng.integers(0, 60, gt.shape) + (gt > 0) * 150).astype(np.uint8)
-        Image.fromarray(img).save(os.path.join(root, "Imgs", f"{i}.png"))
-        Image.fromarray(gt).save(os.path.join(root, "GT", f"{i}.png"))
-    return str(root)
+    return write_slice_folder(root, n, seed, shape=(40, 36))
 
 
 def test_pooled_rows_equal_one_accumulator_over_all_images():

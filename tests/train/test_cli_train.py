@@ -4,28 +4,17 @@ import logging
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from covseg_fast.cli.main import main
 
+from ..slice_folders import write_slice_folder
 from ._tiny import NAME
 
 
 def _folder(root, n, seed):
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "Imgs"))
-    os.makedirs(os.path.join(root, "GT"))
-    for i in range(n):
-        gt = np.zeros((40, 40), np.uint8)
-        y, x = rng.integers(8, 28, 2)
-        gt[y:y + 8, x:x + 10] = 255
-        img = (rng.integers(0, 60, (40, 40)) + (gt > 0) * 150).astype(np.uint8)
-        Image.fromarray(img).save(os.path.join(root, "Imgs", f"{i}.png"))
-        Image.fromarray(gt).save(os.path.join(root, "GT", f"{i}.png"))
-    return str(root)
+    return write_slice_folder(root, n, seed)
 
 
 @pytest.fixture
