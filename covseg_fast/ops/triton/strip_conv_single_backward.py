@@ -59,7 +59,7 @@ def _gt_stage(g_base, s_gh, s_gw, sg1, sg2, sg3, wv1_ptr, wv2_ptr, wv3_ptr, ch, 
     gt_i[p] = Σ_d wv_i[d] · g[p + (K_i//2 − d, 0)] (the vertical strip transposed: flipped taps)."""
     RWG: tl.constexpr = TW + 2 * Q + 2 * P
     NG: tl.constexpr = (TH + 2 * Q) * RWG
-    for start in range(0, NG, CHUNK):
+    for start in tl.range(0, NG, CHUNK, disable_licm=True):
         idx = start + lane
         valid = idx < NG
         gh = h0 - Q + idx // RWG
@@ -101,7 +101,7 @@ def _ga0_stage(g_base, s_gh, s_gw, sg1, sg2, sg3, sga, wh1_ptr, wh2_ptr, wh3_ptr
     RWG: tl.constexpr = TW + 2 * Q + 2 * P
     RWD: tl.constexpr = TW + 2 * Q
     ND: tl.constexpr = (TH + 2 * Q) * RWD
-    for start in range(0, ND, CHUNK):
+    for start in tl.range(0, ND, CHUNK, disable_licm=True):
         idx = start + lane
         valid = idx < ND
         rr = idx // RWD
@@ -215,7 +215,7 @@ def _msca_single_pass_backward_kernel(
 
         # 5–6. gx and the weight-gradient sums over the tile's pixels
         wacc = tl.zeros((BLOCK_C, NTAP_P2), dtype=tl.float32)
-        for start in range(0, NO, CHUNK):
+        for start in tl.range(0, NO, CHUNK, disable_licm=True):
             idx = start + lane
             rr = idx // TW
             cc = idx % TW
@@ -256,11 +256,13 @@ def _msca_single_pass_backward_kernel(
 def single_pass_backward_config(x: torch.Tensor) -> dict:
     """Tiles for the backward: smaller than the forward's (four fp32 scratch regions per slot).
 
-    NCHW: 1 channel, 32×32 tiles, 256-element chunks, 3 programs per SM: slot ≈ 62 KB, ≈ 25 MB of
+    NCHW: 1 channel, 32×32 tiles, 128-element chunks, 3 programs per SM: slot ≈ 62 KB, ≈ 25 MB of
     scratch on an H100. channels_last: 4 channels, 16×16 tiles, 32-pixel chunks, 2 per SM (≈ 25 MB).
-    Compiled for sm_90 (tests/triton_aot.py) these take 147 and 142 registers and no stack; 8 channels
-    × 64 pixels at 4 warps spilled 80 bytes. Interpreter: 4 channels, 16×16 tiles, 2 programs.
-    Tiles never exceed the image.
+    Compiled for sm_90 (tests/triton_aot.py) with Triton 3.9 these take 128 and 148 registers and no
+    stack; Triton 3.6 (the GPU machine's) needs 255 and spills 8 bytes in the NCHW bf16 case (24 with
+    256-element chunks); its chunk loops keep the weights in registers unless LICM is off there
+    (channels_last 230 → 168 registers). 8 channels × 64 pixels at 4 warps spilled 80 bytes.
+    Interpreter: 4 channels, 16×16 tiles, 2 programs. Tiles never exceed the image.
     """
     cl = x.shape[1] > 1 and x.stride(1) == 1
     if x.device.type == "cpu":
@@ -268,7 +270,7 @@ def single_pass_backward_config(x: torch.Tensor) -> dict:
     elif cl:
         cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=32, per_sm=2, programs=None, num_warps=4)
     else:
-        cfg = dict(BLOCK_C=1, TH=32, TW=32, CHUNK=256, per_sm=3, programs=None, num_warps=4)
+        cfg = dict(BLOCK_C=1, TH=32, TW=32, CHUNK=128, per_sm=3, programs=None, num_warps=4)
     cfg["TH"], cfg["TW"] = min(cfg["TH"], x.shape[2]), min(cfg["TW"], x.shape[3])
     return cfg
 
