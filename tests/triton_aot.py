@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import importlib
 import os
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -98,26 +99,39 @@ class _Recorder:
         return _Grid()
 
 
+def launching_modules() -> list:
+    """Every module of ``covseg_fast.ops`` and ``covseg_fast.ops.triton`` that holds a ``wrap_triton``
+    (the launch wrappers call it through their module's global, so that is where it is replaced)."""
+    modules = []
+    for package in ("covseg_fast.ops", "covseg_fast.ops.triton"):
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            # import_module, not getattr: covseg_fast.ops exports functions named like its modules (cpp_kl_loss)
+            module = importlib.import_module(f"{package}.{info.name}")
+            if hasattr(module, "wrap_triton"):
+                modules.append(module)
+    return modules
+
+
 @contextlib.contextmanager
 def recording(case: str, sink: list) -> Iterator[None]:
-    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run."""
-    from covseg_fast.ops.triton import (attention_launch, cbam, strip_conv, strip_conv_single,
-                                        strip_conv_single_backward, structure_loss)
-
-    cpp_kl_loss = importlib.import_module("covseg_fast.ops.cpp_kl_loss")  # the package exports a function by that name
-    modules = [cpp_kl_loss, attention_launch, cbam, strip_conv, strip_conv_single, strip_conv_single_backward,
-               structure_loss]
+    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run;
+    every ``_sm_count`` (persistent grids) answers 132, an H100 SXM."""
+    modules = launching_modules()
+    sm_modules = [m for m in modules if hasattr(m, "_sm_count")]
     saved = [m.wrap_triton for m in modules]
-    saved_sm = strip_conv_single._sm_count, strip_conv_single_backward._sm_count
+    saved_sm = [m._sm_count for m in sm_modules]
     try:
         for m in modules:
             m.wrap_triton = _Recorder(case, sink)
-        strip_conv_single._sm_count = strip_conv_single_backward._sm_count = lambda device: 132  # an H100 SXM
+        for m in sm_modules:
+            m._sm_count = lambda device: 132  # an H100 SXM
         yield
     finally:
         for m, w in zip(modules, saved):
             m.wrap_triton = w
-        strip_conv_single._sm_count, strip_conv_single_backward._sm_count = saved_sm
+        for m, f in zip(sm_modules, saved_sm):
+            m._sm_count = f
 
 
 @contextlib.contextmanager

@@ -32,12 +32,8 @@ on their own), each writing a full-size grad_x (3E + 2E + 2E), and summed the th
 conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19; bf16 adds
 about 10 casts of small tensors.
 
-How autograd is made to write grad_x once: two ``torch.autograd.Function`` s (below) cover the x-dependent
-parts, and the conv, BN and σ between them stay ordinary autograd ops on the caller's BN (so torch.compile and
-torch.export see plain ops plus these custom ops). ``_ApplyGates`` (pass 3; backward pass A) hands g and sa back to
-``_GateAndPool`` (passes 1–2; backward passes B and C) as the gradients of two zero-stride placeholders, because
-pass C needs g and sa but can only run after the MLP backward, i.e. last. Double backward is not supported (the
-backward ops have no autograd formula; it raises, as for the per-op path).
+How autograd is made to write grad_x once: two ``torch.autograd.Function`` s (ops/cbam_autograd.py) cover
+the x-dependent parts; ``cbam()`` (below) keeps the conv, BN and σ between them as ordinary autograd ops.
 
 Backends, in preference order: ``triton`` (CUDA; CPU under TRITON_INTERPRET=1; fp32/fp16/bf16), then
 ``reference`` (ops/reference/cbam.py; also float64); every op, the backward ones too, dispatches on its own.
@@ -51,6 +47,7 @@ import torch.nn.functional as F
 
 from . import triton as _triton_pkg
 from ._dispatch import Backend, op_backends
+from .cbam_autograd import _ApplyGates, _GateAndPool
 from .reference import cbam as ref
 
 tk = None
@@ -240,66 +237,6 @@ def _block_backward_x_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor, g_pooled:
 @_block_backward_x_op.register_fake
 def _(g, x, ca, sa, g_pooled, pooled, pool_count, g_mean, g_max, mx, stats_count):
     return torch.empty_like(x)
-
-
-class _GateAndPool(torch.autograd.Function):
-    """Forward passes 1–2 (stats → MLP → ca → spatial pool); its backward ends the fused block backward.
-
-    forward(x, w1, b1, w2, b2) → (ca, pooled, g_port, sa_port). The two ports are zero-stride placeholders
-    (no memory) whose only consumer is :class:`_ApplyGates`: its backward hands them the block's incoming
-    gradient g and the spatial gate sa *as their gradients*, so this backward, which autograd runs last (after
-    the conv / BatchNorm backward that yields grad_pooled), has everything to write grad_x once. The MLP's
-    backward is written out (``reference.mlp_backward``): autograd never sees the MLP.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
-        b = x.shape[0]
-        mean, mx, stats_count = torch.ops.covseg.cbam_channel_stats(x)      # pass 1: reads x
-        v = torch.cat([mean, mx]).to(x.dtype)
-        h = F.relu(F.linear(v, w1, b1))
-        logits = F.linear(h, w2, b2)  # one MLP call for both pools
-        ca = torch.sigmoid(logits[:b] + logits[b:])
-        pooled, pool_count = torch.ops.covseg.cbam_spatial_pool(x, ca)      # pass 2: reads x
-        # placeholders: one uninitialised element broadcast (no kernel, no memory); their values are never read
-        g_port = x.new_empty(()).expand(x.shape)
-        sa_port = pooled.new_empty(()).expand(b, 1, x.shape[2], x.shape[3])
-        ctx.save_for_backward(x, w1, w2, v, h, ca, mx, stats_count, pooled, pool_count)
-        return ca, pooled.to(x.dtype), g_port, sa_port
-
-    @staticmethod
-    def backward(ctx, grad_ca, grad_pooled, g, sa):
-        x, w1, w2, v, h, ca, mx, stats_count, pooled, pool_count = ctx.saved_tensors
-        b = x.shape[0]
-        # pass B (reads x): the spatial pool's part of grad_ca, added to the apply part from pass A
-        grad_ca = grad_ca.to(pooled.dtype) + torch.ops.covseg._cbam_spatial_pool_backward_reduce(
-            grad_pooled, x, ca, pooled, pool_count)
-        grad_logits = torch.ops.aten.sigmoid_backward(grad_ca, ca.to(grad_ca.dtype))  # σ′ = ca·(1 − ca)
-        grad_v, gw1, gb1, gw2, gb2 = ref.mlp_backward(torch.cat([grad_logits, grad_logits]), v, h, w1, w2)
-        grad_x = None
-        if ctx.needs_input_grad[0]:  # pass C (reads g and x, writes grad_x once)
-            grad_x = torch.ops.covseg._cbam_block_backward_x(g, x, ca, sa, grad_pooled, pooled, pool_count,
-                                                             grad_v[:b], grad_v[b:], mx, stats_count)
-        return grad_x, gw1.to(w1.dtype), gb1.to(w1.dtype), gw2.to(w2.dtype), gb2.to(w2.dtype)
-
-
-class _ApplyGates(torch.autograd.Function):
-    """Forward pass 3 (out = x·ca·sa); its backward is pass A and routes g and sa to :class:`_GateAndPool`.
-
-    forward(x, ca, sa, g_port, sa_port) → out. backward: grad_ca and grad_sa from pass A (reads g and x, no
-    grad_x); no gradient for x (pass C writes all of it); the ports receive g and sa (see ``_GateAndPool``).
-    """
-
-    @staticmethod
-    def forward(ctx, x, ca, sa, g_port, sa_port):
-        ctx.save_for_backward(x, ca, sa)
-        return torch.ops.covseg.cbam_apply(x, ca, sa)                       # pass 3: reads x, writes out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, ca, sa = ctx.saved_tensors
-        grad_ca, grad_sa = torch.ops.covseg._cbam_apply_backward_reduce(g, x, ca, sa)  # pass A: reads g, x
-        return None, grad_ca.to(ca.dtype), grad_sa.to(sa.dtype), g, sa.to(grad_sa.dtype)
 
 
 # ---------------------------------------------------------------- public functions

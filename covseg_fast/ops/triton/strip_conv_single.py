@@ -2,7 +2,7 @@
 
     a0 = b0 + dw_{k0×k0}(x);   s = a0 + Σ_i (bv_i + v_i(bh_i + h_i(a0)))      (≤ 3 strip branches)
 
-Why: the three-launch schedule (``strip_conv.py``) writes a0 and every horizontal strip t_i to HBM
+Why: the three-launch schedule (``strip_conv_split.py``) writes a0 and every horizontal strip t_i to HBM
 and reads them back (≈ 11 full-size accesses, 22E bytes in bf16). Here every intermediate lives in a
 per-program scratch slot that stays in L1/L2, so HBM sees x (plus halo re-reads that mostly hit L2)
 and s: ≈ 2E–3E bytes. The price is halo recomputation: for a TH×TW output tile and P = max k_i // 2,
@@ -238,7 +238,7 @@ def single_pass_config(x: torch.Tensor) -> dict:
 
 def strip_conv_single_pass(x, w0, b0, wf, bf, vf, vbf, ks, out: torch.Tensor) -> torch.Tensor:
     """s into ``out`` in one launch. wf/bf/vf/vbf: three (C, K) fp32 horizontal/vertical weights and
-    (C,) biases each, padded with dummies where ks[i] == 0 (see ``strip_conv._pad3``)."""
+    (C,) biases each, padded with dummies where ks[i] == 0 (see ``strip_conv_split._pad3``)."""
     bsz, c, h, w = x.shape
     if x.numel() == 0:
         return out

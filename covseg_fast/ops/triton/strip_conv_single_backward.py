@@ -1,6 +1,6 @@
 """Single-pass Triton backward of ``covseg::strip_conv``: (g, x) → gx and every weight/bias gradient.
 
-Why: the split backward (``strip_conv.py``) writes a0, the three t_i, the three gt_i and ga0 to HBM
+Why: the split backward (``strip_conv_split.py``) writes a0, the three t_i, the three gt_i and ga0 to HBM
 (fp32 for the gradients) and runs a separate weight-gradient pass per weight: ≈ 50 full-size
 accesses in bf16 units, more than eager autograd's ≈ 38. Here each tile recomputes what it needs in
 a per-program scratch (as the single-pass forward does) and HBM sees x and g (halo re-reads mostly
@@ -279,7 +279,7 @@ def strip_conv_single_pass_backward(grad, x, w0, b0, wf, bf, vf, ks) -> tuple[to
     """(gx in x's dtype and layout, (C, NTAP) fp32 tap sums laid out by :func:`tap_layout`).
 
     wf/bf/vf: three (C, K) fp32 horizontal weights, (C,) fp32 horizontal biases and vertical weights,
-    padded with dummies where ks[i] == 0 (see ``strip_conv._pad3``); absent branches come last."""
+    padded with dummies where ks[i] == 0 (see ``strip_conv_split._pad3``); absent branches come last."""
     bsz, c, h, w = x.shape
     k0 = w0.shape[-1]
     lay = tap_layout(k0, ks)

@@ -1,0 +1,38 @@
+"""Layout and tile choices shared by the CBAM launchers (cbam.py: forward, cbam_backward.py: backward).
+
+Full-size tensors are read in place as (B, C, HW) when NCHW- or channels_last-dense; tiles are
+[BLOCK_C, BLOCK_HW]: ``_blocks`` for grids over (B, pixel blocks, channel blocks), ``_pixel_blocks``
+for programs that own a pixel block and loop over all C.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself if NCHW- or channels_last-contiguous, else an NCHW-contiguous copy."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(stride_b, stride_c, stride_hw) of a dense (B, C, H, W) tensor read as (B, C, HW)."""
+    return t.stride(0), t.stride(1), (t.stride(3) if t.size(3) > 1 else t.stride(2))
+
+
+def _blocks(c: int, hw: int) -> tuple[int, int]:
+    return min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(hw))
+
+
+def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
+    """Tiles for the kernels whose programs own a pixel block and loop over C (grid (B, cdiv(HW, BLOCK_HW))).
+
+    Small maps (refnet_f5: 16×2048×11²) would give too few programs to fill the GPU, so BLOCK_HW shrinks
+    (down to 16) until there are ≥ 2 programs per SM, and BLOCK_C grows to keep a ~2048-element tile.
+    """
+    bhw = min(64, triton.next_power_of_2(hw))
+    while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * 132:
+        bhw //= 2
+    return min(triton.next_power_of_2(c), 2048 // bhw), bhw
