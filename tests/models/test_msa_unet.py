@@ -1,6 +1,5 @@
 """MSA-UNet: parameter counts, shapes, ablation switches, input sizes, registry, fused == reference, export, overfit."""
 import os
-import time
 
 import pytest
 import torch
@@ -142,7 +141,7 @@ def test_loss_decreases_overfitting_four_real_slices(shared_data):
     model = get_model("msa_unet", base=8).train()
     criterion = get_criterion("msa_unet")
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3, weight_decay=1e-4)  # MODELS.md §3.5
-    losses, start = [], time.perf_counter()
+    losses = []
     for _ in range(30):
         loss, parts = criterion(model(x), {"mask": mask})
         optimizer.zero_grad()
@@ -151,4 +150,3 @@ def test_loss_decreases_overfitting_four_real_slices(shared_data):
         losses.append(parts["total"])
     assert all(map(lambda v: v == v, losses)), losses  # no NaN
     assert min(losses[-5:]) < 0.6 * losses[0], losses
-    assert time.perf_counter() - start < 60
