@@ -9,7 +9,6 @@ import datetime
 import json
 import logging
 import os
-import subprocess
 
 from ..atomic import atomic_write
 from .train import _key_values
@@ -79,20 +78,6 @@ def _presets(items: list[str] | None, models: list[str]) -> dict[str, str]:
     return out
 
 
-def _commit() -> str:
-    if os.environ.get("COVSEG_GIT_COMMIT"):
-        return os.environ["COVSEG_GIT_COMMIT"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.check_output(["git", "-C", here, "rev-parse", "--short", "HEAD"], text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-        dirty = subprocess.check_output(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                        text=True, stderr=subprocess.DEVNULL).strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _device_name(device: str) -> str:
     import platform
 
@@ -100,12 +85,13 @@ def _device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' if n != 1 else ''})"
 
 
 def write_report(study, args) -> dict:
     """Aggregate the study's finished folds into OUT/results.json, OUT/results.md (and --table)."""
-    from ..experiments.crossval import command_line
+    from ..experiments.crossval import code_commit, command_line
     from ..experiments.results_table import aggregate, format_markdown
     from ..info import versions
 
@@ -116,7 +102,7 @@ def write_report(study, args) -> dict:
         with open(previous) as fh:
             command = json.load(fh).get("command", command)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command, "commit": _commit(), "versions": versions(),
+            "command": command, "commit": code_commit(), "versions": versions(),
             "device": _device_name(study.device), "data": args.data, "n_slices": len(study.case_ids),
             "seeds": study.seeds, "protocol": study.protocol}
     report = aggregate(study.collect(), [a.describe() for a in study.arms], study.folds, meta)

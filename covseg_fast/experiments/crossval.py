@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -175,7 +176,7 @@ class CrossValidation:
         where = self.fold_dir(arm, seed, fold)
         result: dict[str, Any] = {"arm": arm.label, "model": arm.model, "seed": seed, "fold": fold,
                                   "train_ids": list(parts["train"]), "val_ids": list(parts["val"]),
-                                  "device": self.device}
+                                  "device": self.device, "commit": code_commit()}
         try:
             cfg = arm.train_config(seed)
             train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"])
@@ -225,3 +226,18 @@ def command_line() -> str:
     """The command that started this process, for the results file."""
     return " ".join(["covseg" if os.path.basename(sys.argv[0]) in ("covseg", "__main__.py") else sys.argv[0],
                      *sys.argv[1:]])
+
+
+def code_commit() -> str:
+    """Commit of the covseg_fast code that runs (+"-dirty" for uncommitted changes); COVSEG_GIT_COMMIT wins."""
+    if os.environ.get("COVSEG_GIT_COMMIT"):
+        return os.environ["COVSEG_GIT_COMMIT"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.check_output(["git", "-C", here, "rev-parse", "--short", "HEAD"], text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                        text=True, stderr=subprocess.DEVNULL).strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

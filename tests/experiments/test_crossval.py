@@ -67,6 +67,9 @@ def test_study_end_to_end_then_resume(tmp_path):
     assert text == open(os.path.join(out, "results.md")).read()
     assert f"| {NAME} | 2 | {np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f} |" in text
     assert "epochs 1 (paper preset: 70)" in text and "Ref-Net (Med Phys 2022) | 0.755" in text
+    assert "Model configuration changed" in text and "{'width': 3}" in text
+    assert report["trained_at"] == [json.load(open(os.path.join(out, "runs", NAME, "seed0", "fold0",
+                                                              "result.json")))["commit"]]
 
     # a second run trains nothing (finished folds are skipped); --report-only rebuilds the same numbers
     mtime = os.path.getmtime(os.path.join(out, "runs", NAME, "seed0", "fold0", "last.pt"))
