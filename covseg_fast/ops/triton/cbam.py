@@ -25,7 +25,7 @@ from torch.library import wrap_triton
 # the backward launchers, re-exported: this module serves every CBAM op
 from .cbam_backward import (apply_backward, apply_backward_reduce, block_backward_x,  # noqa: F401
                             channel_stats_backward, spatial_pool_backward, spatial_pool_backward_reduce)
-from .cbam_tiles import _blocks, _dense, _pixel_blocks, _strides
+from .cbam_tiles import Tiling, _blocks, _dense, _strides
 
 
 @triton.jit
@@ -148,25 +148,21 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W), (B, C) → pooled (B, 2, H, W) fp32 [max, mean] of x·ca, #max (B, H, W) int32."""
     x = _dense(x)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
-    pooled = x.new_empty((b, 2, h, w), dtype=torch.float32)
-    cnt = x.new_empty((b, h, w), dtype=torch.int32)
-    bc, bhw = _pixel_blocks(b, c, hw)
-    if b > 0:
-        wrap_triton(pool_kernel)[(b, triton.cdiv(hw, bhw))](
-            x, ca.contiguous(), pooled, cnt, c, hw, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    t = Tiling(x, per_pixel=True)
+    pooled = x.new_empty((t.b, 2, t.h, t.w), dtype=torch.float32)
+    cnt = x.new_empty((t.b, t.h, t.w), dtype=torch.int32)
+    if t.b > 0:
+        wrap_triton(pool_kernel)[t.grid2](
+            x, ca.contiguous(), pooled, cnt, t.c, t.hw, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return pooled, cnt
 
 
 def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
     """x·ca·sa in x.dtype and x's layout."""
     x = _dense(x)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
+    t = Tiling(x)
     out = torch.empty_like(x)
-    bc, bhw = _blocks(c, hw)
-    if b > 0:
-        wrap_triton(apply_kernel)[(b, triton.cdiv(hw, bhw), triton.cdiv(c, bc))](
-            x, ca.contiguous(), sa.contiguous(), out, c, hw, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+    if t.b > 0:
+        wrap_triton(apply_kernel)[t.grid3](
+            x, ca.contiguous(), sa.contiguous(), out, t.c, t.hw, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return out

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .cbam_tiles import _blocks, _dense, _pixel_blocks, _strides
+from .cbam_tiles import Tiling, _dense, _strides
 
 
 @triton.jit
@@ -154,47 +154,39 @@ def block_backward_x_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, pooled_ptr, pcnt_ptr, 
 def channel_stats_backward(g_mean, g_max, x, mx, cnt) -> torch.Tensor:
     """grad_x (x.dtype, x's layout) of the channel stats."""
     x = _dense(x)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
+    t = Tiling(x)
     gx = torch.empty_like(x)
-    bc, bhw = _blocks(c, hw)
-    if b > 0:
-        wrap_triton(stats_backward_kernel)[(b, triton.cdiv(hw, bhw), triton.cdiv(c, bc))](
+    if t.b > 0:
+        wrap_triton(stats_backward_kernel)[t.grid3](
             x, g_mean.float().contiguous(), g_max.float().contiguous(), mx.contiguous(), cnt.contiguous(), gx,
-            c, hw, 1.0 / hw, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw)
+            t.c, t.hw, 1.0 / t.hw, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return gx
 
 
 def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x in x.dtype / x's layout, grad_ca in ca.dtype) of the spatial pool."""
     x = _dense(x)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
-    bc, bhw = _pixel_blocks(b, c, hw)
-    nb = triton.cdiv(hw, bhw)
+    t = Tiling(x, per_pixel=True)
     gx = torch.empty_like(x)
-    pca = x.new_empty((b, c, nb), dtype=torch.float32)
-    if b > 0:
-        wrap_triton(pool_backward_kernel)[(b, nb)](
+    pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
+    if t.b > 0:
+        wrap_triton(pool_backward_kernel)[t.grid2](
             x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.float().contiguous(), gx, pca,
-            c, hw, nb, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw, WRITE_GX=True)
+            t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=True)
     return gx, pca.sum(dim=-1).to(ca.dtype)
 
 
 def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_ca, grad_sa) of x·ca·sa, each in its input's dtype."""
     x, g = _dense(x), _dense(g)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
-    bc, bhw = _pixel_blocks(b, c, hw)
-    nb = triton.cdiv(hw, bhw)
+    t = Tiling(x, per_pixel=True)
     gx = torch.empty_like(x)
-    pca = x.new_empty((b, c, nb), dtype=torch.float32)
-    gsa = x.new_empty((b, 1, h, w), dtype=torch.float32)
-    if b > 0:
-        wrap_triton(apply_backward_kernel)[(b, nb)](
-            x, g, ca.contiguous(), sa.contiguous(), gx, pca, gsa, c, hw, nb,
-            *_strides(x), *_strides(g), BLOCK_C=bc, BLOCK_HW=bhw, WRITE_GX=True)
+    pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
+    gsa = x.new_empty((t.b, 1, t.h, t.w), dtype=torch.float32)
+    if t.b > 0:
+        wrap_triton(apply_backward_kernel)[t.grid2](
+            x, g, ca.contiguous(), sa.contiguous(), gx, pca, gsa, t.c, t.hw, t.nb,
+            *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=True)
     return gx, pca.sum(dim=-1).to(ca.dtype), gsa.to(sa.dtype)
 
 
@@ -202,44 +194,36 @@ def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def apply_backward_reduce(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass A: (grad_ca (B, C), grad_sa (B, 1, H, W)) of x·ca·sa, fp32; reads g and x, writes no grad_x."""
     x, g = _dense(x), _dense(g)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
-    bc, bhw = _pixel_blocks(b, c, hw)
-    nb = triton.cdiv(hw, bhw)
-    pca = x.new_empty((b, c, nb), dtype=torch.float32)
-    gsa = x.new_empty((b, 1, h, w), dtype=torch.float32)
-    if b > 0:
-        wrap_triton(apply_backward_kernel)[(b, nb)](
-            x, g, ca.contiguous(), sa.contiguous(), pca, pca, gsa, c, hw, nb,  # gx_ptr unused: WRITE_GX=False
-            *_strides(x), *_strides(g), BLOCK_C=bc, BLOCK_HW=bhw, WRITE_GX=False)
+    t = Tiling(x, per_pixel=True)
+    pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
+    gsa = x.new_empty((t.b, 1, t.h, t.w), dtype=torch.float32)
+    if t.b > 0:
+        wrap_triton(apply_backward_kernel)[t.grid2](
+            x, g, ca.contiguous(), sa.contiguous(), pca, pca, gsa, t.c, t.hw, t.nb,  # gx_ptr unused: WRITE_GX=False
+            *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=False)
     return pca.sum(dim=-1), gsa
 
 
 def spatial_pool_backward_reduce(g_pooled, x, ca, pooled, cnt) -> torch.Tensor:
     """Pass B: grad_ca (B, C) fp32 of the spatial pool; reads x once, writes no grad_x."""
     x = _dense(x)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
-    bc, bhw = _pixel_blocks(b, c, hw)
-    nb = triton.cdiv(hw, bhw)
-    pca = x.new_empty((b, c, nb), dtype=torch.float32)
-    if b > 0:
-        wrap_triton(pool_backward_kernel)[(b, nb)](
+    t = Tiling(x, per_pixel=True)
+    pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
+    if t.b > 0:
+        wrap_triton(pool_backward_kernel)[t.grid2](
             x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.float().contiguous(), pca, pca,
-            c, hw, nb, 1.0 / c, *_strides(x), BLOCK_C=bc, BLOCK_HW=bhw, WRITE_GX=False)  # gx_ptr unused
+            t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=False)  # gx_ptr unused
     return pca.sum(dim=-1)
 
 
 def block_backward_x(g, x, ca, sa, g_pooled, pooled, pool_cnt, g_mean, g_max, mx, stats_cnt) -> torch.Tensor:
     """Pass C: grad_x of the whole block (x.dtype, x's layout), one read of g and x, one write."""
     x, g = _dense(x), _dense(g)
-    b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
-    hw = h * w
+    t = Tiling(x)
     gx = torch.empty_like(x)
-    bc, bhw = _blocks(c, hw)
-    if b > 0:
-        wrap_triton(block_backward_x_kernel)[(b, triton.cdiv(hw, bhw), triton.cdiv(c, bc))](
+    if t.b > 0:
+        wrap_triton(block_backward_x_kernel)[t.grid3](
             x, g, ca.contiguous(), sa.contiguous(), pooled.contiguous(), pool_cnt.contiguous(),
             g_pooled.contiguous(), g_mean.contiguous(), g_max.contiguous(), mx.contiguous(), stats_cnt.contiguous(),
-            gx, c, hw, 1.0 / c, 1.0 / hw, *_strides(x), *_strides(g), BLOCK_C=bc, BLOCK_HW=bhw)
+            gx, t.c, t.hw, 1.0 / t.c, 1.0 / t.hw, *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return gx

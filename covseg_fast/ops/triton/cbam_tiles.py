@@ -36,3 +36,19 @@ def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
     while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * 132:
         bhw //= 2
     return min(triton.next_power_of_2(c), 2048 // bhw), bhw
+
+
+class Tiling:
+    """Shape and tiles of one CBAM launch over a dense (B, C, H, W) tensor (ints: grids specialise on them).
+
+    ``per_pixel=False``: [BLOCK_C, BLOCK_HW] tiles over the grid ``grid3`` = (B, pixel blocks, channel
+    blocks); ``per_pixel=True``: programs own a pixel block and loop over C, grid ``grid2`` = (B, nb).
+    """
+
+    def __init__(self, x: torch.Tensor, per_pixel: bool = False) -> None:
+        self.b, self.c, self.h, self.w = (int(s) for s in x.shape)
+        self.hw = self.h * self.w
+        self.bc, self.bhw = _pixel_blocks(self.b, self.c, self.hw) if per_pixel else _blocks(self.c, self.hw)
+        self.nb = triton.cdiv(self.hw, self.bhw)
+        self.grid2 = (self.b, self.nb)
+        self.grid3 = (self.b, self.nb, triton.cdiv(self.c, self.bc))
