@@ -47,6 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-schedule", choices=["constant", "infnet_compounding", "step50"])
+    p.add_argument("--augment", choices=["none", "flip", "flip_rot90", "flip_rotate"],
+                   help="seeded random flips/rotations of the training slices (default none, as both papers)")
+    p.add_argument("--mask-resize", choices=["nearest", "bilinear"],
+                   help="GT/edge resize to the input size (default: the preset's; nearest for msa_unet, "
+                        "bilinear and left soft for refnet/infnet as Inf-Net does)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="settings",
                    help="any other training setting, e.g. clip=1.0 scales=[1.0] weight_decay=0")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available, else cpu)")
@@ -86,7 +91,8 @@ def run(args) -> int:
     overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                             lr_schedule=args.lr_schedule, amp=args.amp, compile=args.compile,
                                             channels_last=args.channels_last, seed=args.seed,
-                                            num_workers=args.workers).items() if v is not None})
+                                            num_workers=args.workers, augment=args.augment,
+                                            mask_resize=args.mask_resize).items() if v is not None})
     try:
         saved = settings_from_checkpoint(args.resume) if args.resume else None
         model = args.model or (saved and saved["model"])
@@ -111,7 +117,7 @@ def run(args) -> int:
         return 2
     try:
         train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
-                                                 args.pseudo_data, cfg.seed)
+                                                 args.pseudo_data, cfg.seed, cfg.mask_resize, cfg.augment)
     except DataModuleMissing as exc:
         log.error("%s", exc)
         return 1

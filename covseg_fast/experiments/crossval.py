@@ -179,11 +179,12 @@ class CrossValidation:
                                   "device": self.device, "commit": code_commit()}
         try:
             cfg = arm.train_config(seed)
-            train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"])
+            train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"],
+                                      mask_resize=cfg.mask_resize, augment=cfg.augment)
             common = dict(model_config=arm.model_config, preset=cfg, device=self.device, progress=self.progress)
             t0 = time.perf_counter()
             if arm.pseudo_data is not None:
-                pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed)
+                pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed, augment=cfg.augment)
                 out = train_semi_supervised(arm.model, pseudo, train, where,
                                             pseudo_overrides={"epochs": arm.pseudo_epochs}, **common)["finetune"]
             else:

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 
 class EpochSampler(Sampler[int]):
@@ -50,11 +50,24 @@ class EpochSampler(Sampler[int]):
         return len(self._indices())
 
 
+def set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell a dataset (through Subset/ConcatDataset wrappers) which epoch it serves, so seeded random
+    transforms draw new values every epoch and the same ones again on resume."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    elif isinstance(dataset, Subset):
+        set_dataset_epoch(dataset.dataset, epoch)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            set_dataset_epoch(part, epoch)
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: EpochSampler, epoch: int, num_workers: int = 0,
                 pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """DataLoader for ``epoch``: the sampler is set to it and the worker base seed comes from a
     generator seeded with (seed, epoch, rank), so random transforms in workers repeat on resume."""
     sampler.set_epoch(epoch)
+    set_dataset_epoch(dataset, epoch)
     g = torch.Generator().manual_seed((sampler.seed * 1_000_003 + epoch) * 257 + sampler.rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=drop_last, generator=g,

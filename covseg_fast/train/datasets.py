@@ -47,25 +47,45 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Subs
     return Subset(dataset, sorted(order[n_val:])), Subset(dataset, sorted(order[:n_val]))
 
 
+def training_transform(size: int, mask_resize: str = "nearest", augment: str = "none"):
+    """Item transform of a training folder: resize to ``size`` (GT and edges ``mask_resize``), then the
+    ``augment`` transforms (see :class:`~covseg_fast.train.presets.TrainConfig`)."""
+    from ..data.transforms import Compose, RandomFlip, RandomRotate90, RandomRotation, Resize
+
+    steps = [Resize(size, mask_mode=mask_resize)]
+    if augment != "none":
+        steps.append(RandomFlip())
+    if augment == "flip_rot90":
+        steps.append(RandomRotate90())
+    elif augment == "flip_rotate":
+        steps.append(RandomRotation(mask_mode=mask_resize))
+    elif augment not in ("none", "flip"):
+        raise ValueError(f"unknown augment {augment!r}; choose none, flip, flip_rot90 or flip_rotate")
+    return steps[0] if len(steps) == 1 else Compose(steps)
+
+
 def open_slice_folder(path: str, size: int, soft: bool = False, seed: int = 0,
-                      ids: Optional[list[str]] = None) -> Dataset:
+                      ids: Optional[list[str]] = None, mask_resize: str = "nearest", augment: str = "none") -> Dataset:
     """A slice folder at ``size``×``size`` (only the stems ``ids`` when given), as ``covseg train`` reads it.
 
-    Edge maps are used when the folder has them (Ref-Net's edge supervision); soft pseudo-labels
-    are resized bilinearly, hard masks nearest so they stay binary.
+    Edge maps are used when the folder has them (Ref-Net's edge supervision). Soft pseudo-labels are
+    always resized bilinearly; hard masks and edges as ``mask_resize`` says ("nearest" keeps them
+    binary, "bilinear" is Inf-Net's soft resize). ``augment`` adds seeded random transforms.
     """
     cls = slice_dataset_class()
-    from ..data.transforms import Resize
-
     edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
-    resize = Resize(size, mask_mode="bilinear" if soft else "nearest")
-    return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=resize, seed=seed)
+    transform = training_transform(size, "bilinear" if soft else mask_resize, augment)
+    return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=transform, seed=seed)
 
 
 def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, val_fraction: Optional[float] = None,
-                        pseudo_data: Optional[str] = None, seed: int = 0
-                        ) -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
+                        pseudo_data: Optional[str] = None, seed: int = 0, mask_resize: str = "nearest",
+                        augment: str = "none") -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
     """(train, val or None, pseudo or None) slice datasets at ``size``×``size``.
+
+    The training (and pseudo-label) folders get ``mask_resize`` and ``augment``; a ``val_data`` folder is
+    resized nearest without augmentation. A ``val_fraction`` split is carved from the training folder
+    without augmentation (the validation score thresholds GT at 0.5, so a soft resize does not matter).
 
     Raises:
         FileNotFoundError: a folder that does not exist; ValueError: bad split; DataModuleMissing.
@@ -73,11 +93,15 @@ def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, va
     for label, path in (("--data", data), ("--val-data", val_data), ("--pseudo-data", pseudo_data)):
         if path is not None and not os.path.isdir(path):
             raise FileNotFoundError(f"{label}: no such folder: {path}")
-    train: Dataset = open_slice_folder(data, size, soft=False, seed=seed)
-    val = open_slice_folder(val_data, size, soft=False, seed=seed) if val_data else None
+    train: Dataset = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize, augment=augment)
+    val = open_slice_folder(val_data, size, seed=seed) if val_data else None
     if val_fraction:
         train, val = split_validation(train, val_fraction, seed)
-    pseudo = open_slice_folder(pseudo_data, size, soft=True, seed=seed) if pseudo_data else None
+        if augment != "none":  # the held-out items must not be augmented: a second, plain view of them
+            plain = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize)
+            val = Subset(plain, val.indices)
+    pseudo = (open_slice_folder(pseudo_data, size, soft=True, seed=seed, augment=augment)
+              if pseudo_data else None)
     return train, val, pseudo
 
 

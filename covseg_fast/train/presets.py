@@ -7,7 +7,8 @@ A preset is a :class:`TrainConfig`; every field can be overridden by name
   70 epochs, 256×256, constant lr, no clipping (§3.5 and A6: momentum, batch, schedule are choices).
 - ``refnet``: Adam(lr 1e-4), batch 2, 100 epochs, 352×352 multi-scale {0.75, 1, 1.25} (one optimiser
   step per rate), elementwise gradient clamp to [-0.5, 0.5] (Inf-Net ``clip_gradient``), lr schedule
-  ``infnet_compounding`` (reproduction, A16; ``step50`` is the clean alternative).
+  ``infnet_compounding`` (reproduction, A16; ``step50`` is the clean alternative); GT and edge maps
+  resized bilinear and left soft (§4.4).
 - ``infnet``: as ``refnet`` with Inf-Net's own defaults: batch 24 and ``range(1, 100)`` = 99 epochs (§6).
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Mapping, Optional
 SCHEDULES = ("constant", "infnet_compounding", "step50")
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 CLIP_MODES = ("value", "norm")
+MASK_RESIZES = ("nearest", "bilinear")
+AUGMENTATIONS = ("none", "flip", "flip_rot90", "flip_rotate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,10 @@ class TrainConfig:
     the lr is multiplied by ``decay_rate**(epoch // decay_epoch)`` again every epoch, as Inf-Net's
     ``adjust_lr``); "step50" (one step ×``decay_rate`` from that same epoch on).
     ``amp``: bf16 autocast (None: on for CUDA, off on CPU); ``channels_last`` (None: on for CUDA).
+    ``mask_resize``: how GT and edge maps reach ``input_size``: "nearest" keeps them binary (MSA-UNet,
+    §3.5); "bilinear" leaves them soft at borders, not re-binarised (Inf-Net/Ref-Net, §4.4).
+    ``augment``: random transforms of the training items, drawn from (seed, epoch, index): "none" (both
+    papers), "flip" (horizontal), "flip_rot90" (and k·90° rotations), "flip_rotate" (and ±15°).
     """
 
     optimizer: str = "adam"
@@ -56,6 +63,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     val_threshold: float = 0.5
+    mask_resize: str = "nearest"
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.mask_resize not in MASK_RESIZES:
+            raise ValueError(f"mask_resize must be one of {MASK_RESIZES}, got {self.mask_resize!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.input_size < 1:
             raise ValueError(f"batch_size, epochs and input_size must be >= 1, got "
                              f"{self.batch_size}, {self.epochs}, {self.input_size}")
@@ -86,10 +99,12 @@ PRESETS: dict[str, TrainConfig] = {
                             epochs=70, input_size=256, scales=(1.0,), clip=None, lr_schedule="constant"),
     "refnet": TrainConfig(optimizer="adam", lr=1e-4, batch_size=2, epochs=100, input_size=352,
                           scales=(0.75, 1.0, 1.25), clip=0.5, clip_mode="value",
-                          lr_schedule="infnet_compounding", decay_epoch=50, decay_rate=0.1),
+                          lr_schedule="infnet_compounding", decay_epoch=50, decay_rate=0.1,
+                          mask_resize="bilinear"),
     "infnet": TrainConfig(optimizer="adam", lr=1e-4, batch_size=24, epochs=99, input_size=352,
                           scales=(0.75, 1.0, 1.25), clip=0.5, clip_mode="value",
-                          lr_schedule="infnet_compounding", decay_epoch=50, decay_rate=0.1),
+                          lr_schedule="infnet_compounding", decay_epoch=50, decay_rate=0.1,
+                          mask_resize="bilinear"),
 }
 
 # model family -> its paper's preset

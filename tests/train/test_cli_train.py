@@ -30,12 +30,13 @@ def test_train_then_resume(folders, capsys):
     data, _, tmp = folders
     out = str(tmp / "run")
     assert main(BASE + ["--data", data, "--val-fraction", "0.34", "--out", out, "--epochs", "2",
-                        "--config", "width=3", "--seed", "5"]) == 0
+                        "--config", "width=3", "--seed", "5", "--augment", "flip", "--mask-resize", "bilinear"]) == 0
     printed = capsys.readouterr().out
     assert "2 epochs; best val_dice" in printed and os.path.join(out, "best.pt") in printed
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert ckpt["config"] == {"width": 3} and ckpt["train"]["epoch"] == 2
     assert ckpt["train"]["config"]["seed"] == 5 and ckpt["train"]["config"]["optimizer"] == "rmsprop"
+    assert (ckpt["train"]["config"]["augment"], ckpt["train"]["config"]["mask_resize"]) == ("flip", "bilinear")
     # resume: model, config and settings come from the checkpoint; only --epochs changes
     assert main(["train", "--data", data, "--val-fraction", "0.34", "--out", out, "--resume",
                  os.path.join(out, "last.pt"), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
@@ -80,3 +81,23 @@ def test_missing_data_module_is_reported(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(BASE + ["--data", data, "--out", str(tmp_path / "o")]) == 1
     assert "covseg_fast.data.slices.SliceDataset" in caplog.text and "lacks" in caplog.text
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("msa_unet", ["--config", "base=8", "--set", "input_size=64"]),
+    ("unet", ["--config", "base=8", "--set", "input_size=64"]),
+    # the preset's three scales (48, 64, 80 at 64) and its bilinear GT/edge resize, with Edge/ supervision
+    ("refnet", ["--set", "input_size=64"]),
+])
+def test_one_epoch_of_each_real_model(tmp_path, capsys, model, extra):
+    data = write_slice_folder(tmp_path / "d", 4, shape=(48, 48), edges=model == "refnet")
+    out = str(tmp_path / model)
+    assert main(["train", "--model", model, "--data", data, "--val-fraction", "0.25", "--out", out,
+                 "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--no-progress", "--workers", "0"]
+                + extra) == 0
+    assert "1 epochs; best val_dice" in capsys.readouterr().out
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["model"] == model and ckpt["train"]["epoch"] == 1
+    history = ckpt["train"]["history"]
+    assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values()
+                                     if isinstance(v, float))

@@ -26,6 +26,9 @@ def test_refnet_and_infnet_presets():
     assert multiscale_sizes((352, 352), c.scales, 32) == [(256, 256), (352, 352), (448, 448)]
     i = PRESETS["infnet"]
     assert (i.batch_size, i.epochs) == (24, 99)
+    # §4.4: GT and edges resized bilinear and not re-binarised; MSA-UNet keeps them binary (§3.5)
+    assert c.mask_resize == i.mask_resize == "bilinear" and PRESETS["msa_unet"].mask_resize == "nearest"
+    assert c.augment == i.augment == PRESETS["msa_unet"].augment == "none"
     assert isinstance(build_optimizer([torch.nn.Parameter(torch.zeros(2))], c), torch.optim.Adam)
     assert preset_for_model("refnet") == "refnet" and preset_for_model("msa_unet") == "msa_unet"
     with pytest.raises(KeyError, match="no default preset"):
@@ -38,6 +41,10 @@ def test_overrides():
     assert PRESETS["refnet"].batch_size == 2   # the preset itself is untouched
     with pytest.raises(ValueError, match="unknown training setting 'batchsize'"):
         resolve_config("refnet", {"batchsize": 8})
+    with pytest.raises(ValueError, match="mask_resize must be one of"):
+        resolve_config("refnet", {"mask_resize": "cubic"})
+    with pytest.raises(ValueError, match="augment must be one of"):
+        resolve_config("refnet", {"augment": "mixup"})
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         resolve_config("refnet", {"lr_schedule": "cosine"})
     with pytest.raises(KeyError, match="unknown preset"):
