@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-schedule", choices=["constant", "infnet_compounding", "step50"])
+    p.add_argument("--val-metric", choices=["dice", "iou", "infnet_dice", "sen", "spec", "e_phi", "s_alpha", "mae",
+                                            "precision", "recall", "specificity", "miou"],
+                   help="validation metric that picks best.pt (default dice at 0.5; mae is minimised); every "
+                        "one of them is logged in history.json each epoch")
     p.add_argument("--augment", choices=["none", "flip", "flip_rot90", "flip_rotate"],
                    help="seeded random flips/rotations of the training slices (default none, as both papers)")
     p.add_argument("--mask-resize", choices=["nearest", "bilinear"],
@@ -91,7 +95,7 @@ def run(args) -> int:
     overrides.update({k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                             lr_schedule=args.lr_schedule, amp=args.amp, compile=args.compile,
                                             channels_last=args.channels_last, seed=args.seed,
-                                            num_workers=args.workers, augment=args.augment,
+                                            num_workers=args.workers, augment=args.augment, val_metric=args.val_metric,
                                             mask_resize=args.mask_resize).items() if v is not None})
     try:
         saved = settings_from_checkpoint(args.resume) if args.resume else None

@@ -21,6 +21,9 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 CLIP_MODES = ("value", "norm")
 MASK_RESIZES = ("nearest", "bilinear")
 AUGMENTATIONS = ("none", "flip", "flip_rot90", "flip_rotate")
+# validation metrics that can choose the best checkpoint (train/validate.py computes them all)
+VAL_METRICS = ("dice", "iou", "infnet_dice", "sen", "spec", "e_phi", "s_alpha", "mae", "precision", "recall",
+               "specificity", "miou")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,9 @@ class TrainConfig:
     ``amp``: bf16 autocast (None: on for CUDA, off on CPU); ``channels_last`` (None: on for CUDA).
     ``mask_resize``: how GT and edge maps reach ``input_size``: "nearest" keeps them binary (MSA-UNet,
     §3.5); "bilinear" leaves them soft at borders, not re-binarised (Inf-Net/Ref-Net, §4.4).
+    ``val_metric``: the validation metric whose best value picks ``best.pt`` (lowest for "mae", highest
+    otherwise): "dice"/"iou" at ``val_threshold``; "infnet_dice", "sen", "spec", "e_phi", "s_alpha", "mae"
+    (Inf-Net protocol); "precision", "recall", "specificity", "miou" at 0.5.
     ``augment``: random transforms of the training items, drawn from (seed, epoch, index): "none" (both
     papers), "flip" (horizontal), "flip_rot90" (and k·90° rotations), "flip_rotate" (and ±15°).
     """
@@ -63,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     val_threshold: float = 0.5
+    val_metric: str = "dice"
     mask_resize: str = "nearest"
     augment: str = "none"
 
@@ -73,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"val_metric must be one of {VAL_METRICS}, got {self.val_metric!r}")
         if self.mask_resize not in MASK_RESIZES:
             raise ValueError(f"mask_resize must be one of {MASK_RESIZES}, got {self.mask_resize!r}")
         if self.augment not in AUGMENTATIONS:

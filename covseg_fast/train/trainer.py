@@ -7,8 +7,9 @@
 Each step: grey batch → ``prepare_input`` (channels, normalisation) → optional channels_last → bf16
 autocast forward in train mode → ``criterion(outputs, batch)`` → backward → clip → step; with several
 ``scales`` the batch is rescaled and stepped once per rate (Inf-Net). The lr schedule steps per epoch.
-Validation each epoch scores per-image Dice / IoU at ``val_threshold``; the best checkpoint is the one
-with the highest validation Dice (lowest training loss when there is no validation set).
+Validation each epoch scores every metric of both papers (``validate.VAL_KEYS``); the best checkpoint is
+the one with the best ``val_metric`` (validation Dice at ``val_threshold`` by default; the lowest training
+loss when there is no validation set).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .batching import EpochSampler, check_batch, make_loader, multiscale_sizes, 
 from .optim import build_optimizer, build_scheduler, clip_gradients
 from .presets import TrainConfig, preset_for_model, resolve_config
 from .state import capture_rng, restore_rng
-from .validate import validation_sums
+from .validate import VAL_KEYS, validation_metric_sums
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean per-image Dice and IoU on the validation set (sharded over ranks, all-reduced)."""
+        """Every ``VAL_KEYS`` metric, averaged over the validation images (sharded over ranks, all-reduced)."""
         if self.val_dataset is None:
             raise ValueError("validate: no validation dataset")
         sampler = EpochSampler(len(self.val_dataset), shuffle=False, rank=self.dist.rank,
@@ -254,12 +255,17 @@ class Trainer:
                 return self.model(self._inputs(batch["image"].to(self.device, non_blocking=True)))
 
         try:
-            sums = validation_sums(forward, loader, self.cfg.val_threshold)
+            sums = validation_metric_sums(forward, loader, self.cfg.val_threshold)
         finally:
             self.model.train(was_training)
         sums = D.all_reduce_sum(sums, self.device)
-        count = max(sums[2].item(), 1.0)
-        return {"dice": sums[0].item() / count, "iou": sums[1].item() / count}
+        count = max(sums[-1].item(), 1.0)
+        return {k: sums[i].item() / count for i, k in enumerate(VAL_KEYS)}
+
+    def _score(self, val: dict[str, float]) -> tuple[str, float]:
+        """(name, value) of the checkpoint-selection score; higher is better, so MAE enters negated."""
+        key = self.cfg.val_metric
+        return (f"-val_{key}", -val[key]) if key == "mae" else (f"val_{key}", val[key])
 
     def fit(self) -> dict[str, Any]:
         """Train from the current epoch to ``cfg.epochs``, validating and checkpointing every epoch.
@@ -269,7 +275,7 @@ class Trainer:
         """
         if self.train_dataset is None:
             raise ValueError("fit: no training dataset")
-        score_name = "val_dice" if self.val_dataset is not None else "-train_loss"
+        score_name = self._score(dict.fromkeys(VAL_KEYS, 0.0))[0] if self.val_dataset is not None else "-train_loss"
         last, best = os.path.join(self.out_dir, LAST), os.path.join(self.out_dir, BEST)
         rates = []
         for epoch in range(self.epoch, self.cfg.epochs):
@@ -278,8 +284,8 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **stats}
             if self.val_dataset is not None:
                 val = self.validate()
-                record.update(val_dice=val["dice"], val_iou=val["iou"])
-                score = val["dice"]
+                record.update({f"val_{k}": v for k, v in val.items()})
+                score = self._score(val)[1]
             else:
                 score = -stats["loss"]
             self.scheduler.step()
@@ -296,7 +302,8 @@ class Trainer:
             self._write_history()
             if self.dist.is_main:
                 log.info("epoch %d/%d loss %.4f%s lr %.2e %.1f img/s", self.epoch, self.cfg.epochs, stats["loss"],
-                         f" val dice {record['val_dice']:.4f} iou {record['val_iou']:.4f}"
+                         f" val dice {record['val_dice']:.4f} iou {record['val_iou']:.4f} S_α {record['val_s_alpha']:.4f}"
+                         f" MAE {record['val_mae']:.4f}"
                          if "val_dice" in record else "", lr, stats["images_per_s"])
         D.barrier()
         return {"epochs": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,

@@ -1,7 +1,10 @@
-"""Validation during training: per-image Dice and IoU of the infection mask at a fixed threshold.
+"""Validation during training: every metric of both papers on the validation set, each epoch.
 
-A small, self-contained score for choosing the best checkpoint; the full evaluation protocol
-(threshold sweeps, S/E-measure, MAE) lives in ``covseg_fast.metrics`` and ``covseg evaluate``.
+``dice`` and ``iou`` are per-image means of the mask at ``val_threshold`` (``prob >= t``); the rest come
+from :class:`covseg_fast.metrics.MetricAccumulator` on each image at the mask's size (MODELS.md §7–8):
+the Inf-Net table (256-threshold means of Dice/Sen/Spec/E_φ on the min–max map, S_α, MAE) and
+Precision/Recall/Specificity/mIoU at σ(z) > 0.5. All are means over images, so per-rank sums
+all-reduce exactly. ``covseg evaluate`` gives the same numbers at each GT's original size.
 """
 from __future__ import annotations
 
@@ -44,17 +47,31 @@ def dice_iou(prob: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> 
     return dice, iou
 
 
+# history key (without "val_") -> MetricAccumulator row key; lower is better only for "mae"
+ACCUMULATED = {"infnet_dice": "mean_dice", "sen": "mean_sensitivity", "spec": "mean_specificity",
+               "e_phi": "mean_emeasure", "s_alpha": "s_measure", "mae": "mae", "precision": "precision@0.5",
+               "recall": "recall@0.5", "specificity": "specificity@0.5", "miou": "miou@0.5"}
+VAL_KEYS = ("dice", "iou", *ACCUMULATED)
+
+
 @torch.no_grad()
-def validation_sums(forward: Callable[[dict], torch.Tensor], batches: Iterable[dict],
-                    threshold: float = 0.5) -> torch.Tensor:
-    """Sum of per-image Dice, sum of IoU and image count over ``batches`` as a float64 tensor (3,)
+def validation_metric_sums(forward: Callable[[dict], torch.Tensor], batches: Iterable[dict],
+                           threshold: float = 0.5) -> torch.Tensor:
+    """Sums over images of every :data:`VAL_KEYS` metric, then the image count, as a float64 tensor
     (sums, so ranks can all-reduce them). ``forward(batch)`` returns eval-mode logits at mask size."""
-    sums = torch.zeros(3, dtype=torch.float64)
+    from ..metrics import MetricAccumulator
+
+    acc = MetricAccumulator("infnet")
+    sums = torch.zeros(len(VAL_KEYS) + 1, dtype=torch.float64)
     for batch in batches:
-        logits = forward(batch)
+        logits = forward(batch).float()
         mask = batch["mask"]
         if logits.shape[-2:] != mask.shape[-2:]:
             raise ValueError(f"model output {tuple(logits.shape)} does not match mask {tuple(mask.shape)}")
-        dice, iou = dice_iou(infection_probability(logits), mask.to(logits.device), threshold)
-        sums += torch.stack([dice.sum(), iou.sum(), torch.tensor(float(dice.numel()))]).double().cpu()
+        mask = mask.to(logits.device)
+        dice, iou = dice_iou(infection_probability(logits), mask, threshold)
+        for i in range(logits.shape[0]):
+            row = acc.update(logits[i], mask[i, 0] >= 0.5)
+            values = [float(dice[i]), float(iou[i])] + [row[k] for k in ACCUMULATED.values()]
+            sums += torch.tensor(values + [1.0], dtype=torch.float64)
     return sums

@@ -71,6 +71,39 @@ def test_torch_compile_trains(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in torch.load(tmp_path / "last.pt", weights_only=True)["state_dict"])
 
 
+def test_validation_reports_every_metric_as_covseg_evaluate_would(tmp_path):
+    from covseg_fast.metrics import MetricAccumulator
+    from covseg_fast.train.validate import VAL_KEYS
+
+    t, _ = _fit(tmp_path, epochs=2, lr=2e-2, scales=[1.0], lr_schedule="constant")
+    assert all(f"val_{k}" in h for h in t.history for k in VAL_KEYS)
+    val = t.validate()
+    # the same images scored one by one with the evaluation accumulator (Inf-Net protocol)
+    acc = MetricAccumulator("infnet")
+    t.model.eval()
+    with torch.no_grad():
+        for i in range(len(t.val_dataset)):
+            item = t.val_dataset[i]
+            acc.update(t.model(t._inputs(item["image"][None]))[0], item["mask"][0] >= 0.5)
+    table = acc.summary()["table"]
+    binary = acc.summary()["threshold_0.5"]["per_image_mean"]
+    expect = {"infnet_dice": table["Dice"], "sen": table["Sen"], "spec": table["Spec"], "e_phi": table["E_phi_mean"],
+              "s_alpha": table["S_alpha"], "mae": table["MAE"], "precision": binary["precision"],
+              "recall": binary["recall"], "specificity": binary["specificity"], "miou": binary["miou"]}
+    for k, v in expect.items():
+        assert val[k] == pytest.approx(v, abs=1e-6), k
+    assert 0 <= val["mae"] <= 1 and 0 < val["s_alpha"] <= 1
+
+
+def test_val_metric_picks_the_best_checkpoint(tmp_path):
+    t, summary = _fit(tmp_path, epochs=4, lr=2e-2, scales=[1.0], lr_schedule="constant", val_metric="mae")
+    maes = [h["val_mae"] for h in t.history]
+    assert summary["score"] == "-val_mae" and summary["best_score"] == -min(maes)
+    assert summary["best_epoch"] == 1 + maes.index(min(maes))
+    with pytest.raises(ValueError, match="val_metric must be one of"):
+        _fit(tmp_path, val_metric="f1")
+
+
 def test_dice_iou_values():
     prob = torch.zeros(3, 4, 4)
     mask = torch.zeros(3, 1, 4, 4)
