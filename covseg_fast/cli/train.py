@@ -147,6 +147,14 @@ def run(args) -> int:
     except CheckpointError as exc:
         log.error("%s", exc)
         return 1
+    except FileNotFoundError as exc:        # e.g. --config pretrained_backbone=PATH that is not there
+        log.error("%s", exc)
+        return 2
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        log.error("--config: %s (see the model's options in the README)", exc)
+        return 2
     except KeyboardInterrupt:
         log.error("interrupted; continue with --resume %s/last.pt", args.out)
         return 1

@@ -88,16 +88,22 @@ def test_weight_loading_round_trip_and_errors(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(source.eval()(x)[-1], bare.eval()(x)[-1])
 
-    # sha256: a random file cannot carry the official prefix
-    digest = sha256_of(path)
-    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not start with '3cf99910'"):
+    # size first, then both published ends of the sha256: a random file has neither
+    digest, size = sha256_of(path), os.path.getsize(path)
+    with pytest.raises(ValueError, match=r"bytes, but res2net50_v1b_26w_4s-3cf99910.pth has 103,197,949"):
         load_res2net_weights(res2net50_v1b_26w_4s(True), path, verify_sha256=True)
-    monkeypatch.setattr(res2net_mod, "RES2NET50_SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(res2net_mod, "RES2NET50_SIZE", size)
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not match '3cf99910a0f1a4c9…139c'"):
+        load_res2net_weights(res2net50_v1b_26w_4s(True), path, verify_sha256=True)
+    monkeypatch.setattr(res2net_mod, "RES2NET50_SHA256_PREFIX", digest[:16])
+    with pytest.raises(ValueError, match="does not match"):     # right start, wrong end
+        load_res2net_weights(res2net50_v1b_26w_4s(True), path, verify_sha256=True)
+    monkeypatch.setattr(res2net_mod, "RES2NET50_SHA256_SUFFIX", digest[-4:])
     load_res2net_weights(res2net50_v1b_26w_4s(True), path, verify_sha256=True)
 
 
 def test_missing_file_says_where_to_put_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="res2net50_v1b_26w_4s-3cf99910.pth.*pretrained_backbone"):
+    with pytest.raises(FileNotFoundError, match="res2net50_v1b_26w_4s-3cf99910.pth.*--config pretrained_backbone="):
         load_res2net_weights(res2net50_v1b_26w_4s(False), str(tmp_path / "nope.pth"))
 
 

@@ -66,6 +66,11 @@ def test_usage_errors(folders, caplog):
         assert "no such folder" in caplog.text
         assert main(BASE + ["--data", data, "--out", out, "--config", "width"]) == 2
         assert "--config expects key=value" in caplog.text
+        assert main(BASE + ["--data", data, "--out", out, "--config", "bogus=1"]) == 2
+        assert "--config" in caplog.text and "unexpected keyword argument 'bogus'" in caplog.text
+        assert main(["train", "--model", "refnet", "--config", f"pretrained_backbone={tmp / 'r2n.pth'}",
+                     "--data", data, "--out", out, "--device", "cpu", "--no-progress"]) == 2
+        assert "backbone weights not found" in caplog.text and "--config pretrained_backbone=" in caplog.text
         assert main(BASE + ["--data", data, "--out", out, "--set", "bogus=1"]) == 2
         assert "unknown training setting 'bogus'" in caplog.text
         assert main(BASE + ["--data", data, "--out", out, "--resume", str(tmp / "nope.pt")]) == 1

@@ -17,7 +17,10 @@ from torch import nn
 from .weights import init_resnet_style, load_backbone_weights
 
 RES2NET50_FILE = "res2net50_v1b_26w_4s-3cf99910.pth"
-RES2NET50_SHA256_PREFIX = "3cf99910"
+# the published digest's ends and the file size (../shared/data/README.md; torch.hub checks only "3cf99910")
+RES2NET50_SHA256_PREFIX = "3cf99910a0f1a4c9"
+RES2NET50_SHA256_SUFFIX = "139c"
+RES2NET50_SIZE = 103_197_949
 
 
 class Bottle2neck(nn.Module):
@@ -133,17 +136,20 @@ def res2net50_v1b_26w_4s(with_classifier: bool = True) -> Res2Net:
 def load_res2net_weights(model: Res2Net, path: str, verify_sha256: bool = False) -> Res2Net:
     """Load the user-supplied ``res2net50_v1b_26w_4s-3cf99910.pth`` into ``model`` (strict). No download.
 
-    With ``verify_sha256`` the file's sha256 hex digest must start with ``3cf99910``, the prefix in
-    the official file name (the check ``torch.hub`` applies; the full digest is not published).
+    With ``verify_sha256`` the file must have the official size (103,197,949 bytes) and its sha256 hex
+    digest must start with ``3cf99910a0f1a4c9`` and end with ``139c`` (the published parts of the digest;
+    ``torch.hub`` checks only the ``3cf99910`` of the file name).
     ``fc.*`` keys are dropped when the model was built with ``with_classifier=False``; every other
     key must match exactly.
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says where to put it / which flag to pass).
-        ValueError: sha256 prefix mismatch, or keys / shapes that do not fit.
+        ValueError: size or sha256 mismatch, or keys / shapes that do not fit.
     """
     return load_backbone_weights(
         model, path, expected_file=RES2NET50_FILE,
         sha256_prefix=RES2NET50_SHA256_PREFIX if verify_sha256 else None,
+        sha256_suffix=RES2NET50_SHA256_SUFFIX if verify_sha256 else None,
+        expected_size=RES2NET50_SIZE if verify_sha256 else None,
         drop_prefixes=() if model.with_classifier else ("fc.",),
     )

@@ -22,14 +22,17 @@ def sha256_of(path: str, chunk: int = 1 << 20) -> str:
 
 
 def load_backbone_weights(model: nn.Module, path: str, expected_file: str,
-                          sha256_prefix: Optional[str] = None, drop_prefixes: Sequence[str] = ()) -> nn.Module:
+                          sha256_prefix: Optional[str] = None, drop_prefixes: Sequence[str] = (),
+                          sha256_suffix: Optional[str] = None, expected_size: Optional[int] = None) -> nn.Module:
     """Load a state_dict file into ``model`` with strict key/shape matching.
 
     Args:
         model: the backbone.
         path: the weights file (a plain state_dict, or a dict holding one under ``"state_dict"``).
         expected_file: the official file name, quoted in the error when ``path`` is missing.
-        sha256_prefix: when given, the file's sha256 hex digest must start with it.
+        sha256_prefix, sha256_suffix: when given, the file's sha256 hex digest must start / end with them.
+        expected_size: when given (with a hash check), the file must have exactly this many bytes
+            (checked first: a cheap, clear message for a truncated download).
         drop_prefixes: keys of the file starting with these are ignored (e.g. a classifier the model lacks).
     Raises:
         FileNotFoundError: the file does not exist.
@@ -39,15 +42,17 @@ def load_backbone_weights(model: nn.Module, path: str, expected_file: str,
         raise FileNotFoundError(
             f"backbone weights not found at {path!r}. Download {expected_file} yourself (this library never "
             f"downloads) and pass its path, e.g. get_model('refnet', pretrained_backbone='/path/to/{expected_file}') "
-            f"or `--pretrained-backbone /path/to/{expected_file}`."
+            f"or `covseg train --model refnet --config pretrained_backbone=/path/to/{expected_file}`."
         )
-    if sha256_prefix is not None:
+    if expected_size is not None and os.path.getsize(path) != expected_size:
+        raise ValueError(f"{path}: {os.path.getsize(path):,} bytes, but {expected_file} has {expected_size:,}; the "
+                         f"file is truncated or not the official release")
+    if sha256_prefix is not None or sha256_suffix is not None:
         digest = sha256_of(path)
-        if not digest.startswith(sha256_prefix):
-            raise ValueError(
-                f"{path}: sha256 {digest} does not start with {sha256_prefix!r} (the prefix in the official name "
-                f"{expected_file}); the file is corrupt or not the official release"
-            )
+        if not (digest.startswith(sha256_prefix or "") and digest.endswith(sha256_suffix or "")):
+            want = f"{sha256_prefix or ''}…{sha256_suffix or ''}"
+            raise ValueError(f"{path}: sha256 {digest} does not match {want!r} (the official {expected_file}); "
+                             f"the file is corrupt or not the official release")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
