@@ -142,3 +142,25 @@ def test_evaluator_multiclass_logits(tmp_path):
     model = get_model("_test_tiny_seg", gain=8.0, num_classes=3)
     summary = Evaluator(model, protocol="threshold").run(ds, str(tmp_path / "out"))
     assert summary["n_images"] == 2 and 0 <= summary["table"]["Dice"] <= 1
+
+
+def test_cli_on_volumes_scores_one_split_part(checkpoint, tmp_path, caplog):
+    from covseg_fast.data import find_cases, make_split
+
+    from .volume_folders import write_ma_layout
+
+    root = str(tmp_path / "vol")
+    write_ma_layout(root, n=3)
+    split = str(tmp_path / "split.json")
+    ids = [c.case_id for c in find_cases(root)]
+    parts = make_split(ids, {"train": 2 / 3, "val": 1 / 3}, seed=0, path=split)["parts"]
+    out = str(tmp_path / "out")
+    assert main(["evaluate", "--checkpoint", checkpoint, "--volumes", root, "--split", split, "--out", out]) == 0
+    with open(os.path.join(out, "per_image.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    # every axial slice (6 per phantom) of the one validation volume, scored at its own 16×12 size
+    assert [r["id"] for r in rows] == [f"{parts['val'][0]}:{k:04d}" for k in range(6)]
+    assert {(r["height"], r["width"]) for r in rows} == {("12", "16")}
+    assert main(["evaluate", "--checkpoint", checkpoint, "--volumes", root, "--split", split, "--part", "test",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "has no part 'test'" in caplog.text

@@ -1,4 +1,5 @@
-"""`covseg evaluate`: score a checkpoint on a folder of slices (Imgs/ + GT/) and write reports."""
+"""`covseg evaluate`: score a checkpoint on a folder of slices (Imgs/ + GT/) or on the axial slices of
+labelled CT volumes, and write reports."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,15 @@ def add_parser(sub) -> None:
                        description="Writes per_image.csv, summary.json/.md, curves.json, pr_curve.png and "
                                    "fmeasure_curve.png into --out.")
     p.add_argument("--checkpoint", required=True, help="covseg checkpoint (.pt)")
-    p.add_argument("--data", required=True, help="folder holding the image and mask sub-folders")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="folder holding the image and mask sub-folders")
+    src.add_argument("--volumes", help="folder of labelled CT volumes (NIfTI) in a public layout (see covseg train)")
+    p.add_argument("--split", metavar="FILE", help="--volumes: score only the volumes of one part of this split "
+                                                   "JSON (e.g. the split.json covseg train wrote)")
+    p.add_argument("--part", default="val", help="--split part to score (default val)")
+    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
+                   help="--volumes: HU window mapped to [0, 1] (default -1250 250; use the training window)")
+    p.add_argument("--drop-empty", action="store_true", help="--volumes: score only slices with infection")
     p.add_argument("--out", required=True, help="output folder for the reports")
     p.add_argument("--protocol", choices=["infnet", "threshold"], default="infnet",
                    help="infnet: min-max normalised maps, means over 256 thresholds (default); "
@@ -21,6 +30,20 @@ def add_parser(sub) -> None:
     p.add_argument("--images", default="Imgs", help="image sub-folder (default Imgs)")
     p.add_argument("--masks", default="GT", help="mask sub-folder (default GT)")
     p.set_defaults(run=run)
+
+
+def _volume_slices(args):
+    """Native-size axial slices of the labelled volumes (only the --split part when given)."""
+    from ..data.splits import load_split
+    from ..data.volumes import VolumeSliceDataset, find_cases
+
+    ids = None
+    if args.split is not None:
+        parts = load_split(args.split)["parts"]
+        if args.part not in parts:
+            raise ValueError(f"--split {args.split} has no part {args.part!r} (parts: {sorted(parts)})")
+        ids = parts[args.part]
+    return VolumeSliceDataset(find_cases(args.volumes), ids, window=tuple(args.window), drop_empty=args.drop_empty)
 
 
 def run(args) -> int:
@@ -43,12 +66,16 @@ def run(args) -> int:
         return 2
     try:
         model = load_model(args.checkpoint, map_location="cpu")
-        dataset = SliceDataset(args.data, images=args.images, masks=args.masks)
+        dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
+                   else _volume_slices(args))
         evaluator = Evaluator(model, device=device, protocol=args.protocol, batch_size=args.batch_size)
         summary = evaluator.run(dataset, args.out, meta={"checkpoint": args.checkpoint})
     except (CheckpointError, DataError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    except ValueError as exc:       # a bad --split / --part
+        log.error("%s", exc)
+        return 2
     t = summary["table"]
     log.info("Dice %.4f  Sen %.4f  Spec %.4f  S_alpha %.4f  E_phi %.4f  MAE %.4f  (%d images, reports in %s)",
              t["Dice"], t["Sen"], t["Spec"], t["S_alpha"], t["E_phi_mean"], t["MAE"], summary["n_images"], args.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
 import sys
 
 log = logging.getLogger("covseg.train")
@@ -34,7 +35,20 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="registered model name, e.g. msa_unet or refnet (taken from --resume if omitted)")
     p.add_argument("--config", nargs="+", metavar="KEY=VALUE", help="model configuration entries")
     p.add_argument("--loss-config", nargs="+", metavar="KEY=VALUE", help="criterion configuration entries")
-    p.add_argument("--data", required=True, help="training slice folder (Imgs/, GT/, ...)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="training slice folder (Imgs/, GT/, optional Edge/ and GT-multiclass/)")
+    src.add_argument("--volumes", help="folder of labelled CT volumes (NIfTI) in a public layout: Ma et al. "
+                                       "COVID-19-CT-Seg_20cases + Infection_Mask, MosMedData studies/CT-1 + masks, "
+                                       "MedSeg tr_im/tr_mask or rp_im/rp_msk; split by volume, never by slice")
+    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
+                   help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window)")
+    p.add_argument("--drop-empty", action="store_true",
+                   help="--volumes: train and validate only on slices with infection (MSA-UNet paper's option)")
+    p.add_argument("--split", metavar="FILE", help="train/val split JSON: used when it exists, else written from "
+                                                   "--val-fraction (default OUT/split.json)")
+    p.add_argument("--multiclass", nargs="?", const="GT-multiclass", metavar="SUBDIR",
+                   help="--data: train on class-index maps (default sub-folder GT-multiclass: 0 background, 1 GGO, "
+                        "2 consolidation); needs a model built with --config num_classes=3")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-data", help="validation slice folder")
     val.add_argument("--val-fraction", type=float, help="hold out this fraction of --data (seeded) for validation")
@@ -77,12 +91,69 @@ def _summary(out: dict, label: str = "") -> str:
             f"checkpoints: {out['best']} (best), {out['last']} (last)")
 
 
+def _datasets(args, cfg, model_config: dict) -> tuple:
+    """(train, val, pseudo) for the run; the train/val split is written to --split (default OUT/split.json).
+
+    Raises:
+        ValueError (bad options or data), FileNotFoundError, DataModuleMissing.
+    """
+    from ..data.splits import save_split
+    from ..train.datasets import load_slice_datasets, load_volume_datasets, split_of
+
+    classes = int(model_config.get("num_classes", 1))
+    if args.multiclass and classes < 2:
+        raise ValueError("--multiclass trains on class-index maps: build the model with --config num_classes=3")
+    if classes > 1 and not args.multiclass:
+        raise ValueError(f"--config num_classes={classes} needs class-index maps: add --multiclass [SUBDIR]")
+    split_path = args.split or os.path.join(args.out, "split.json")
+    if args.volumes is not None:
+        for flag, value in (("--val-data", args.val_data), ("--pseudo-data", args.pseudo_data),
+                            ("--multiclass", args.multiclass)):
+            if value:
+                raise ValueError(f"{flag} applies to slice folders (--data), not to --volumes")
+        train, val, split = load_volume_datasets(args.volumes, cfg.input_size, args.val_fraction, split_path,
+                                                 cfg.seed, tuple(args.window), args.drop_empty, cfg.mask_resize,
+                                                 cfg.augment)
+        log.info("volumes: %d train / %d val slices; split by volume in %s", len(train),
+                 len(val) if val is not None else 0, split_path)
+        return train, val, None
+    if args.drop_empty:
+        raise ValueError("--drop-empty applies to --volumes")
+    if args.split and os.path.exists(args.split):   # a saved slice split: exactly those train/val ids
+        return _slices_from_split(args, cfg, classes)
+    train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
+                                             args.pseudo_data, cfg.seed, cfg.mask_resize, cfg.augment,
+                                             args.multiclass, max(classes, 2))
+    if args.val_fraction:
+        save_split(split_of(train, val, cfg.seed), split_path)
+    return train, val, pseudo
+
+
+def _slices_from_split(args, cfg, classes: int) -> tuple:
+    from ..data.splits import load_split
+    from ..train.datasets import open_slice_folder
+
+    if args.val_data or args.val_fraction:
+        raise ValueError(f"--split {args.split} exists and fixes the validation slices: drop --val-data/--val-fraction")
+    parts = load_split(args.split)["parts"]
+    if "train" not in parts:
+        raise ValueError(f"--split {args.split}: no 'train' part (parts: {sorted(parts)})")
+    labelled = dict(seed=cfg.seed, multiclass=args.multiclass, num_classes=max(classes, 2))
+    train = open_slice_folder(args.data, cfg.input_size, ids=parts["train"], mask_resize=cfg.mask_resize,
+                              augment=cfg.augment, **labelled)
+    val = (open_slice_folder(args.data, cfg.input_size, ids=parts["val"], mask_resize=cfg.mask_resize, **labelled)
+           if parts.get("val") else None)
+    pseudo = (open_slice_folder(args.pseudo_data, cfg.input_size, soft=True, seed=cfg.seed, augment=cfg.augment)
+              if args.pseudo_data else None)
+    return train, val, pseudo
+
+
 def run(args) -> int:
     from ..models import get_spec
     from ..models.registry import CheckpointError
     from ..train import Trainer, train_semi_supervised
     from ..train import distributed as D
-    from ..train.datasets import DataModuleMissing, load_slice_datasets, settings_from_checkpoint
+    from ..train.datasets import DataModuleMissing, settings_from_checkpoint
     from ..train.presets import preset_for_model, resolve_config
 
     try:
@@ -120,8 +191,7 @@ def run(args) -> int:
         log.error("%s", exc.args[0] if exc.args else exc)
         return 2
     try:
-        train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
-                                                 args.pseudo_data, cfg.seed, cfg.mask_resize, cfg.augment)
+        train, val, pseudo = _datasets(args, cfg, model_config)
     except DataModuleMissing as exc:
         log.error("%s", exc)
         return 1

@@ -135,6 +135,25 @@ def window_hu(hu: np.ndarray | torch.Tensor, window: Sequence[float] = DEFAULT_W
     return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
+def infection_mask(raw: np.ndarray, case: VolumeCase) -> np.ndarray:
+    """Boolean infection mask of a label volume: labels > 0, or those in ``case.infection_labels``.
+
+    Raises:
+        DataError naming the file when a value is not a non-negative integer label (a probability map
+        or an image passed as a mask would otherwise be rounded silently).
+    """
+    labels = np.rint(raw)
+    if raw.size:
+        off = np.abs(raw - labels) > 1e-3
+        bad = raw[off | (labels < 0)]
+        if bad.size:
+            shown = ", ".join(f"{v:g}" for v in np.unique(bad)[:5])
+            raise DataError(f"{case.mask}: mask values must be non-negative integer labels; found {shown} "
+                            f"({bad.size} voxels)")
+    labels = labels.astype(np.int64)
+    return labels > 0 if case.infection_labels is None else np.isin(labels, case.infection_labels)
+
+
 class VolumeSliceDataset(torch.utils.data.Dataset):
     """Axial slices of labelled volumes, as dict items like :class:`SliceDataset`'s.
 
@@ -186,10 +205,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
 
     def _mask(self, case: VolumeCase) -> np.ndarray:
         raw, _ = load_canonical(case.mask, dtype=np.float32)
-        labels = np.rint(raw).astype(np.int64)
-        if case.infection_labels is None:
-            return labels > 0
-        return np.isin(labels, case.infection_labels)
+        return infection_mask(raw, case)
 
     def _volume(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
         case = self.cases[ci]
@@ -206,8 +222,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
                 and image.min() >= 0 and image.max() <= 255):
             log.warning("%s: values in [0, 255], not HU: taken as 8-bit grey (scaled by 1/255, no window)", case.image)
             self._grey_cases.add(case.case_id)
-        labels = np.rint(mask_raw).astype(np.int64)
-        mask = labels > 0 if case.infection_labels is None else np.isin(labels, case.infection_labels)
+        mask = infection_mask(mask_raw, case)
         self._cache[case.case_id] = (image, mask)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -65,22 +65,27 @@ def training_transform(size: int, mask_resize: str = "nearest", augment: str = "
 
 
 def open_slice_folder(path: str, size: int, soft: bool = False, seed: int = 0,
-                      ids: Optional[list[str]] = None, mask_resize: str = "nearest", augment: str = "none") -> Dataset:
+                      ids: Optional[list[str]] = None, mask_resize: str = "nearest", augment: str = "none",
+                      multiclass: Optional[str] = None, num_classes: int = 3) -> Dataset:
     """A slice folder at ``size``×``size`` (only the stems ``ids`` when given), as ``covseg train`` reads it.
 
     Edge maps are used when the folder has them (Ref-Net's edge supervision). Soft pseudo-labels are
     always resized bilinearly; hard masks and edges as ``mask_resize`` says ("nearest" keeps them
     binary, "bilinear" is Inf-Net's soft resize). ``augment`` adds seeded random transforms.
+    ``multiclass``: sub-folder of class-index maps (e.g. ``GT-multiclass``) that fill ``labels``
+    (values 0..num_classes-1; always resized nearest).
     """
     cls = slice_dataset_class()
     edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
     transform = training_transform(size, "bilinear" if soft else mask_resize, augment)
-    return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=transform, seed=seed)
+    return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=transform, seed=seed,
+               multiclass=multiclass, num_classes=num_classes)
 
 
 def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, val_fraction: Optional[float] = None,
                         pseudo_data: Optional[str] = None, seed: int = 0, mask_resize: str = "nearest",
-                        augment: str = "none") -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
+                        augment: str = "none", multiclass: Optional[str] = None, num_classes: int = 3
+                        ) -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
     """(train, val or None, pseudo or None) slice datasets at ``size``×``size``.
 
     The training (and pseudo-label) folders get ``mask_resize`` and ``augment``; a ``val_data`` folder is
@@ -93,16 +98,74 @@ def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, va
     for label, path in (("--data", data), ("--val-data", val_data), ("--pseudo-data", pseudo_data)):
         if path is not None and not os.path.isdir(path):
             raise FileNotFoundError(f"{label}: no such folder: {path}")
-    train: Dataset = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize, augment=augment)
-    val = open_slice_folder(val_data, size, seed=seed) if val_data else None
+    labelled = dict(multiclass=multiclass, num_classes=num_classes)
+    train: Dataset = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize, augment=augment, **labelled)
+    val = open_slice_folder(val_data, size, seed=seed, **labelled) if val_data else None
     if val_fraction:
         train, val = split_validation(train, val_fraction, seed)
         if augment != "none":  # the held-out items must not be augmented: a second, plain view of them
-            plain = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize)
+            plain = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize, **labelled)
             val = Subset(plain, val.indices)
     pseudo = (open_slice_folder(pseudo_data, size, soft=True, seed=seed, augment=augment)
               if pseudo_data else None)
     return train, val, pseudo
+
+
+def split_of(train: Dataset, val: Optional[Dataset], seed: int) -> dict[str, Any]:
+    """The train/val ids of a ``--val-fraction`` split of a slice folder, in the split-file format of
+    :mod:`covseg_fast.data.splits` (so the run can be reproduced or audited)."""
+    from ..data.splits import SPLIT_FORMAT
+
+    def ids(part: Dataset) -> list[str]:
+        base = part.dataset if isinstance(part, Subset) else part
+        return [base.ids[i] for i in part.indices] if isinstance(part, Subset) else list(base.ids)
+
+    parts = {"train": ids(train)}
+    if val is not None:
+        parts["val"] = ids(val)
+    return {"format": SPLIT_FORMAT, "seed": seed, "kind": "fractions", "unit": "slice", "parts": parts}
+
+
+def load_volume_datasets(root: str, size: int, val_fraction: Optional[float] = None, split_path: Optional[str] = None,
+                         seed: int = 0, window: tuple[float, float] = (-1250.0, 250.0), drop_empty: bool = False,
+                         mask_resize: str = "nearest", augment: str = "none"
+                         ) -> tuple[Dataset, Optional[Dataset], dict[str, Any]]:
+    """(train, val or None, split) axial-slice datasets over the labelled CT volumes under ``root``
+    (the public layouts of :func:`covseg_fast.data.volumes.find_cases`).
+
+    The split is by volume (patients kept together), never by slice: read from ``split_path`` when that
+    file exists (it must cover exactly the volumes found), else made from ``val_fraction`` with ``seed``
+    and written there. Without either, every volume trains. ``window`` is the HU window mapped to
+    [0, 1]; ``drop_empty`` keeps only slices with infection (the MSA-UNet paper's option).
+
+    Raises:
+        DataError (a ValueError) naming the file or folder; ValueError for a bad split.
+    """
+    from ..data.splits import make_split
+    from ..data.transforms import Resize
+    from ..data.volumes import VolumeSliceDataset, find_cases
+
+    cases = find_cases(root)
+    ids = [c.case_id for c in cases]
+    groups = {c.case_id: c.patient or c.case_id for c in cases}
+    if split_path is not None and os.path.exists(split_path):
+        split = make_split(ids, path=split_path)
+    elif val_fraction:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+        split = make_split(ids, {"train": 1 - val_fraction, "val": val_fraction}, seed=seed, groups=groups,
+                           path=split_path)
+    else:
+        split = {"format": 1, "seed": seed, "kind": "fractions", "parts": {"train": ids}}
+    parts = split["parts"]
+    if not parts.get("train"):
+        raise ValueError(f"split {split_path or ''} has no 'train' volumes (parts: {sorted(parts)})")
+    common = dict(window=window, drop_empty=drop_empty, seed=seed)
+    train = VolumeSliceDataset(cases, parts["train"], transform=training_transform(size, mask_resize, augment),
+                               **common)
+    val = (VolumeSliceDataset(cases, parts["val"], transform=Resize(size), **common)
+           if parts.get("val") else None)
+    return train, val, split
 
 
 def settings_from_checkpoint(path: str) -> dict[str, Any]:

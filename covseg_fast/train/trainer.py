@@ -13,6 +13,7 @@ loss when there is no validation set).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -86,6 +87,10 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.criterion_config = dict(criterion_config or {})
+        classes = dict(model_config or {}).get("num_classes")
+        if classes is not None and "num_classes" in inspect.signature(self.spec.criterion).parameters:
+            # the loss must score as many classes as the model predicts
+            self.criterion_config.setdefault("num_classes", classes)
 
         seed_everything(self.cfg.seed)
         self.model = get_model(model_name, **dict(model_config or {})).to(self.device)

@@ -11,41 +11,19 @@ import torch
 from covseg_fast.data import (DataError, VolumeSliceDataset, axial_slice, find_cases, fold_parts, load_canonical,
                               load_split, make_split, window_hu)
 
-
-def _save(path, data, affine):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), path)
-
-
-def _phantom(shape=(16, 12, 6), lesion_slices=(2, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    hu = rng.uniform(-1000, 100, shape).astype(np.int16)
-    mask = np.zeros(shape, np.uint8)
-    for k in lesion_slices:
-        mask[3:7, 2:5, k] = 1
-    return hu, mask
-
-
-LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # L→R flipped, P→A flipped: stored in LPS order
-
-
-def _ma_layout(root, n=4):
-    for i in range(n):
-        hu, mask = _phantom(seed=i)
-        _save(f"{root}/COVID-19-CT-Seg_20cases/coronacases_{i:03d}.nii.gz", hu, LPS)
-        _save(f"{root}/Infection_Mask/coronacases_{i:03d}.nii.gz", mask, LPS)
+from ..volume_folders import LPS, phantom, save_nifti, write_ma_layout
 
 
 def test_find_cases_all_layouts(tmp_path):
-    _ma_layout(tmp_path, 2)
-    hu, mask = _phantom()
-    _save(f"{tmp_path}/studies/CT-1/study_0255.nii.gz", hu, np.eye(4))
-    _save(f"{tmp_path}/masks/study_0255_mask.nii.gz", mask, np.eye(4))
-    _save(f"{tmp_path}/studies/CT-1/study_0256.nii.gz", hu, np.eye(4))  # no mask → skipped
-    _save(f"{tmp_path}/tr_im.nii.gz", hu, np.eye(4))
-    _save(f"{tmp_path}/tr_mask.nii.gz", mask * 3, np.eye(4))
-    _save(f"{tmp_path}/rp_im/1.nii.gz", hu, np.eye(4))
-    _save(f"{tmp_path}/rp_msk/1.nii.gz", mask, np.eye(4))
+    write_ma_layout(tmp_path, 2)
+    hu, mask = phantom()
+    save_nifti(f"{tmp_path}/studies/CT-1/study_0255.nii.gz", hu, np.eye(4))
+    save_nifti(f"{tmp_path}/masks/study_0255_mask.nii.gz", mask, np.eye(4))
+    save_nifti(f"{tmp_path}/studies/CT-1/study_0256.nii.gz", hu, np.eye(4))  # no mask → skipped
+    save_nifti(f"{tmp_path}/tr_im.nii.gz", hu, np.eye(4))
+    save_nifti(f"{tmp_path}/tr_mask.nii.gz", mask * 3, np.eye(4))
+    save_nifti(f"{tmp_path}/rp_im/1.nii.gz", hu, np.eye(4))
+    save_nifti(f"{tmp_path}/rp_msk/1.nii.gz", mask, np.eye(4))
     ids = [c.case_id for c in find_cases(str(tmp_path))]
     assert ids == ["coronacases_000", "coronacases_001", "study_0255", "medseg_tr", "medseg_rp_1"]
     cases = {c.case_id: c for c in find_cases(str(tmp_path))}
@@ -62,8 +40,8 @@ def test_find_cases_errors(tmp_path):
 
 
 def test_canonical_reorientation_and_radiological_slices(tmp_path):
-    hu, mask = _phantom()
-    _ma_layout(tmp_path, 1)
+    hu, mask = phantom()
+    write_ma_layout(tmp_path, 1)
     hu_ras, aff = load_canonical(f"{tmp_path}/COVID-19-CT-Seg_20cases/coronacases_000.nii.gz")
     assert np.allclose(np.diag(aff)[:3], [0.8, 0.8, 2.5])  # canonical: positive diagonal
     assert np.array_equal(hu_ras, hu[::-1, ::-1, :].astype(np.float32))
@@ -82,7 +60,7 @@ def test_canonical_reorientation_and_radiological_slices(tmp_path):
 
 
 def test_drop_empty_slices(tmp_path):
-    _ma_layout(tmp_path, 2)
+    write_ma_layout(tmp_path, 2)
     cases = find_cases(str(tmp_path))
     assert len(VolumeSliceDataset(cases)) == 12
     ds = VolumeSliceDataset(cases, drop_empty=True)
@@ -91,15 +69,15 @@ def test_drop_empty_slices(tmp_path):
 
 
 def test_mask_volume_mismatch(tmp_path):
-    _ma_layout(tmp_path, 1)
-    _save(f"{tmp_path}/Infection_Mask/coronacases_000.nii.gz", np.zeros((16, 12, 5), np.uint8), LPS)
+    write_ma_layout(tmp_path, 1)
+    save_nifti(f"{tmp_path}/Infection_Mask/coronacases_000.nii.gz", np.zeros((16, 12, 5), np.uint8), LPS)
     ds = VolumeSliceDataset(find_cases(str(tmp_path)))
     with pytest.raises(DataError, match=r"Infection_Mask/coronacases_000\.nii\.gz: mask shape"):
         ds[0]
 
 
 def test_unreadable_volume(tmp_path):
-    _ma_layout(tmp_path, 1)
+    write_ma_layout(tmp_path, 1)
     with open(f"{tmp_path}/Infection_Mask/coronacases_000.nii.gz", "wb") as fh:
         fh.write(b"garbage")
     with pytest.raises(DataError, match=r"cannot read volume .*coronacases_000\.nii\.gz"):
@@ -108,10 +86,10 @@ def test_unreadable_volume(tmp_path):
 
 def test_grey_volumes_not_in_hu(tmp_path, caplog):
     """Ma et al.'s Radiopaedia cases hold 0–255 grey values: scaled by 1/255, not windowed (with a warning)."""
-    hu, mask = _phantom()
+    hu, mask = phantom()
     grey = np.clip(hu + 1000, 0, 255).astype(np.uint8)
-    _save(f"{tmp_path}/COVID-19-CT-Seg_20cases/radiopaedia_1.nii.gz", grey, np.eye(4))
-    _save(f"{tmp_path}/Infection_Mask/radiopaedia_1.nii.gz", mask, np.eye(4))
+    save_nifti(f"{tmp_path}/COVID-19-CT-Seg_20cases/radiopaedia_1.nii.gz", grey, np.eye(4))
+    save_nifti(f"{tmp_path}/Infection_Mask/radiopaedia_1.nii.gz", mask, np.eye(4))
     cases = find_cases(str(tmp_path))
     with caplog.at_level("WARNING"):
         it = VolumeSliceDataset(cases)[3]
@@ -181,7 +159,7 @@ def test_split_no_patient_leakage():
 
 
 def test_volume_dataset_from_split_has_no_slice_leakage(tmp_path):
-    _ma_layout(tmp_path, 4)
+    write_ma_layout(tmp_path, 4)
     cases = find_cases(str(tmp_path))
     split = make_split([c.case_id for c in cases], {"train": 0.5, "test": 0.5}, seed=0)
     train = VolumeSliceDataset(cases, split["parts"]["train"])
@@ -201,3 +179,15 @@ def test_split_errors():
         make_split(["a", "b"], k_folds=3)
     with pytest.raises(ValueError, match="duplicate"):
         make_split(["a", "a"], {"train": 1.0})
+
+
+@pytest.mark.parametrize("bad,shown", [(0.5, "0.5"), (-1.0, "-1")])
+def test_mask_values_must_be_integer_labels(tmp_path, bad, shown):
+    write_ma_layout(tmp_path, n=1)
+    hu, mask = phantom()
+    soft = mask.astype(np.float32)
+    soft[0, 0, 0] = bad
+    save_nifti(f"{tmp_path}/Infection_Mask/coronacases_000.nii.gz", soft, LPS)
+    with pytest.raises(DataError, match=rf"Infection_Mask/coronacases_000\.nii\.gz: mask values must be "
+                                        rf"non-negative integer labels; found {shown} \(1 voxels\)"):
+        VolumeSliceDataset(find_cases(str(tmp_path)))

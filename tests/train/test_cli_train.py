@@ -1,5 +1,6 @@
 """`covseg train`: end to end on a tiny registered model and a test-local slice reader, resume,
 semi-supervised stages, exit codes and messages."""
+import json
 import logging
 import os
 import sys
@@ -106,3 +107,64 @@ def test_one_epoch_of_each_real_model(tmp_path, capsys, model, extra):
     history = ckpt["train"]["history"]
     assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values()
                                      if isinstance(v, float))
+
+
+def test_train_on_volumes_splits_by_volume_and_reuses_the_split(tmp_path, caplog):
+    from covseg_fast.data import load_split
+
+    from ..volume_folders import write_ma_layout
+
+    write_ma_layout(tmp_path / "vol", n=4)
+    out = str(tmp_path / "run")
+    args = ["train", "--model", NAME, "--preset", "msa_unet", "--batch-size", "2", "--set", "input_size=32",
+            "--device", "cpu", "--no-progress", "--volumes", str(tmp_path / "vol"), "--val-fraction", "0.25",
+            "--out", out, "--epochs", "1", "--drop-empty", "--window", "-1000", "200"]
+    assert main(args) == 0
+    split = load_split(os.path.join(out, "split.json"))
+    train, val = split["parts"]["train"], split["parts"]["val"]
+    assert len(train) == 3 and len(val) == 1 and not set(train) & set(val)     # whole volumes, never slices
+    # the saved split is reused (a new seed would otherwise move volumes): the same parts after a second run
+    assert main(args + ["--seed", "7"]) == 0
+    assert load_split(os.path.join(out, "split.json"))["parts"] == split["parts"]
+    with caplog.at_level(logging.ERROR):
+        assert main(args + ["--multiclass"]) == 2
+        assert "--multiclass trains on class-index maps" in caplog.text
+
+
+def test_slice_split_is_saved_and_can_be_given_back(folders):
+    from covseg_fast.data import load_split
+
+    data, _, tmp = folders
+    out = str(tmp / "run")
+    assert main(BASE + ["--data", data, "--val-fraction", "0.34", "--out", out, "--epochs", "1"]) == 0
+    parts = load_split(os.path.join(out, "split.json"))["parts"]
+    assert sorted(parts["train"] + parts["val"], key=int) == [str(i) for i in range(6)] and len(parts["val"]) == 2
+    # --split FILE fixes the validation slices exactly
+    fixed = str(tmp / "fixed.json")
+    with open(fixed, "w") as fh:
+        json.dump({"format": 1, "seed": 0, "kind": "fractions", "parts": {"train": ["0", "1", "2", "3"],
+                                                                        "val": ["5"]}}, fh)
+    out2 = str(tmp / "run2")
+    assert main(BASE + ["--data", data, "--split", fixed, "--out", out2, "--epochs", "1"]) == 0
+    assert main(BASE + ["--data", data, "--split", fixed, "--val-fraction", "0.2", "--out", out2]) == 2
+
+
+def test_multiclass_maps_train_a_three_class_model(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    data = write_slice_folder(tmp_path / "d", 4, shape=(48, 48))
+    os.makedirs(os.path.join(data, "GT-multiclass"))
+    for i in range(4):
+        gt = np.array(Image.open(os.path.join(data, "GT", f"{i}.png"))) > 0
+        classes = gt.astype(np.uint8)
+        classes[:, 24:] *= 2                     # the right half of each lesion is "consolidation"
+        Image.fromarray(classes).save(os.path.join(data, "GT-multiclass", f"{i}.png"))
+    out = str(tmp_path / "mc")
+    common = ["train", "--model", "msa_unet", "--data", data, "--out", out, "--epochs", "1", "--batch-size", "2",
+              "--set", "input_size=32", "--device", "cpu", "--no-progress"]
+    assert main(common + ["--config", "base=8", "num_classes=3", "--multiclass"]) == 0
+    assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["config"]["num_classes"] == 3
+    with caplog.at_level(logging.ERROR):
+        assert main(common + ["--config", "base=8", "num_classes=3"]) == 2
+        assert "needs class-index maps: add --multiclass" in caplog.text
