@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import covseg_fast
 from covseg_fast import _ext
 from covseg_fast.cli.main import main as cli_main
@@ -74,3 +76,63 @@ def test_module_entry_point_prints_backends():
 
 def test_cli_without_command_is_a_usage_error(capsys):
     assert cli_main([]) == 2
+
+
+TRITON_BLOCKER = (
+    "import sys\n"
+    "class _NoTriton:\n"  # behaves as if triton were not installed
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'triton' or name.startswith('triton.'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, _NoTriton())\n"
+    "for name in [m for m in sys.modules if m == 'triton' or m.startswith('triton.')]:\n"
+    "    del sys.modules[name]\n"
+)
+
+
+def test_import_without_triton_warns_once_and_info_works():
+    code = TRITON_BLOCKER + (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import covseg_fast, covseg_fast.ops, covseg_fast.nn, covseg_fast.models\n"
+        "    import covseg_fast.ops.triton\n"
+        "msgs = [str(x.message) for x in w if 'covseg_fast' in str(x.message) and 'Triton' in str(x.message)]\n"
+        "print('WARNINGS', len(msgs), msgs[0] if msgs else '')\n"
+        "from covseg_fast.cli.main import main\n"
+        "print('RC', main(['info']))\n"
+        "import torch\n"
+        "from covseg_fast.ops import strip_conv\n"
+        "x = torch.randn(1, 2, 6, 6)\n"
+        "out = strip_conv(x, torch.randn(2, 1, 5, 5), torch.zeros(2), [torch.randn(2, 1, 1, 3)], [torch.zeros(2)],\n"
+        "                 [torch.randn(2, 1, 3, 1)], [torch.zeros(2)])\n"
+        "print('STRIP', tuple(out.shape))\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    warned = next(line for line in lines if line.startswith("WARNINGS"))
+    assert warned.startswith("WARNINGS 1 ") and "No module named 'triton'" in warned, warned
+    assert "RC 0" in lines and "STRIP (1, 2, 6, 6)" in lines
+    # covseg info names the reason for every Triton op, and they fall back to the reference
+    assert "triton: triton not importable: ModuleNotFoundError" in result.stdout
+    strip_rows = result.stdout.split("covseg::strip_conv", 1)[1].splitlines()
+    assert strip_rows[1].strip() == "cpu  -> reference"
+    # torch's own "Triton not available" log (one line per triton_op) is folded into the one warning
+    assert "Triton not available" not in result.stderr
+
+
+def test_no_triton_warning_when_triton_imports():
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import covseg_fast.ops.triton as t\n"
+        "print(t.import_error is None, sum('Triton' in str(x.message) for x in w))\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    importable, count = result.stdout.split()
+    if importable != "True":
+        pytest.skip("triton is not importable here")
+    assert count == "0"  # no GPU is not a reason to warn

@@ -1,7 +1,8 @@
 """``covseg::class_prob_pool``: CPP pooling of integer labels at several scales in one call.
 
 Backends, in preference order: ``cuda`` (one launch for all nested scales,
-csrc/ops/cuda/class_prob_pool.cu), ``cpp`` (csrc/ops/class_prob_pool.cpp,
+csrc/ops/cuda/class_prob_pool.cu; calls beyond its limits, see :func:`cuda_accepts`,
+fall back to the reference), ``cpp`` (csrc/ops/class_prob_pool.cpp,
 ``at::parallel_for``), ``reference`` (ops/reference/class_prob_pool.py).
 Labels carry no gradient, so the op has no backward.
 """
@@ -34,8 +35,30 @@ def _run_ext(labels, num_classes, scales, ignore_index):
     return list(torch.ops.covseg_ext.class_prob_pool(labels.contiguous(), num_classes, list(scales), ignore_index))
 
 
+# The CUDA kernel's limits (kMax* in csrc/ops/cuda/class_prob_pool.cu; a test keeps them in sync).
+CUDA_MAX_SCALES = 8  # scales per call (a fixed-size kernel argument)
+CUDA_MAX_SCALE = 128  # a scale gets a tile of s×s int16 labels in shared memory
+CUDA_MAX_CLASSES = 32767  # class ids are int16 in shared memory
+CUDA_MAX_BATCH = 65535  # the batch is the grid's y dimension
+
+
+def cuda_accepts(labels, num_classes, scales, ignore_index=None) -> Optional[str]:
+    """None if the CUDA kernel can serve this call, else why not (the call then falls back)."""
+    if len(scales) > CUDA_MAX_SCALES:
+        return f"{len(scales)} scales > {CUDA_MAX_SCALES} per call on CUDA"
+    if max(scales) > CUDA_MAX_SCALE:
+        return f"scale {max(scales)} > {CUDA_MAX_SCALE} on CUDA"
+    if num_classes > CUDA_MAX_CLASSES:
+        return f"num_classes {num_classes} > {CUDA_MAX_CLASSES} on CUDA"
+    if labels.shape[0] > CUDA_MAX_BATCH:
+        return f"batch {labels.shape[0]} > {CUDA_MAX_BATCH} on CUDA"
+    return None
+
+
 BACKENDS = op_backends("class_prob_pool", ref.class_prob_pool)
-BACKENDS.register(Backend("cuda", _run_ext, lambda d: _ext_available(d) if d == "cuda" else "CUDA tensors only"))
+BACKENDS.register(
+    Backend("cuda", _run_ext, lambda d: _ext_available(d) if d == "cuda" else "CUDA tensors only", cuda_accepts)
+)
 BACKENDS.register(Backend("cpp", _run_ext, lambda d: _ext_available(d) if d == "cpu" else "CPU tensors only"))
 
 
@@ -81,7 +104,8 @@ def class_prob_pool(
         labels: (B, H, W) uint8/int32/int64 class map.
         num_classes: K, the number of classes.
         scales: window sizes; output s is (B, K, H // s, W // s) float32 (floored like ``avg_pool2d``).
-        ignore_index: a label value that counts for no class (its windows sum to < 1).
+        ignore_index: a label value that counts for no class (its windows sum to < 1), also when it
+            lies in [0, K): class ``ignore_index`` is then all zeros.
     Returns:
         A list with one (B, K, H // s, W // s) float32 tensor per scale.
     Raises:

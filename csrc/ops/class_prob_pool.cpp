@@ -6,6 +6,11 @@
 // Parallel over (b, band of max-scale rows); nested scales (2, 4, 8, 16) are all
 // served by one pass over the labels, counting at the finest scale in int32 and
 // summing counts for coarser ones, so results are exact (count / s² in fp32).
+// at::parallel_for is only parallel when this file is compiled with -fopenmp
+// (ATen's OpenMP backend is header-inline); setup.py adds it.
+// Rules (the reference is the spec): a pixel equal to ignore_index counts for no
+// class, even when ignore_index lies in [0, K); every other label outside [0, K)
+// is an error, including labels in the rows/columns that the floor drops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -36,6 +41,16 @@ struct BadLabel {
   }
 };
 
+// Labels that feed no output (the rows/columns past the last full fine cell) are
+// still checked, so every backend rejects the same maps.
+template <typename label_t>
+void check_only(const label_t* row, int64_t n, int64_t K, std::optional<int64_t> ignore, BadLabel& bad) {
+  for (int64_t v = 0; v < n; ++v) {
+    const int64_t k = static_cast<int64_t>(row[v]);
+    if (static_cast<uint64_t>(k) >= static_cast<uint64_t>(K) && !(ignore && k == *ignore)) bad.report(k);
+  }
+}
+
 // One task = (image b, band of T rows). Counts at the finest scale s0 are
 // accumulated as int32 over the band, then summed into each scale's cells.
 // `scales` is sorted ascending and nested; T = scales.back().
@@ -47,18 +62,25 @@ void pool_nested(const label_t* labels, const std::vector<float*>& outs, const s
   const int64_t bands = (H + T - 1) / T;
   const int64_t Rf = T / s0, Cf = W / s0;       // fine cells per band
   const int64_t rows_valid = (H / s0) * s0;     // rows past the last full fine cell feed no output
+  const bool ignored_class = ignore && *ignore >= 0 && *ignore < K;
   at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> counts(K * Rf * Cf);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / bands, y0 = (task % bands) * T;
       std::fill(counts.begin(), counts.end(), 0);
-      for (int64_t u = y0; u < std::min(y0 + T, rows_valid); ++u) {
+      const int64_t plane = Rf * Cf;
+      const int64_t width = Cf * s0;
+      for (int64_t u = y0; u < std::min(y0 + T, H); ++u) {
         const label_t* row = labels + (b * H + u) * W;
+        if (u >= rows_valid) {
+          check_only(row, W, K, ignore, bad);
+          continue;
+        }
         int32_t* crow = counts.data() + ((u - y0) / s0) * Cf;
         // Pixel v of the row belongs to fine cell v / s0; walking v linearly keeps
         // the loads sequential (the division is strength-reduced by the compiler).
-        const int64_t plane = Rf * Cf;
-        const int64_t width = Cf * s0;
+        // An in-range ignore_index is counted here like a class and zeroed below,
+        // which keeps this loop free of a second compare.
         for (int64_t v = 0; v < width; ++v) {
           const int64_t k = static_cast<int64_t>(row[v]);
           if (static_cast<uint64_t>(k) < static_cast<uint64_t>(K)) {
@@ -67,6 +89,7 @@ void pool_nested(const label_t* labels, const std::vector<float*>& outs, const s
             bad.report(k);
           }
         }
+        check_only(row + width, W - width, K, ignore, bad);
       }
       for (size_t si = 0; si < scales.size(); ++si) {
         const int64_t s = scales[si], f = s / s0, Ho = H / s, Wo = W / s;
@@ -75,6 +98,10 @@ void pool_nested(const label_t* labels, const std::vector<float*>& outs, const s
           const int64_t oi = y0 / s + rr;
           for (int64_t k = 0; k < K; ++k) {
             float* dst = outs[si] + ((b * K + k) * Ho + oi) * Wo;
+            if (ignored_class && k == *ignore) {  // its pixels count for no class
+              std::fill(dst, dst + Wo, 0.0f);
+              continue;
+            }
             const int32_t* src = counts.data() + k * Rf * Cf + rr * f * Cf;
             for (int64_t oj = 0; oj < Wo; ++oj) {
               int32_t total = 0;

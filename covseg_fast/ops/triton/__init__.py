@@ -6,7 +6,9 @@ when triton imports and a GPU is present, on CPU only under the interpreter
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Optional
 
 try:
@@ -16,7 +18,16 @@ try:
     import_error: Optional[str] = None
 except Exception as exc:  # pragma: no cover - depends on the platform
     triton = None
-    import_error = f"triton not importable: {exc}"
+    import_error = f"triton not importable: {type(exc).__name__}: {exc}"
+    # Once per process (this module is imported once); a missing GPU is not a reason
+    # to warn, so only the failed import does. `covseg info` repeats the reason.
+    warnings.warn(f"covseg_fast: Triton kernels unavailable, the PyTorch references serve ({import_error})",
+                  stacklevel=2)
+    # torch.library.triton_op logs "Triton not available" once per registered op
+    # (about 20 lines at import); the warning above already says it once.
+    logging.getLogger("torch._library.triton").addFilter(
+        lambda record: "Triton not available" not in record.getMessage()
+    )
 
 
 def interpreting() -> bool:

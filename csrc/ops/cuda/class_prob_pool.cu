@@ -21,8 +21,13 @@
 namespace covseg {
 namespace {
 
+// Limits, mirrored by the Python accepts() check (ops/class_prob_pool.py) so calls
+// beyond them fall back to the reference instead of raising here.
 constexpr int kMaxScales = 8;
 constexpr int kMaxTile = 64;  // T ≤ 64 → 8 KB of int16 labels in shared memory
+constexpr int kMaxScale = 2 * kMaxTile;  // a scale above kMaxTile gets its own tile of s×s
+constexpr int64_t kMaxClasses = 32767;  // class ids are int16 in shared memory
+constexpr int64_t kMaxBatch = 65535;    // the batch is gridDim.y
 
 struct ScaleArgs {
   int count;
@@ -44,9 +49,12 @@ __global__ void class_prob_pool_kernel(const label_t* __restrict__ labels, Scale
     short cls = -1;
     if (y < H && x < W) {
       const long long k = static_cast<long long>(labels[(static_cast<long long>(b) * H + y) * W + x]);
-      if (k >= 0 && k < K) {
+      // ignore_index first: it counts for no class even when it lies in [0, K).
+      if (has_ignore && k == ignore) {
+        cls = -1;
+      } else if (k >= 0 && k < K) {
         cls = static_cast<short>(k);
-      } else if (!(has_ignore && k == ignore)) {
+      } else {
         *bad_value = k;  // any offending value will do for the message
         atomicExch(bad_flag, 1);
       }
@@ -104,12 +112,14 @@ void launch(const at::Tensor& lab, const std::vector<int64_t>& scales, std::vect
 std::vector<at::Tensor> class_prob_pool_cuda(const at::Tensor& labels, int64_t num_classes, at::IntArrayRef scales,
                                              std::optional<int64_t> ignore_index) {
   TORCH_CHECK_VALUE(labels.dim() == 3, "class_prob_pool: labels must be (B, H, W)");
-  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= 32767, "class_prob_pool: num_classes must be in [1, 32767]");
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= kMaxClasses, "class_prob_pool: num_classes must be in [1, ",
+                    kMaxClasses, "] on CUDA");
   TORCH_CHECK_VALUE(static_cast<int64_t>(scales.size()) <= kMaxScales, "class_prob_pool: at most ", kMaxScales,
                     " scales per call on CUDA");
   const c10::cuda::CUDAGuard guard(labels.device());
   const at::Tensor lab = labels.contiguous();
   const int64_t B = lab.size(0), H = lab.size(1), W = lab.size(2);
+  TORCH_CHECK_VALUE(B <= kMaxBatch, "class_prob_pool: batch ", B, " > ", kMaxBatch, " is not supported on CUDA");
   std::vector<int64_t> sc(scales.begin(), scales.end());
   std::vector<at::Tensor> outs;
   for (int64_t s : sc) {
@@ -130,7 +140,7 @@ std::vector<at::Tensor> class_prob_pool_cuda(const at::Tensor& labels, int64_t n
       // Scales that do not nest (or exceed the tile): one launch per scale, tiles of a multiple of s.
       for (size_t i = 0; i < sc.size(); ++i) {
         const int64_t tile = sc[i] <= kMaxTile ? sc[i] * (kMaxTile / sc[i]) : sc[i];
-        TORCH_CHECK_VALUE(tile <= 2 * kMaxTile, "class_prob_pool: scale ", sc[i], " > ", 2 * kMaxTile,
+        TORCH_CHECK_VALUE(tile <= kMaxScale, "class_prob_pool: scale ", sc[i], " > ", kMaxScale,
                           " is not supported on CUDA");
         launch(lab, sc, outs, {static_cast<int>(i)}, static_cast<int>(tile), num_classes, ignore_index, flag, value);
       }
