@@ -151,7 +151,8 @@ def test_msa_options_reach_every_module():
     assert n_params(default) - n_params(small) == 2 * sum((110 - 42) * ch for ch in c)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     torch.manual_seed(5)
-    # train mode: at init an eval-mode post-norm BN is ≈ identity and its ReLU sees x + gate·x ≥ 0 (x after ReLU)
+    # train mode: at init an eval-mode post-norm BN is ≈ identity and its ReLU sees x·(1 + m′) ≥ 0 (x ≥ 0 after the
+    # down ReLU, |m′| < 1 at init), so only batch statistics show the option
     with torch.no_grad():
         base_out = MSAUNet(base=8).train()(x)["out"]
         for options in ({"msa_wrapper": "segnext"}, {"msa_post_norm": True}, {"cbam_zero_bn": False}):
