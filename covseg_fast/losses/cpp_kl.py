@@ -2,6 +2,9 @@
 
     L = L_main + aux_weight · Σ_{k} KL_k,   KL_k = (1/(B·h_k·w_k)) Σ t·(log t − log q)   (0·log 0 := 0)
 
+The divisor is ``kl_reduction``: "pixel_mean" (B·h_k·w_k, the §11 A5 choice: the four scales weigh alike),
+"batchmean" (B, PyTorch's ``kl_div`` reduction: a 128² map then weighs 64× a 16² one) or "sum" (1).
+
 L_main is mean BCE-with-logits over B·H·W (binary, soft targets allowed) or mean cross-entropy
 (K classes). The aux terms use the fused op ``covseg::cpp_kl_loss`` (``fused=True``) or the unfused
 composition CPP pooling → log_softmax → KL (``fused=False``); both give the same value.
@@ -16,6 +19,20 @@ import torch.nn.functional as F
 from ..ops.cpp_kl_loss import cpp_kl_loss
 from ..ops.reference.class_prob_pool import class_prob_pool as cpp_reference
 from ..ops.reference.cpp_kl_loss import cpp_kl_from_probs
+
+KL_REDUCTIONS = ("pixel_mean", "batchmean", "sum")
+
+
+def _check_reduction(kl_reduction: str, where: str) -> None:
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"{where}: kl_reduction must be one of {KL_REDUCTIONS}, got {kl_reduction!r}")
+
+
+def _rescale(term: torch.Tensor, z: torch.Tensor, kl_reduction: str) -> torch.Tensor:
+    """A per-pixel-mean term (÷ B·h·w, what the fused op and the composition return) → ``kl_reduction``."""
+    b, _, h, w = z.shape
+    factor = {"pixel_mean": 1, "batchmean": h * w, "sum": b * h * w}[kl_reduction]
+    return term if factor == 1 else term * factor
 
 
 def _pad_to(x: torch.Tensor, h: int, w: int, value: float = 0) -> torch.Tensor:
@@ -34,7 +51,8 @@ def soft_binary_targets(mask: torch.Tensor, scale: int) -> torch.Tensor:
 
 def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.Tensor] = None,
                     mask: Optional[torch.Tensor] = None, scales: Optional[Sequence[int]] = None,
-                    ignore_index: Optional[int] = None, fused: bool = True) -> list[torch.Tensor]:
+                    ignore_index: Optional[int] = None, fused: bool = True,
+                    kl_reduction: str = "pixel_mean") -> list[torch.Tensor]:
     """One KL term per aux map.
 
     Args:
@@ -46,11 +64,13 @@ def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.T
             h_k·s_k (padded model input) are padded bottom/right with background.
         ignore_index: label value that counts for no class.
         fused: use ``covseg::cpp_kl_loss``; False runs CPP → log_softmax → KL in plain PyTorch.
+        kl_reduction: "pixel_mean" (÷ B·h·w, default), "batchmean" (÷ B) or "sum".
     Returns:
         list of 0-dim float32 tensors.
     Raises:
-        ValueError: neither labels nor mask, a mask with K ≠ 2, or sizes that do not fit.
+        ValueError: neither labels nor mask, a mask with K ≠ 2, sizes that do not fit, or an unknown kl_reduction.
     """
+    _check_reduction(kl_reduction, "cpp_kl_aux_loss")
     scales = list(scales) if scales is not None else [2 ** (i + 1) for i in range(len(aux_logits))]
     if len(scales) != len(aux_logits):
         raise ValueError(f"cpp_kl_aux_loss: {len(aux_logits)} aux maps but {len(scales)} scales")
@@ -73,6 +93,7 @@ def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.T
                 raise ValueError(f"cpp_kl_aux_loss: a binary mask needs 2-class aux maps, got K = {z.shape[1]}")
             t = soft_binary_targets(_pad_to(mask, h, w)[..., :h, :w], s)
             terms.append(cpp_kl_from_probs(z, t))
+        terms[-1] = _rescale(terms[-1], z, kl_reduction)
     return terms
 
 
@@ -89,15 +110,18 @@ class MSAUNetLoss:
         scales: CPP scale of each aux map (default 2, 4, 8, 16).
         fused: fused CPP-KL op (hard labels) vs the unfused composition.
         ignore_index: label value excluded from CE and counted for no class in CPP.
+        kl_reduction: divisor of each KL_k: "pixel_mean" (B·h_k·w_k, default), "batchmean" (B) or "sum".
     ``outputs``: logits tensor or dict with "out" (B, C, H, W) and optional "aux" list. Binary with a
     hard {0,1} mask uses labels = mask (fused path); a soft mask uses the soft CPP composition.
     ``parts``: {"main", "aux", "aux1".., "total"} as floats.
     """
 
     def __init__(self, num_classes: int = 1, aux_weight: float = 1.0, scales: Optional[Sequence[int]] = None,
-                 fused: bool = True, ignore_index: Optional[int] = None):
+                 fused: bool = True, ignore_index: Optional[int] = None, kl_reduction: str = "pixel_mean"):
         if num_classes < 1:
             raise ValueError(f"MSAUNetLoss: num_classes must be ≥ 1, got {num_classes}")
+        _check_reduction(kl_reduction, "MSAUNetLoss")
+        self.kl_reduction = kl_reduction
         self.num_classes, self.aux_weight, self.fused = num_classes, float(aux_weight), fused
         self.scales = list(scales) if scales is not None else None
         self.ignore_index = ignore_index
@@ -127,7 +151,8 @@ class MSAUNetLoss:
                 else:
                     mask = m
             terms = cpp_kl_aux_loss(aux, labels=labels, mask=mask, scales=self.scales,
-                                    ignore_index=self.ignore_index, fused=self.fused)
+                                    ignore_index=self.ignore_index, fused=self.fused,
+                                    kl_reduction=self.kl_reduction)
             aux_sum = torch.stack(terms).sum()
             total = total + self.aux_weight * aux_sum
             parts["aux"] = float(aux_sum.detach())

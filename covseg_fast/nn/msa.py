@@ -1,7 +1,13 @@
 """Multi-scale attention module of MSA-UNet (MODELS.md §3.2).
 
+Default (the paper's module, §11 A1 ``wrapper="none"``):
+
     s  = a0 + Σ_i v_i(h_i(a0)),  a0 = dw_{5×5}(x)          (MSCA strip branches, §2.5)
     m  = conv1×1(s);   m′ = CBAM(m);   out = x + m′ ⊙ x
+
+Options of §3.2, each off by default:
+    (a) wrapper="segnext": u = GELU(proj_1(BN(x))),  out = x + proj_2(CBAM(conv1×1(s(u))) ⊙ u)
+    (b) post_norm=True:    out ← ReLU(BN(out))
 """
 from __future__ import annotations
 
@@ -14,6 +20,21 @@ from torch import nn
 from ..ops.reference.strip_conv import strip_conv as strip_conv_reference
 from ..ops.strip_conv import strip_conv as strip_conv_fused
 from .cbam import CBAM
+
+WRAPPERS = ("none", "segnext")
+
+
+def segnext_normal_(conv: nn.Conv2d) -> None:
+    """SegNeXt's from-scratch conv init: weight ~ N(0, √(2 / fan_out)), fan_out = kh·kw·C_out / groups; bias 0.
+
+    Source: Visual-Attention-Network/SegNeXt@c87bcae:mmseg/models/backbones/mscan.py, ``MSCAN.init_weights``,
+    which applies it to every nn.Conv2d of the backbone: the depthwise MSCA convs, the 1×1 ``conv3`` of
+    ``AttentionModule`` and the 1×1 ``proj_1``/``proj_2`` of ``SpatialAttention`` (MODELS.md §2.5).
+    """
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 class StripConv(nn.Module):
@@ -37,12 +58,9 @@ class StripConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # MSCAN.init_weights: N(0, sqrt(2 / fan_out)), fan_out = kh·kw·C_out / groups; bias 0.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
+                segnext_normal_(m)
 
     def branch_params(self):
         n = len(self.strip_kernels)
@@ -64,18 +82,46 @@ class MSA(nn.Module):
 
     Args:
         channels: C.
-        square_kernel, strip_kernels: MSCA kernel sizes (5; 7, 11, 21).
+        square_kernel, strip_kernels: MSCA kernel sizes (5; 7, 11, 21), all odd.
         reduction: CBAM MLP reduction.
         fused: use fused ops where they serve; False runs the pure-PyTorch reference everywhere.
+        wrapper: "none" (the paper's module) or "segnext": MODELS.md §3.2 option (a), SegNeXt's
+            ``SpatialAttention`` inside a pre-norm residual, BN → proj_1 (1×1) → GELU → [strip convs → 1×1 →
+            CBAM → ⊙ u] → proj_2 (1×1) → + x. The shortcut is the module input x, as in SegNeXt's ``Block``;
+            SegNeXt's layer scale and the inner ``SpatialAttention`` shortcut (+ BN(x)) are not part of the
+            option. Adds 2C² + 4C parameters (two biased 1×1 convs, one BN).
+        post_norm: MODELS.md §3.2 option (b), BN + ReLU on the output (adds 2C parameters).
+        zero_spatial_bn: CBAM's spatial BN γ starts at 0 (MODELS.md §2.6, default on); False keeps γ = 1.
+
+    Init: SegNeXt's normal init for every conv of the MSCA part and of the wrapper (``segnext_normal_``), CBAM
+    per §2.6, BN weight 1 / bias 0. Parameters without options: 25C + 78C + 7C (depthwise, default kernels)
+    + C² + C (1×1) + CBAM; 1,294,500 at C = 1024.
     """
 
     def __init__(self, channels: int, square_kernel: int = 5, strip_kernels: Sequence[int] = (7, 11, 21),
-                 reduction: int = 16, fused: bool = True):
+                 reduction: int = 16, fused: bool = True, wrapper: str = "none", post_norm: bool = False,
+                 zero_spatial_bn: bool = True):
         super().__init__()
+        if wrapper not in WRAPPERS:
+            raise ValueError(f"MSA: wrapper must be one of {WRAPPERS}, got {wrapper!r}")
+        self.wrapper, self.post_norm = wrapper, bool(post_norm)
         self.strip = StripConv(channels, square_kernel, strip_kernels, fused=fused)
         self.proj = nn.Conv2d(channels, channels, 1)
-        self.cbam = CBAM(channels, reduction, fused=fused)
+        self.cbam = CBAM(channels, reduction, zero_spatial_bn=zero_spatial_bn, fused=fused)
+        if wrapper == "segnext":
+            self.norm = nn.BatchNorm2d(channels)
+            self.proj_1 = nn.Conv2d(channels, channels, 1)
+            self.act = nn.GELU()
+            self.proj_2 = nn.Conv2d(channels, channels, 1)
+        if self.post_norm:
+            self.post_bn = nn.BatchNorm2d(channels)
+            self.post_act = nn.ReLU()
+        for conv in (self.proj, getattr(self, "proj_1", None), getattr(self, "proj_2", None)):
+            if conv is not None:
+                segnext_normal_(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.cbam(self.proj(self.strip(x)))
-        return x + gate * x
+        u = self.act(self.proj_1(self.norm(x))) if self.wrapper == "segnext" else x
+        y = self.cbam(self.proj(self.strip(u))) * u
+        out = x + (self.proj_2(y) if self.wrapper == "segnext" else y)
+        return self.post_act(self.post_bn(out)) if self.post_norm else out

@@ -69,3 +69,52 @@ def test_errors():
         cpp_kl_aux_loss(outputs(k=3)["aux"], mask=torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match="num_classes must be"):
         MSAUNetLoss(num_classes=0)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("reduction,torch_reduction", [("batchmean", "batchmean"), ("sum", "sum")])
+def test_kl_reduction_matches_torch_kl_div(reduction, torch_reduction, fused):
+    """§11 A5 alternatives: "batchmean" is kl_div(·, 'batchmean') (÷ B), "sum" kl_div(·, 'sum'); values, grads."""
+    outs = outputs(k=3, seed=6)
+    labels = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(7))
+    aux = [a.clone().requires_grad_() for a in outs["aux"]]
+    terms = cpp_kl_aux_loss(aux, labels=labels, fused=fused, kl_reduction=reduction)
+    torch.stack(terms).sum().backward()
+    ref_aux = [a.clone().requires_grad_() for a in outs["aux"]]
+    expected = []
+    for z, s in zip(ref_aux, (2, 4, 8, 16)):
+        t = F.avg_pool2d(F.one_hot(labels, 3).permute(0, 3, 1, 2).float(), s)
+        expected.append(F.kl_div(F.log_softmax(z, 1), t, reduction=torch_reduction))
+    torch.stack(expected).sum().backward()
+    torch.testing.assert_close(torch.stack(terms).detach(), torch.stack(expected).detach(), atol=1e-5, rtol=1e-5)
+    for a, r in zip(aux, ref_aux):
+        torch.testing.assert_close(a.grad, r.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_kl_reduction_scales_each_term_by_its_map_size():
+    """pixel_mean (default) ÷ B·h·w; batchmean = pixel_mean·h·w; sum = pixel_mean·B·h·w (soft-mask path)."""
+    outs = outputs(seed=8)
+    soft = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(9))
+    mean = cpp_kl_aux_loss(outs["aux"], mask=soft)
+    explicit = cpp_kl_aux_loss(outs["aux"], mask=soft, kl_reduction="pixel_mean")
+    assert torch.equal(torch.stack(mean), torch.stack(explicit))
+    for reduction in ("batchmean", "sum"):
+        terms = cpp_kl_aux_loss(outs["aux"], mask=soft, kl_reduction=reduction)
+        for t, m, z in zip(terms, mean, outs["aux"]):
+            factor = z.shape[2] * z.shape[3] * (z.shape[0] if reduction == "sum" else 1)
+            torch.testing.assert_close(t, m * factor, atol=1e-4, rtol=1e-6)
+
+
+def test_criterion_kl_reduction_option():
+    outs = outputs(seed=10)
+    mask = (torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(11)) > 0.6).float()
+    _, default = MSAUNetLoss()(outs, {"mask": mask})
+    _, batchmean = MSAUNetLoss(kl_reduction="batchmean")(outs, {"mask": mask})
+    assert batchmean["main"] == default["main"]
+    assert batchmean["aux1"] == pytest.approx(default["aux1"] * 16 * 16, rel=1e-5)  # aux1 is 16×16 at a 32-px input
+    assert batchmean["aux4"] == pytest.approx(default["aux4"] * 2 * 2, rel=1e-5)
+    expected = r"kl_reduction must be one of \('pixel_mean', 'batchmean', 'sum'\), got 'mean'"
+    with pytest.raises(ValueError, match=expected):
+        MSAUNetLoss(kl_reduction="mean")
+    with pytest.raises(ValueError, match="kl_reduction must be one of"):
+        cpp_kl_aux_loss(outs["aux"], mask=mask, kl_reduction="none")
