@@ -55,7 +55,7 @@ def channel_attention_lse(x: torch.Tensor, variant: str = "pfnet",
 
 
 def channel_attention(x: torch.Tensor, variant: str = "pfnet", gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X, or γ·softmax(±X Xᵀ) X + x with γ (rounded once, to x's dtype)."""
+    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X, or γ·softmax(±X Xᵀ) X + x with γ (rounded once to x's dtype)."""
     xf, energy = _channel_energy(x, variant)
     return _channel_out(energy, xf, gamma).to(x.dtype)
 

@@ -23,7 +23,7 @@ call's shape and dtype, or ``COVSEG_CHANNEL_ATTENTION_PATH=gram|flash`` to force
 
 | C, N | where | bf16 gram / flash | fp32 gram / flash |
 |---|---|---|---|
-| 64, 16384 | Ref-Net APM at f2 of a 512² input | **0.10** / 3.8 ms (flash forward: 64× the FLOPs) | **0.20** / 82 ms |
+| 64, 16384 | Ref-Net APM at f2 of a 512² input | **0.10** / 3.8 ms (flash: 64× the forward FLOPs) | **0.20** / 82 ms |
 | 256, 484 | APM at f4 of a 352² input | **0.046** / 0.061 ms | **0.091** / 1.3 ms |
 | 512, 121 | APM at f5 of a 352² input | 0.095 / **0.019** ms | **0.10** / 0.36 ms |
 | 2048, 121 | ``refnet_f5`` benchmark shape | 1.45 / **0.31** ms | **1.50** / 5.8 ms |
