@@ -4,9 +4,14 @@ Defaults follow PFNet (= Ref-Net's APM): plain softmax(XXᵀ) channel attention,
 channel attention then position attention in sequence. ``variant="danet"`` gives DANet's
 softmax(−E) channel attention with γ initialised to 0.
 
-``fused=True`` runs ``covseg::position_attention`` / ``covseg::channel_attention`` (flash-style,
-O(N·C) memory on the Triton backend, so APM fits at any level, e.g. 128×128 maps); ``fused=False``
-runs the eager reference. The γ·out + x epilogue is one elementwise op here in both cases.
+``fused=True`` runs ``covseg::position_attention`` (flash-style, O(N·C) memory on the Triton backend, so
+the APM fits at any level, e.g. 128×128 maps) and ``covseg::channel_attention`` with γ·out + x fused into
+its epilogue; ``fused=False`` runs the eager reference (same parameters and state-dict keys).
+
+Both modules return x's dtype: γ·out + x is computed in fp32 and rounded once (an fp32 γ no longer
+promotes a bf16 map to fp32). Position attention keeps γ·out + x as one elementwise op after the fused
+op: its backward needs the attention output anyway, so fusing would save one read of it (≈ 1–3 % of
+the op's time, README "Attention ops: rules").
 """
 from __future__ import annotations
 
@@ -45,11 +50,12 @@ class PositionAttention(nn.Module):
         v = self.value_conv(x).flatten(2)
         attend = fused_position_attention if self.fused else position_attention
         out = attend(q, k, v, self.scale).view(b, c, h, w)
-        return self.gamma * out + x
+        return (self.gamma * out + x).to(x.dtype)
 
 
 class ChannelAttention(nn.Module):
-    """Y = γ · softmax(±XXᵀ) X + X over channels. (B, C, H, W) → same."""
+    """Y = γ · softmax(±XXᵀ) X + X over channels, γ and the residual fused into the op. (B, C, H, W) → same
+    (the fused path keeps a channels_last input channels_last)."""
 
     def __init__(self, channels: int | None = None, variant: str = "pfnet", fused: bool = True):
         super().__init__()
@@ -60,8 +66,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         attend = fused_channel_attention if self.fused else channel_attention
-        out = attend(x.flatten(2), self.variant).view(b, c, h, w)
-        return self.gamma * out + x
+        return attend(x.flatten(2), self.variant, self.gamma).view(b, c, h, w)
 
 
 class APM(nn.Module):

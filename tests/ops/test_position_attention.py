@@ -14,7 +14,7 @@ from op_harness import (HAS_CUDA, assert_low_precision_bound, assert_same, backe
 CASES = backend_cases("position_attention")
 ATOL, RTOL = 2e-5, 1e-4
 # (B, Cq, C, N): N = 1, non-powers of two, N > one block, Cq ∈ {8..256} (256 > BLOCK_D: chunked qk),
-# C ∈ {16, 64, 512} (512 > BLOCK_C: value dim split across programs), C non-power-of-two.
+# C ∈ {16, 64, 512, 2048} (512, 2048 > BLOCK_C: value dim split across programs), C non-power-of-two.
 FIXED = [
     (1, 8, 16, 1),
     (2, 8, 16, 37),
@@ -23,6 +23,7 @@ FIXED = [
     (1, 64, 16, 33),
     (1, 256, 16, 20),
     (1, 8, 512, 9),
+    (1, 8, 2048, 9),
     (1, 8, 16, 260),
 ]
 
@@ -57,6 +58,53 @@ def test_fixed_shapes_fp32(backend, device, b, cq, c, n):
 def test_random_shapes_fp32(backend, device, seed):
     (b, cq, c, n), = random_shapes(seed, 1, [(1, 2), (3, 40), (5, 80), (1, 150)])
     check_fwd_bwd(backend, device, b, cq, c, n, seed, scale=[1.0, 0.125, 2.0, -1.0][seed])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("b,cq,c,n", [(1, 8, 16, 1024), (1, 16, 24, 577)])
+def test_long_sequences_fp32(backend, device, b, cq, c, n):
+    """N up to 1024 (a 32×32 map): many key blocks in every sweep (30–50 s under the interpreter)."""
+    check_fwd_bwd(backend, device, b, cq, c, n, seed=n)
+
+
+@pytest.mark.parametrize("backend,device", [*CASES, pytest.param("reference", "cpu", id="reference-cpu")])
+def test_batch_zero(backend, device):
+    q, k, v = make(0, 8, 16, 10, seed=0, device=device)
+    out, lse = run_backend(backend, torch.ops.covseg.position_attention, q, k, v, 1.0)
+    assert out.shape == (0, 16, 10) and lse.shape == (0, 10)
+    grads = run_backend(backend, torch.autograd.grad, out, (q, k, v), torch.zeros_like(out))
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+    assert all(int(g.count_nonzero()) == 0 for g in grads)
+
+
+def allocation_sizes(fn) -> list[int]:
+    """Bytes of every CPU allocation made while ``fn`` runs (the profiler's memory events: tensors allocated
+    inside the custom ops' bodies count too, unlike with a dispatch mode, which sees only the op itself)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.nbytes() > 0]
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_no_n_by_n_tensor_is_ever_allocated(backend, device):
+    """Forward and backward allocate O(N·C) only: the largest allocation is below one N×N fp32 matrix, while
+    the reference's is at least one (N = 300 ≫ C = 16, so N·C tensors are 19× smaller than N×N)."""
+    if device != "cpu":
+        pytest.skip("the allocation record reads CPU memory events (the CUDA bound is test_memory_is_linear_in_n_cuda)")
+    n = 300
+
+    def run():
+        q, k, v = make(1, 8, 16, n, seed=2)
+        out = position_attention(q, k, v)
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+
+    fused = run_backend(backend, allocation_sizes, run)
+    reference_sizes = run_backend("reference", allocation_sizes, run)
+    assert max(reference_sizes) >= 4 * n * n  # the record does see an N×N matrix when one exists
+    assert max(fused) < 4 * n * n, f"largest allocation {max(fused)} bytes ≥ N×N fp32 ({4 * n * n})"
 
 
 @pytest.mark.cuda

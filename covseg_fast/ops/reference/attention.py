@@ -5,7 +5,7 @@ Position attention (PAM / PFNet SA), q, k: (B, Cq, N), v: (B, C, N):
 
 Channel attention (CAM / PFNet CA), x: (B, C, N), energy E = X Xᵀ:
     variant "pfnet": A = softmax(E)           variant "danet": A = softmax(rowmax(E) − E) = softmax(−E)
-    out = A X
+    out = A X                                  with a 1-element γ: out = γ·A X + x (the module's residual)
 
 Energies and softmax run in fp32 (float64 for float64 inputs): they overflow fp16. The ``*_lse``
 variants also return the log-sum-exp of the energies, which the fused kernels save for their backward;
@@ -13,6 +13,8 @@ the ops use them as their reference backend. Both compute ``out`` the same way (
 the Softmax node that TensorRT fuses into attention).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -45,16 +47,22 @@ def _position_out(energy: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.to(energy.dtype), attn.transpose(1, 2)).to(v.dtype)
 
 
-def channel_attention_lse(x: torch.Tensor, variant: str = "pfnet") -> tuple[torch.Tensor, torch.Tensor]:
+def channel_attention_lse(x: torch.Tensor, variant: str = "pfnet",
+                          gamma: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, N) → (out (B, C, N) in x's dtype, lse (B, C) of the signed energies)."""
     xf, energy = _channel_energy(x, variant)
-    return (torch.bmm(torch.softmax(energy, dim=-1), xf).to(x.dtype)), torch.logsumexp(energy, dim=-1)
+    return _channel_out(energy, xf, gamma).to(x.dtype), torch.logsumexp(energy, dim=-1)
 
 
-def channel_attention(x: torch.Tensor, variant: str = "pfnet") -> torch.Tensor:
-    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X."""
+def channel_attention(x: torch.Tensor, variant: str = "pfnet", gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C, N) → (B, C, N) = softmax(±X Xᵀ) X, or γ·softmax(±X Xᵀ) X + x with γ (rounded once to x's dtype)."""
     xf, energy = _channel_energy(x, variant)
-    return torch.bmm(torch.softmax(energy, dim=-1), xf).to(x.dtype)
+    return _channel_out(energy, xf, gamma).to(x.dtype)
+
+
+def _channel_out(energy: torch.Tensor, xf: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
+    out = torch.bmm(torch.softmax(energy, dim=-1), xf)
+    return out if gamma is None else gamma.to(out.dtype).reshape(()) * out + xf
 
 
 def _channel_energy(x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:

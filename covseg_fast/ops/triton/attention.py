@@ -5,6 +5,8 @@ Formula (one batch b; q_i = q[b, :, i], k_j = k[b, :, j] are Dqk-vectors, v_j = 
     s_ij = scale · q_i·k_j          p_ij = exp(s_ij − lse_i),  lse_i = log Σ_j exp(s_ij)
     out[b, :, i] = Σ_j p_ij v_j
 
+Optional forward epilogue (channel attention's γ·out + x): out = γ·attention + residual.
+
 Layout: q, k (B, Dqk, N), v and out (B, Dv, N), arbitrary strides (so channel attention runs on
 transposed views with no copy); lse and delta (B, N) fp32 contiguous. The N×N matrix is never
 stored: the forward keeps a running max / sum (online softmax, base 2) and writes only out and
@@ -66,11 +68,12 @@ def _dprods(do_base, v_base, offs_m, offs_n, N, DV, s_doc, s_don, s_vc, s_vn,
 
 
 @triton.jit
-def pa_fwd_kernel(Q, K, V, O, LSE, N, DQK, DV, scale_log2e,
-                  s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_ob, s_oc, s_on,
+def pa_fwd_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
+                  s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_ob, s_oc, s_on, s_rb, s_rc, s_rn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-                  NUM_D: tl.constexpr, PREC: tl.constexpr):
-    """Forward. Grid (cdiv(N, BLOCK_M), B, cdiv(DV, BLOCK_C)): one query block × one value tile."""
+                  NUM_D: tl.constexpr, HAS_RES: tl.constexpr, PREC: tl.constexpr):
+    """Forward. Grid (cdiv(N, BLOCK_M), B, cdiv(DV, BLOCK_C)): one query block × one value tile.
+    HAS_RES: the output is γ·attention + R (R shaped and strided like O; γ a 1-element tensor)."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     pid_c = tl.program_id(2)
@@ -105,6 +108,10 @@ def pa_fwd_kernel(Q, K, V, O, LSE, N, DQK, DV, scale_log2e,
         acc = tl.dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
+    if HAS_RES:
+        res = tl.load(R + b * s_rb + offs_m[:, None] * s_rn + offs_c[None, :] * s_rc,
+                      mask=(offs_m[:, None] < N) & (offs_c[None, :] < DV), other=0.0)
+        acc = acc * tl.load(GAMMA).to(tl.float32) + res.to(tl.float32)
     tl.store(O + b * s_ob + offs_m[:, None] * s_on + offs_c[None, :] * s_oc, acc.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < N) & (offs_c[None, :] < DV))
     if pid_c == 0:

@@ -47,8 +47,10 @@ def _launch_opts(q: torch.Tensor) -> dict:
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                      out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse): out (B, Dv, N) in v.dtype (written into ``out`` when given), lse (B, N) fp32 natural log."""
+                      out: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+                      gamma: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): out (B, Dv, N) in v.dtype (written into ``out`` when given), lse (B, N) fp32 natural log.
+    With ``residual`` (shaped like out) and a 1-element ``gamma``: out = γ·attention + residual."""
     b, dqk, n = q.shape
     dv = v.shape[1]
     if out is None:
@@ -57,10 +59,11 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     cfg = _config(q, dqk, dv, backward=False)
     num_d = triton.cdiv(dqk, cfg["BLOCK_D"])
     grid = (triton.cdiv(n, cfg["BLOCK_M"]), b, triton.cdiv(dv, cfg["BLOCK_C"]))
+    has_res = residual is not None
     wrap_triton(pa_fwd_kernel)[grid](
-        q, k, v, out, lse, n, dqk, dv, float(scale) * LOG2E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        NUM_D=num_d, **cfg, **_launch_opts(q),
+        q, k, v, out, lse, residual if has_res else out, gamma if has_res else lse, n, dqk, dv, float(scale) * LOG2E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(residual if has_res else out).stride(),
+        NUM_D=num_d, HAS_RES=has_res, **cfg, **_launch_opts(q),
     )
     return out, lse
 
