@@ -1,5 +1,5 @@
-"""`covseg screen --backend`: torch, torch.compile and onnxruntime give the same masks (Dice ≥ 0.99) on the
-demo volume; the TensorRT backend's engine follows --batch-size and is cached per
+"""`covseg screen --backend`: torch, torch.compile and onnxruntime give the same masks (Dice ≥ 0.99), on the
+demo volume and on the real CT volumes; the TensorRT backend's engine follows --batch-size and is cached per
 batch profile, precision, GPU, TensorRT version and ONNX file (checked with the fake ``tensorrt`` module of
 tests/export/fake_tensorrt.py, which checks our use of the TensorRT API, not TensorRT)."""
 import logging
@@ -16,6 +16,7 @@ from covseg_fast.cli.main import main
 from covseg_fast.export import tensorrt_engine as te
 from covseg_fast.inference.backends import RunnerModule, engine_key, make_backend
 from covseg_fast.models import load_model
+from tests.conftest import SHARED_DATA
 from tests.export.fake_tensorrt import calls_named, make_module
 
 from .tiny_model import make_checkpoint
@@ -61,6 +62,43 @@ def test_compile_backend_matches_torch(tmp_path, tiny_checkpoint):
 def test_demo_checkpoint_onnxruntime_matches_torch(tmp_path):
     reference = screen(tmp_path, screen_cli.DEMO_CHECKPOINT, "torch", "torch")
     assert dice(reference, screen(tmp_path, screen_cli.DEMO_CHECKPOINT, "onnxruntime", "ort")) >= 0.99
+
+
+# The real CT volumes of ../shared/data/ct (no COVID labels; the demo model still marks some voxels). To stay
+# near 2 minutes on one core (export ~40 s, 256² MSA-UNet inference twice), the TotalSegmentator crop is cut to
+# its central TOTALSEG_SLICES of 164 slices; the other two volumes are screened whole.
+REAL_CT = {"ct-64_LPS": "cip_copdgene_ct64/ct-64_LPS.nii.gz",
+           "Lung_Dx-A0001_5mm_kernelL_LPS": "lung_pet_ct_dx_A0001/Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"}
+TOTALSEG = "totalseg_ct_cropped/ct_cropped.nii.gz"
+TOTALSEG_SLICES = 40
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(screen_cli.DEMO_CHECKPOINT), reason="demo checkpoint not shipped")
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "ct")),
+                    reason=f"real CT volumes not found at {os.path.join(SHARED_DATA, 'ct')} (../shared beside the checkout)")
+def test_real_volumes_onnxruntime_matches_torch(tmp_path):
+    ct = os.path.join(SHARED_DATA, "ct")
+    inputs = [os.path.join(ct, rel) for rel in REAL_CT.values()]
+    image = nib.load(os.path.join(ct, TOTALSEG))
+    start = (image.shape[2] - TOTALSEG_SLICES) // 2
+    middle = str(tmp_path / "ct_cropped_mid.nii.gz")
+    nib.save(image.slicer[:, :, start:start + TOTALSEG_SLICES], middle)  # slicer keeps the geometry right
+    inputs.append(middle)
+    masks = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        assert main(["screen", *inputs, "-o", str(out), "--checkpoint", screen_cli.DEMO_CHECKPOINT, "--backend",
+                     backend, "--device", "cpu", "--workers", "0", "--no-progress", "--no-montage"]) == 0
+        masks[backend] = {case: nib.load(str(out / f"{case}_infection.nii.gz")).get_fdata() > 0
+                          for case in [*REAL_CT, "ct_cropped_mid"]}
+    assert any(m.any() for m in masks["torch"].values()), "the demo model marks nothing: the test compares nothing"
+    for case, reference in masks["torch"].items():
+        got = masks["onnxruntime"][case]
+        assert got.shape == reference.shape
+        assert dice(reference, got) >= 0.99, case
+        assert got.any() or not reference.any(), f"{case}: empty onnxruntime mask where torch marks voxels"
 
 
 @pytest.mark.cuda
