@@ -8,6 +8,8 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
+    from .screen import DEMO_VOLUME  # the packaged demo CT (screen.py imports nothing heavy)
+
     p = sub.add_parser("export", help="export a trained model to ONNX or a TensorRT engine")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `covseg train`")
     p.add_argument("--model", help="expected model name (error if the checkpoint holds another)")
@@ -16,39 +18,66 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example/engine input size")
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
+    p.add_argument("--check-volume", default=DEMO_VOLUME, metavar="CT",
+                   help="CT volume (NIfTI or DICOM folder) whose slices, prepared as `covseg screen` does, check "
+                   "onnxruntime against PyTorch (default: the packaged demo CT)")
+    p.add_argument("--check-slices", type=int, default=8, help="evenly spaced slices of --check-volume to compare")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16", help="TensorRT precision")
     p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
-    p.add_argument("--opt-batch", type=int, default=16, help="TensorRT profile: batch to optimise for")
+    p.add_argument("--opt-batch", type=int, help="TensorRT profile: batch to optimise for (default: min(16, max))")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..export import export_onnx
+    from ..export.onnx_export import verify_real_input
+    from ..export.real_input import screening_slices
+    from ..io import VolumeError
     from ..models import CheckpointError, get_spec, load_model
 
-    if os.path.exists(args.out) and not args.overwrite:
-        log.error("%s exists; pass --overwrite to replace it", args.out)
+    onnx_path = args.out if args.format == "onnx" else os.path.splitext(args.out)[0] + ".onnx"
+    if onnx_path == args.out and args.format == "tensorrt":
+        log.error("--out %s: give the engine another extension than .onnx", args.out)
+        return 2
+    for path in {args.out, onnx_path}:
+        if os.path.exists(path) and not args.overwrite:
+            log.error("%s exists; pass --overwrite to replace it", path)
+            return 2
+    if args.check_slices < 1:
+        log.error("--check-slices must be ≥ 1")
+        return 2
+    opt_batch = min(16, args.max_batch) if args.opt_batch is None else args.opt_batch
+    if args.format == "tensorrt" and not 1 <= opt_batch <= args.max_batch:
+        log.error("need 1 ≤ --opt-batch ≤ --max-batch, got %s and %s", opt_batch, args.max_batch)
         return 2
     try:
         model = load_model(args.checkpoint, expect=args.model)
     except CheckpointError as exc:
         log.error("%s", exc)
         return 2
-    onnx_path = args.out if args.format == "onnx" else os.path.splitext(args.out)[0] + ".onnx"
+    try:
+        real = screening_slices(model.covseg_name, args.check_volume, args.check_slices,
+                                size=args.size if args.static else None)
+    except (VolumeError, OSError) as exc:
+        log.error("--check-volume %s: %s", args.check_volume, exc)
+        return 2
     report = export_onnx(model, onnx_path, size=args.size, opset=args.opset, dynamic_batch=not args.static,
                          dynamic_spatial=not args.static)
+    verify_real_input(model, report, real, f"{real.shape[0]} slices of {os.path.basename(args.check_volume)}")
     print(report.summary())
     if args.format == "tensorrt":
         from ..export.tensorrt_engine import build_engine
 
         spec = get_spec(model.covseg_name)
         h, w = args.size or spec.input_size
+        batches = dict(min_batch=1, opt_batch=opt_batch, max_batch=args.max_batch)
+        if args.static:  # the graph's batch is fixed: the profile can only be that batch
+            batches = dict.fromkeys(batches, report.input_shape[0])
         try:
-            settings = build_engine(onnx_path, args.out, precision=args.precision, opt_batch=args.opt_batch,
-                                    max_batch=args.max_batch, height=h, width=w, channels=spec.in_channels,
-                                    timing_cache=args.timing_cache)
+            settings = build_engine(onnx_path, args.out, precision=args.precision, height=h, width=w,
+                                    channels=spec.in_channels, timing_cache=args.timing_cache, **batches)
         except (RuntimeError, ValueError) as exc:
             log.error("%s", exc)
             return 1

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__
 from .reference_mode import reference_modules
-from .trt_supported_ops import unsupported_nodes
+from .trt_supported_ops import min_tensorrt_for_opset, unsupported_nodes
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -42,6 +42,10 @@ class OnnxExportReport:
     checked_shapes: list = dataclasses.field(default_factory=list)
     tensorrt_unsupported: list = dataclasses.field(default_factory=list)
     op_types: list = dataclasses.field(default_factory=list)
+    real_input: Optional[str] = None  # what the real-input check ran on (see verify_real_input)
+    real_shape: Optional[tuple] = None
+    real_max_abs_error_probability: Optional[float] = None
+    real_max_abs_error_logits: Optional[float] = None
 
     def summary(self) -> str:
         lines = [f"ONNX model written to {self.path} (opset {self.opset}, {self.seconds:.1f} s)",
@@ -50,8 +54,17 @@ class OnnxExportReport:
         if self.max_abs_error_probability is not None:
             lines.append(f"  onnxruntime vs PyTorch (fp32) on {self.checked_shapes}: max |Δ probability| = "
                          f"{self.max_abs_error_probability:.2e}, max |Δ logit| = {self.max_abs_error_logits:.2e}")
-        lines.append("  TensorRT ONNX parser: " + ("all ops supported" if not self.tensorrt_unsupported
-                                                   else f"unsupported: {self.tensorrt_unsupported}"))
+        if self.real_max_abs_error_probability is not None:
+            lines.append(f"  onnxruntime vs PyTorch (fp32) on {self.real_input} {self.real_shape}: max |Δ probability| = "
+                         f"{self.real_max_abs_error_probability:.2e}, max |Δ logit| = "
+                         f"{self.real_max_abs_error_logits:.2e}")
+        try:
+            needs = f"TensorRT ≥ {min_tensorrt_for_opset(self.opset)}"
+        except ValueError:
+            needs = "no TensorRT release we know of"
+        lines.append(f"  TensorRT ONNX parser (opset {self.opset}: {needs}): "
+                     + ("all ops supported" if not self.tensorrt_unsupported
+                        else f"unsupported: {self.tensorrt_unsupported}"))
         return "\n".join(lines)
 
 
@@ -100,7 +113,7 @@ def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]
     if opset < 18:
         raise ValueError(f"export: opset must be ≥ 18, got {opset}")
     shape = model_input_shape(model, batch=2, size=size)
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(_device_of(model))
     model = model.eval()
     start = time.perf_counter()
     directory = os.path.dirname(os.path.abspath(out_path))
@@ -153,11 +166,39 @@ def verify_onnx(model: nn.Module, report: OnnxExportReport, extra_inputs: Sequen
         inputs.append(torch.randn((1, c, h + get_spec(report.model).size_multiple, w), generator=gen))
     inputs += list(extra_inputs)
     err_p = err_z = 0.0
-    with reference_modules(model), torch.no_grad():
-        for x in inputs:
-            expected = model(x)
-            got = runner(x)
-            err_z = max(err_z, (got - expected).abs().max().item())
-            err_p = max(err_p, (torch.sigmoid(got) - torch.sigmoid(expected)).abs().max().item())
-            report.checked_shapes.append(tuple(x.shape))
+    for x in inputs:
+        p, z = _max_errors(model, runner, x)
+        err_p, err_z = max(err_p, p), max(err_z, z)
+        report.checked_shapes.append(tuple(x.shape))
     report.max_abs_error_logits, report.max_abs_error_probability = err_z, err_p
+
+
+def verify_real_input(model: nn.Module, report: OnnxExportReport, x: torch.Tensor, description: str) -> None:
+    """Compare onnxruntime (CPU) with PyTorch (reference path, fp32) on one real batch ``x`` (prepared for the
+    model) and store its max errors in ``report.real_*`` (the random-input figures are left as they are)."""
+    from .runners import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(report.path, device="cpu")
+    batch = report.input_shape[0]
+    # a graph with a fixed batch takes the slices in batches of that size
+    parts = [x] if report.dynamic_batch else [part for part in x.split(batch) if part.shape[0] == batch]
+    if not parts:
+        raise ValueError(f"verify_real_input: {x.shape[0]} slices, fewer than the graph's fixed batch {batch}")
+    errors = [_max_errors(model, runner, part) for part in parts]
+    p, z = max(e[0] for e in errors), max(e[1] for e in errors)
+    report.real_input, report.real_shape = description, (sum(part.shape[0] for part in parts), *x.shape[1:])
+    report.real_max_abs_error_probability, report.real_max_abs_error_logits = p, z
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _max_errors(model: nn.Module, runner, x: torch.Tensor) -> tuple[float, float]:
+    """(max |Δ probability|, max |Δ logit|) between ``runner`` and the model's reference path on ``x``."""
+    x = x.float().cpu()
+    with reference_modules(model), torch.no_grad():
+        expected = model(x.to(_device_of(model))).float().cpu()
+    got = runner(x).float().cpu()
+    return ((torch.sigmoid(got) - torch.sigmoid(expected)).abs().max().item(),
+            (got - expected).abs().max().item())

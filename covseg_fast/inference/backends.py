@@ -3,6 +3,9 @@ onnxruntime or TensorRT, each wrapped as a module whose ``forward(x)`` returns l
 
 Exported backends are built once per run from the loaded model (ONNX with the reference
 ops, see covseg_fast.export) into ``cache_dir`` and reused by later runs of the same checkpoint.
+A TensorRT engine is reused only when everything it depends on matches: its file name is a hash of
+the ONNX file, the batch profile, the input size, the precision, the GPU (name and compute
+capability) and the TensorRT version, so a change in any of them builds a new engine.
 """
 from __future__ import annotations
 
@@ -10,25 +13,40 @@ import hashlib
 import json
 import logging
 import os
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+TENSORRT_PRECISION = "bf16"
+DEFAULT_MAX_BATCH = 32  # TensorRT profile when the caller does not say its batch size
 
 
 class RunnerModule(nn.Module):
-    """Wraps an exported-model runner (``runner(x) -> logits``) so the screener can treat it as a model."""
+    """Wraps an exported-model runner (``runner(x) -> logits``) so the screener can treat it as a model.
 
-    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], name: str):
+    ``max_batch``: the most rows the runner takes at once (a TensorRT profile); larger batches are run in
+    chunks of that size.
+    """
+
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], name: str, max_batch: Optional[int] = None):
         super().__init__()
         self.runner = runner
         self.backend_name = name
+        self.max_batch = max_batch
+        self._warned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.runner(x.float())
+        x = x.float()
+        if self.max_batch is None or x.shape[0] <= self.max_batch:
+            return self.runner(x)
+        if not self._warned:
+            log.warning("%s: batches of %d are run in chunks of %d (the engine's max batch); pass the batch size "
+                        "to make_backend to build for it", self.backend_name, x.shape[0], self.max_batch)
+            self._warned = True
+        return torch.cat([self.runner(part) for part in x.split(self.max_batch)])
 
 
 def _artifact(model: nn.Module, cache_dir: str, suffix: str) -> str:
@@ -39,17 +57,61 @@ def _artifact(model: nn.Module, cache_dir: str, suffix: str) -> str:
     return os.path.join(cache_dir, f"{model.covseg_name}-{digest.hexdigest()[:16]}{suffix}")
 
 
-def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str) -> nn.Module:
+def engine_key(onnx_sha256: str, *, max_batch: int, opt_batch: int, size: Sequence[int], channels: int,
+               precision: str, gpu: str, capability: str, tensorrt: str) -> str:
+    """The hash naming a cached TensorRT engine: everything the engine is only valid for."""
+    fields = {"onnx_sha256": onnx_sha256, "max_batch": max_batch, "opt_batch": opt_batch, "size": list(size),
+              "channels": channels, "precision": precision, "gpu": gpu, "compute_capability": capability,
+              "tensorrt": tensorrt}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tensorrt_backend(model: nn.Module, onnx_path: str, cache_dir: str, batch_size: Optional[int],
+                      size: Optional[Sequence[int]]) -> nn.Module:
+    from ..export import tensorrt_engine as te
+    from ..models.registry import get_spec
+
+    trt = te.import_tensorrt()
+    gpu, capability = te.gpu_identity()
+    spec = get_spec(model.covseg_name)
+    h, w = size or spec.input_size
+    max_batch = batch_size or DEFAULT_MAX_BATCH
+    opt_batch = max_batch  # the screener sends full batches; only a run's last one is smaller
+    key = engine_key(te.file_sha256(onnx_path), max_batch=max_batch, opt_batch=opt_batch, size=(h, w),
+                     channels=spec.in_channels, precision=TENSORRT_PRECISION, gpu=gpu, capability=capability,
+                     tensorrt=trt.__version__)
+    engine_path = os.path.join(cache_dir, f"{model.covseg_name}-trt-{key}.engine")
+    if os.path.isfile(engine_path) and os.path.isfile(engine_path + ".json"):
+        try:
+            return RunnerModule(te.TensorRTRunner(engine_path), "tensorrt", max_batch)
+        except RuntimeError as exc:  # e.g. a damaged file: build it again
+            log.warning("cached engine %s is unusable (%s); rebuilding it", engine_path, exc)
+    log.info("building a TensorRT engine (%s, batch 1..%d, %dx%d) for %s on %s; cached as %s",
+             TENSORRT_PRECISION, max_batch, h, w, model.covseg_name, gpu, engine_path)
+    te.build_engine(onnx_path, engine_path, precision=TENSORRT_PRECISION, min_batch=1, opt_batch=opt_batch,
+                    max_batch=max_batch, height=h, width=w, channels=spec.in_channels,
+                    timing_cache=os.path.join(cache_dir, "tensorrt.timing-cache"))
+    return RunnerModule(te.TensorRTRunner(engine_path), "tensorrt", max_batch)
+
+
+def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str, *, batch_size: Optional[int] = None,
+                 size: Optional[Sequence[int]] = None) -> nn.Module:
     """The module the screener calls for ``backend`` (one of BACKENDS).
 
+    Args:
+        batch_size: the largest batch the caller sends (``--batch-size``); the TensorRT engine is built for
+            batches 1..batch_size (default 32; larger batches then run in chunks).
+        size: (H, W) the caller sends to TensorRT (default: the model's input size).
     Raises:
-        ValueError: unknown backend, or TensorRT asked for without a CUDA device.
-        RuntimeError: the backend's runtime is missing (message says what to install).
+        ValueError: unknown backend, TensorRT asked for without a CUDA device, or batch_size < 1.
+        RuntimeError: the backend's runtime is missing (message says what to install) or cannot build.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise ValueError("the tensorrt backend needs a CUDA device (--device cuda)")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     model = model.eval()
     if backend == "torch":
         return model
@@ -66,12 +128,4 @@ def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str) ->
         log.info("%s", report.summary())
     if backend == "onnxruntime":
         return RunnerModule(OnnxRuntimeRunner(onnx_path, device=device), backend)
-    from ..export.tensorrt_engine import TensorRTRunner, build_engine
-    from ..models.registry import get_spec
-
-    engine_path = _artifact(model, cache_dir, ".engine")
-    if not os.path.isfile(engine_path):
-        spec = get_spec(model.covseg_name)
-        build_engine(onnx_path, engine_path, precision="bf16", height=spec.input_size[0], width=spec.input_size[1],
-                     channels=spec.in_channels)
-    return RunnerModule(TensorRTRunner(engine_path), backend)
+    return _tensorrt_backend(model, onnx_path, cache_dir, batch_size, size)

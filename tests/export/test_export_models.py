@@ -7,6 +7,7 @@ real COVID-SemiSeg slices (prepared exactly as for inference: grey in [0, 1] →
 """
 import dataclasses
 import os
+import re
 
 import numpy as np
 import onnx
@@ -16,7 +17,9 @@ from PIL import Image
 
 from covseg_fast.cli.main import main as cli_main
 from covseg_fast.data.slices import natural_key, read_grey
-from covseg_fast.export import OnnxRuntimeRunner, export_onnx, reference_modules, unsupported_nodes, verify_onnx
+from covseg_fast.export import (OnnxRuntimeRunner, export_onnx, min_tensorrt_for_opset, reference_modules,
+                                unsupported_nodes, verify_onnx)
+from covseg_fast.export.trt_supported_ops import MUST_BE_CONSTANT, MUST_BE_INITIALIZER, SHAPE_INPUTS, tensor_kinds
 from covseg_fast.models import get_model, get_spec, load_model, prepare_input
 
 PROBABILITY_TOLERANCE = 1e-4
@@ -67,6 +70,39 @@ def test_export_passes_checker_and_tensorrt_op_list(exported):
     assert meta["covseg_model"] == model.covseg_name
 
 
+# Ops in each graph that the TensorRT rules of trt_supported_ops.py constrain (so the check below is not vacuous).
+RULED_OPS = {"msa_unet": {"ReduceMean", "ReduceMax", "Unsqueeze"}, "unet": {"MaxPool"},
+             "refnet": {"Resize", "Reshape", "Squeeze", "MaxPool", "AveragePool"}}
+
+
+def test_graph_is_opset_18_and_meets_the_tensorrt_10_rules(exported):
+    model, report = exported
+    proto = onnx.load(report.path)
+    opsets = {o.domain: o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
+    assert list(opsets.values()) == [18] == [report.opset]
+    assert min_tensorrt_for_opset(18) == "10.0"  # TensorRT 8.6 parses up to opset 17 only
+    ops = {n.op_type for n in proto.graph.node}
+    assert RULED_OPS[model.covseg_name] <= ops
+    assert unsupported_nodes(proto) == []
+    initializers = {t.name for t in proto.graph.initializer}
+    kinds = tensor_kinds(proto.graph.node, initializers)
+    checked = 0
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if (node.op_type, i) in MUST_BE_INITIALIZER or (node.op_type, i) in MUST_BE_CONSTANT:
+                assert kinds.get(name) == "const", (node.name, name)
+                checked += 1
+            if name and (node.op_type, i) in SHAPE_INPUTS:
+                assert kinds.get(name) in ("const", "shape"), (node.name, name)
+                checked += 1
+    if model.covseg_name != "unet":
+        assert checked > 0
+    if model.covseg_name == "refnet":
+        # with dynamic H/W the Resize sizes are computed from the input's shape, not constants
+        sizes = [n.input[3] for n in proto.graph.node if n.op_type == "Resize" and len(n.input) > 3]
+        assert sizes and {kinds[s] for s in sizes} == {"shape"}
+
+
 def test_onnxruntime_matches_pytorch_on_random_inputs(exported):
     _, report = exported
     assert report.max_abs_error_probability is not None
@@ -98,6 +134,12 @@ def test_demo_checkpoint_exports_through_the_cli(tmp_path, capsys):
                      "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "max |Δ probability|" in printed and "all ops supported" in printed
+    assert "opset 18: TensorRT ≥ 10.0" in printed
+    # parity on real input: slices of the packaged demo CT, prepared as `covseg screen` does
+    real = re.search(r"on 8 slices of demo_ct\.nii\.gz \(8, 3, 256, 256\): max \|Δ probability\| = (\S+), "
+                     r"max \|Δ logit\| = (\S+)", printed)
+    assert real, printed
+    assert float(real.group(1)) <= PROBABILITY_TOLERANCE
     proto = onnx.load(out)
     onnx.checker.check_model(proto, full_check=True)
     assert unsupported_nodes(proto) == []

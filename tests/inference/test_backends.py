@@ -1,12 +1,23 @@
-"""`covseg screen --backend`: torch, torch.compile and onnxruntime give the same masks (Dice ≥ 0.99)."""
+"""`covseg screen --backend`: torch, torch.compile and onnxruntime give the same masks (Dice ≥ 0.99), on the
+demo volume and on the real CT volumes; the TensorRT backend's engine follows --batch-size and is cached per
+batch profile, precision, GPU, TensorRT version and ONNX file (checked with the fake ``tensorrt`` module of
+tests/export/fake_tensorrt.py, which checks our use of the TensorRT API, not TensorRT)."""
+import logging
 import os
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from covseg_fast.cli import screen as screen_cli
 from covseg_fast.cli.main import main
+from covseg_fast.export import tensorrt_engine as te
+from covseg_fast.inference.backends import RunnerModule, engine_key, make_backend
+from covseg_fast.models import load_model
+from tests.conftest import SHARED_DATA
+from tests.export.fake_tensorrt import calls_named, make_module
 
 from .tiny_model import make_checkpoint
 
@@ -53,8 +64,144 @@ def test_demo_checkpoint_onnxruntime_matches_torch(tmp_path):
     assert dice(reference, screen(tmp_path, screen_cli.DEMO_CHECKPOINT, "onnxruntime", "ort")) >= 0.99
 
 
+# The real CT volumes of ../shared/data/ct (no COVID labels; the demo model still marks some voxels). To stay
+# near 2 minutes on one core (export ~40 s, 256² MSA-UNet inference twice), the TotalSegmentator crop is cut to
+# its central TOTALSEG_SLICES of 164 slices; the other two volumes are screened whole.
+REAL_CT = {"ct-64_LPS": "cip_copdgene_ct64/ct-64_LPS.nii.gz",
+           "Lung_Dx-A0001_5mm_kernelL_LPS": "lung_pet_ct_dx_A0001/Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz"}
+TOTALSEG = "totalseg_ct_cropped/ct_cropped.nii.gz"
+TOTALSEG_SLICES = 40
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(screen_cli.DEMO_CHECKPOINT), reason="demo checkpoint not shipped")
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "ct")),
+                    reason=f"real CT volumes not found at {os.path.join(SHARED_DATA, 'ct')} (../shared beside the checkout)")
+def test_real_volumes_onnxruntime_matches_torch(tmp_path):
+    ct = os.path.join(SHARED_DATA, "ct")
+    inputs = [os.path.join(ct, rel) for rel in REAL_CT.values()]
+    image = nib.load(os.path.join(ct, TOTALSEG))
+    start = (image.shape[2] - TOTALSEG_SLICES) // 2
+    middle = str(tmp_path / "ct_cropped_mid.nii.gz")
+    nib.save(image.slicer[:, :, start:start + TOTALSEG_SLICES], middle)  # slicer keeps the geometry right
+    inputs.append(middle)
+    masks = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        assert main(["screen", *inputs, "-o", str(out), "--checkpoint", screen_cli.DEMO_CHECKPOINT, "--backend",
+                     backend, "--device", "cpu", "--workers", "0", "--no-progress", "--no-montage"]) == 0
+        masks[backend] = {case: nib.load(str(out / f"{case}_infection.nii.gz")).get_fdata() > 0
+                          for case in [*REAL_CT, "ct_cropped_mid"]}
+    assert any(m.any() for m in masks["torch"].values()), "the demo model marks nothing: the test compares nothing"
+    for case, reference in masks["torch"].items():
+        got = masks["onnxruntime"][case]
+        assert got.shape == reference.shape
+        assert dice(reference, got) >= 0.99, case
+        assert got.any() or not reference.any(), f"{case}: empty onnxruntime mask where torch marks voxels"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
+@pytest.mark.skipif(not os.path.isfile(screen_cli.DEMO_CHECKPOINT), reason="demo checkpoint not shipped")
+def test_tensorrt_backend_matches_torch_with_a_large_batch(tmp_path):
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (see tests/export/test_tensorrt.py)")
+    masks = {}
+    for backend in ("torch", "tensorrt"):
+        out = tmp_path / backend
+        assert main(["screen", screen_cli.DEMO_VOLUME, "-o", str(out), "--checkpoint", screen_cli.DEMO_CHECKPOINT,
+                     "--backend", backend, "--device", "cuda", "--batch-size", "48", "--workers", "0",
+                     "--no-progress", "--no-montage"]) == 0
+        masks[backend] = nib.load(str(out / "demo_ct_infection.nii.gz")).get_fdata() > 0
+    assert masks["torch"].any() and dice(masks["torch"], masks["tensorrt"]) >= 0.99
+    assert [f for f in os.listdir(tmp_path / "tensorrt" / ".covseg_cache") if f.endswith(".engine")]
+
+
 def test_tensorrt_backend_needs_a_gpu(tmp_path, tiny_checkpoint, caplog):
     code = main(["screen", screen_cli.DEMO_VOLUME, "-o", str(tmp_path / "trt"), "--checkpoint", tiny_checkpoint,
                  "--backend", "tensorrt", "--device", "cpu", "--workers", "0", "--no-progress"])
     assert code == 2
     assert "--backend tensorrt" in caplog.text and "CUDA device" in caplog.text
+
+
+# ---------------------------------------------------------------- TensorRT engine cache (fake tensorrt)
+
+def install_fake_tensorrt(monkeypatch, **kwargs):
+    trt = make_module(**kwargs)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(te, "gpu_identity", lambda: (trt.fake.gpu, trt.fake.capability))
+    return trt
+
+
+def engines(cache) -> list:
+    return sorted(p for p in os.listdir(cache) if p.endswith(".engine"))
+
+
+def test_tensorrt_engine_follows_batch_size_and_is_rebuilt_when_its_settings_change(monkeypatch, tmp_path,
+                                                                                    tiny_checkpoint):
+    model, cache = load_model(tiny_checkpoint), str(tmp_path / "cache")
+    trt = install_fake_tensorrt(monkeypatch)
+    module = make_backend(model, "tensorrt", "cuda", cache, batch_size=64)
+    assert isinstance(module, RunnerModule) and module.max_batch == 64 == module.runner.max_batch
+    # the profile covers batches 1..--batch-size at the model's input size; bf16
+    (name, lo, opt, hi), _ = calls_named(trt, "IOptimizationProfile.set_shape")[0]
+    assert (lo, opt, hi) == ((1, 1, 64, 64), (64, 1, 64, 64), (64, 1, 64, 64))
+    assert [repr(a[0]) for a, _ in calls_named(trt, "IBuilderConfig.set_flag")] == ["BuilderFlag.BF16"]
+    first = engines(cache)
+    assert len(first) == 1 and os.path.isfile(os.path.join(cache, "tensorrt.timing-cache"))
+
+    make_backend(model, "tensorrt", "cuda", cache, batch_size=64)  # same settings: the cached engine
+    assert len(trt.fake.builds) == 1 and engines(cache) == first
+
+    make_backend(model, "tensorrt", "cuda", cache, batch_size=128)  # another batch size: a new engine
+    assert trt.fake.builds[-1]["profile"]["image"][2] == (128, 1, 64, 64)
+    assert len(trt.fake.builds) == 2 and len(engines(cache)) == 2
+
+    # another GPU (or TensorRT version): rebuilt for it, where a reused engine would be refused
+    a100 = install_fake_tensorrt(monkeypatch, gpu="NVIDIA A100-SXM4-80GB", capability="8.0")
+    assert make_backend(model, "tensorrt", "cuda", cache, batch_size=64).runner.max_batch == 64
+    assert len(a100.fake.builds) == 1 and len(engines(cache)) == 3
+    newer = install_fake_tensorrt(monkeypatch, version="10.4.0")
+    make_backend(model, "tensorrt", "cuda", cache, batch_size=64)
+    assert len(newer.fake.builds) == 1 and len(engines(cache)) == 4
+
+
+def test_engine_key_covers_every_setting():
+    base = dict(max_batch=16, opt_batch=16, size=(256, 256), channels=3, precision="bf16", gpu="NVIDIA H100",
+                capability="9.0", tensorrt="10.3.0")
+    key = engine_key("a" * 64, **base)
+    assert engine_key("b" * 64, **base) != key  # the ONNX file
+    changed = dict(max_batch=32, opt_batch=8, size=(128, 128), channels=1, precision="fp16", gpu="NVIDIA A100",
+                   capability="8.0", tensorrt="10.4.0")
+    for field, value in changed.items():
+        assert engine_key("a" * 64, **{**base, field: value}) != key, field
+
+
+def test_damaged_cached_engine_is_rebuilt(monkeypatch, tmp_path, tiny_checkpoint, caplog):
+    model, cache = load_model(tiny_checkpoint), str(tmp_path / "cache")
+    trt = install_fake_tensorrt(monkeypatch)
+    make_backend(model, "tensorrt", "cuda", cache, batch_size=8)
+    (engine,) = engines(cache)
+    with open(os.path.join(cache, engine), "wb") as fh:
+        fh.write(b"truncated")
+    with caplog.at_level(logging.WARNING):
+        make_backend(model, "tensorrt", "cuda", cache, batch_size=8)
+    assert "is unusable" in caplog.text and len(trt.fake.builds) == 2 and engines(cache) == [engine]
+
+
+def test_batches_over_the_engine_limit_run_in_chunks():
+    sizes = []
+
+    def runner(x):
+        assert x.shape[0] <= 4
+        sizes.append(x.shape[0])
+        return x * 2
+
+    x = torch.arange(10.0).reshape(10, 1, 1, 1)
+    torch.testing.assert_close(RunnerModule(runner, "tensorrt", max_batch=4)(x), x * 2)
+    assert sizes == [4, 4, 2]
+
+
+def test_bad_batch_size_is_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
+        make_backend(load_model(tiny_checkpoint), "onnxruntime", "cpu", str(tmp_path), batch_size=0)
