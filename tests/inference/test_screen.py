@@ -12,6 +12,7 @@ import pytest
 
 from covseg_fast.cli import screen as screen_cli
 from covseg_fast.cli.main import main
+from covseg_fast.inference import decoding
 from tests.ct_helpers import (axis_affine, oblique_affine, phantom, save_dicom_series, save_nifti,
                               write_bad_inputs)
 from tests.inference.tiny_model import make_checkpoint
@@ -157,6 +158,58 @@ def test_write_failure_leaves_no_partial_file(tmp_path, ckpt, monkeypatch):
     monkeypatch.setattr(writer.nib, "save", real)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
     assert (out / "b.json").is_file()
+
+
+_REAL_DECODE = decoding.decode_case
+
+
+def _decode_or_die(case):
+    """Decoding in a worker, except that case c3 kills its worker process (like the OOM killer or a segfault)."""
+    if case.case_id == "c3":
+        os._exit(137)
+    return _REAL_DECODE(case)
+
+
+def test_a_dying_decoding_worker_fails_only_its_case(tmp_path, ckpt, monkeypatch, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = _six_cases(inp)
+    monkeypatch.setattr(decoding, "decode_case", _decode_or_die)  # forked workers inherit the patch
+    # 2 workers, 4 cases in flight when c3 dies: the others in flight are retried alone and succeed
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2) == 1
+    fails = _rows(out / "failures.csv")
+    assert [f["case_id"] for f in fails] == ["c3"]
+    assert "decoding worker process died" in fails[0]["reason"] and "retried alone" in fails[0]["reason"]
+    ok = [n for n in names if n != "c3"]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ok
+    assert all((out / f"{n}_infection.nii.gz").is_file() for n in ok) and not (out / "c3.json").exists()
+    assert "retrying" in caplog.text
+    # --resume tries c3 again, fails it the same way, keeps the rest
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 1
+    assert [f["case_id"] for f in _rows(out / "failures.csv")] == ["c3"]
+    assert {r["status"] for r in _rows(out / "summary.csv")} == {"complete (resumed)"}
+    monkeypatch.setattr(decoding, "decode_case", _REAL_DECODE)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 0
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == names
+
+
+def test_an_error_after_inference_fails_one_case(tmp_path, ckpt, monkeypatch):
+    from covseg_fast.inference.screener import Screener
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    real, calls = Screener.from_model_probs, []
+
+    def oom_on_second(self, prob, plane):  # cases finish in input order: the second is b
+        calls.append(plane)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, prob, plane)
+
+    monkeypatch.setattr(Screener, "from_model_probs", oom_on_second)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 1
+    assert [(f["case_id"], f["reason"]) for f in _rows(out / "failures.csv")] == [
+        ("b", "postprocessing failed: RuntimeError: CUDA out of memory (simulated)")]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "c"]
 
 
 TIMING_KEYS = {"decode_s", "infer_s", "time_s"}
