@@ -8,8 +8,9 @@ are decoded again, one at a time, in the fresh pool: only a case that kills its 
 is recorded as failed, and the batch goes on.
 
 Workers do not outlive the main process: on Linux each asks the kernel for SIGKILL when its parent
-dies (``PR_SET_PDEATHSIG``), and on every platform a watchdog thread exits the worker once its parent
-pid changes (the parent died and the worker was re-parented).
+dies (``PR_SET_PDEATHSIG``), and on every platform a watchdog thread exits the worker within a second
+once its parent pid changes (it was re-parented) or the main process is gone (with a forkserver the
+parent is the server, which stays alive as long as its workers do).
 """
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _worker_init() -> None:
-    """Runs first in every worker: exit when the parent process dies."""
-    parent = os.getppid()
+def _worker_init(main_pid: int) -> None:
+    """Runs first in every worker: exit when the main process dies."""
+    parent = os.getppid()  # the main process (fork, spawn) or the forkserver
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -69,16 +70,36 @@ def _worker_init() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         except (OSError, AttributeError):
             pass  # the watchdog below still works
-    if os.getppid() != parent:  # the parent died before the signal was armed
+    if os.getppid() != parent or not _pid_alive(main_pid):  # died before the signal was armed
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="covseg-parent-watch").start()
+    # a forkserver outlives the main process while its workers live (they hold its "alive" pipe), so the
+    # parent-death signal alone would not fire there: also watch the main process itself
+    threading.Thread(target=_watch_parent, args=(parent, main_pid), daemon=True,
+                     name="covseg-parent-watch").start()
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, main_pid: int) -> None:
     while True:
         time.sleep(PARENT_POLL_S)
-        if os.getppid() != parent:
+        if os.getppid() != parent or not _pid_alive(main_pid):
             os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def _context():
@@ -143,7 +164,8 @@ def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
     try:
         while True:
             if pool is None:
-                pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+                pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                              initargs=(os.getpid(),))
             try:
                 fill()
             except BrokenProcessPool:

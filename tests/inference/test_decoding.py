@@ -26,10 +26,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow  # a fresh interpreter imports torch: several seconds on 2 cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the worker processes")
-def test_workers_do_not_outlive_a_killed_main_process(tmp_path):
+@pytest.mark.parametrize("method", ["fork", "forkserver"])  # forkserver: what the screener uses once CUDA is up
+def test_workers_do_not_outlive_a_killed_main_process(tmp_path, method):
     script = tmp_path / "main.py"
-    script.write_text(textwrap.dedent("""
-        import os, sys, time
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, time
         from covseg_fast.inference import decoding
         from covseg_fast.io import Case
 
@@ -37,9 +38,11 @@ def test_workers_do_not_outlive_a_killed_main_process(tmp_path):
             print(os.getpid(), flush=True)
             time.sleep(120)
 
-        decoding.decode_case = stuck
-        for _ in decoding.decoded_in_order([Case(f"c{i}", "/none", "nifti") for i in range(4)], 2):
-            pass
+        if __name__ == "__main__":
+            decoding.decode_case = stuck
+            decoding._context = lambda: multiprocessing.get_context("{method}")
+            for _ in decoding.decoded_in_order([Case(f"c{{i}}", "/none", "nifti") for i in range(4)], 2):
+                pass
     """))
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
@@ -60,7 +63,7 @@ def test_workers_do_not_outlive_a_killed_main_process(tmp_path):
 
 
 def test_the_watchdog_exits_a_worker_whose_parent_changed(monkeypatch):
-    """Where PR_SET_PDEATHSIG does not exist, the parent-pid watchdog ends the worker."""
+    """The watchdog ends a worker whose parent changed (no PR_SET_PDEATHSIG) or whose main process died."""
     exits = []
 
     class Stop(Exception):
@@ -70,13 +73,27 @@ def test_the_watchdog_exits_a_worker_whose_parent_changed(monkeypatch):
         exits.append(code)
         raise Stop
 
-    pids = iter([100, 100, 1])
-    monkeypatch.setattr(decoding.os, "getppid", lambda: next(pids))
     monkeypatch.setattr(decoding.os, "_exit", fake_exit)
     monkeypatch.setattr(decoding, "PARENT_POLL_S", 0.0)
+    pids = iter([100, 100, 1])  # re-parented: the parent died
+    monkeypatch.setattr(decoding.os, "getppid", lambda: next(pids))
     with pytest.raises(Stop):
-        decoding._watch_parent(100)
-    assert exits == [1]
+        decoding._watch_parent(100, os.getpid())
+    monkeypatch.setattr(decoding.os, "getppid", lambda: 100)  # a forkserver parent lives on, the main died
+    alive = iter([True, True, False])
+    monkeypatch.setattr(decoding, "_pid_alive", lambda pid: next(alive))
+    with pytest.raises(Stop):
+        decoding._watch_parent(100, 12345)
+    assert exits == [1, 1]
+
+
+def test_pid_alive_sees_a_zombie_as_dead():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while decoding._pid_alive(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped
+        time.sleep(0.05)
+    assert not decoding._pid_alive(child.pid) and child.poll() == 0
+    assert decoding._pid_alive(os.getpid()) and not decoding._pid_alive(child.pid)
 
 
 def test_in_process_decoding_keeps_input_order(tmp_path):
