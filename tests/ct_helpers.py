@@ -103,12 +103,27 @@ def write_bad_inputs(folder: str) -> dict[str, str]:
     good = phantom((16, 16, 4))
     aff = axis_affine("LPS")
     expect = {}
-    p = save_nifti(os.path.join(folder, "full.nii.gz"), good, aff)
+    # damaged gzip. At this size nibabel alone reads every one but "truncated" and "notgzip" as a fine
+    # volume: it stops reading once it has the voxels, so it never reaches the CRC-32 and length trailer
+    p = save_nifti(os.path.join(folder, "full.nii.gz"), phantom((48, 48, 8)), aff)
     raw = open(p, "rb").read()
-    with open(os.path.join(folder, "truncated.nii.gz"), "wb") as fh:
-        fh.write(raw[: len(raw) // 2])
     os.unlink(p)
-    expect["truncated"] = "gzip"
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x55  # one byte inside the compressed data
+    crc = bytearray(raw)
+    crc[-6] ^= 0x01                 # the stored CRC-32 (trailer: CRC-32, then length, 4 bytes each)
+    size = bytearray(raw)
+    size[-2] ^= 0x01                # the stored uncompressed length
+    damaged = {"truncated": (raw[: len(raw) // 2], "truncated gzip"),
+               "cut4": (raw[:-4], "truncated gzip"), "cut10": (raw[:-10], "truncated gzip"),
+               "flipbyte": (bytes(flipped), "corrupt gzip"), "badcrc": (bytes(crc), "corrupt gzip: CRC"),
+               "badlength": (bytes(size), "corrupt gzip"),
+               "trailingjunk": (raw + b"junk after the stream", "after the end of the compressed stream"),
+               "notgzip": (gzip.decompress(raw), "not gzip-compressed")}
+    for case, (payload, words) in damaged.items():
+        with open(os.path.join(folder, f"{case}.nii.gz"), "wb") as fh:
+            fh.write(payload)
+        expect[case] = words
     with open(os.path.join(folder, "corrupt.nii.gz"), "wb") as fh:
         fh.write(gzip.compress(b"this is not a nifti header at all" * 20))
     expect["corrupt"] = "not a readable NIfTI"

@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
                    help="batch summary format (per-case JSON and failures.csv are always written)")
     p.add_argument("--allow-output-in-input", action="store_true", help="allow --output inside an input folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--merge-shards", metavar="DIR", default=None,
+                   help="merge summary_shardKofN.csv/.json and failures_shardKofN.csv of all N shards in DIR into "
+                   "summary.csv/.json and failures.csv (run once every shard has finished); nothing is screened")
     p.add_argument("--demo", action="store_true", help="screen the demo CT volume shipped in the package "
                    "with the shipped demo checkpoint")
     p.set_defaults(run=run)
@@ -67,17 +70,28 @@ def _device(text: str) -> str:
 
     from ..inference.batch import UsageError
 
+    local = os.environ.get("LOCAL_RANK", "")
     if text == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
-        return "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        text = "cuda"
     try:
         dev = torch.device(text)
     except RuntimeError as exc:
         raise UsageError(f"--device {text!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type != "cuda":
+        return text
+    if not torch.cuda.is_available():
         raise UsageError(f"--device {text}: CUDA is not available on this machine")
-    return text
+    # plain "cuda" under torchrun: one GPU per local rank (an explicit cuda:N is taken as given)
+    try:
+        index = dev.index if dev.index is not None else int(local or 0)
+    except ValueError:
+        raise UsageError(f"--device {text}: LOCAL_RANK={local!r} is not a GPU index") from None
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}{f' (LOCAL_RANK={local})' if dev.index is None and local else ''}: "
+                         f"GPU {index} does not exist; this machine has {torch.cuda.device_count()}")
+    return f"cuda:{index}"
 
 
 def run(args) -> int:
@@ -96,9 +110,13 @@ def _run(args) -> int:
     from ..inference.batch import UsageError, screen_batch
     from ..inference.backends import make_backend
     from ..inference.screener import ScreenConfig, Screener, default_writers
-    from ..models.registry import CheckpointError, get_spec, load_model
+    from ..models.registry import MODELS, CheckpointError, get_spec, load_model
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
+    if args.merge_shards is not None:
+        return _merge(args)
+    if args.model is not None and args.model not in MODELS:
+        raise UsageError(f"--model {args.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
     if args.demo:
         if not os.path.isfile(DEMO_VOLUME):
             raise UsageError(f"--demo: the demo volume {DEMO_VOLUME} is missing from this installation")
@@ -150,4 +168,16 @@ def _run(args) -> int:
              s["volumes_per_s"], s["slices_per_s"], os.path.abspath(s["output_dir"]))
     if s["ok"] or s["failed"]:
         log.info("%s", s["stage_line"])
+    return code
+
+
+def _merge(args) -> int:
+    from ..inference.batch import UsageError
+    from ..inference.shard_reports import merge_shard_reports
+
+    if args.inputs or args.demo:
+        raise UsageError("--merge-shards DIR merges reports only: give no inputs and no --demo")
+    code, s = merge_shard_reports(args.merge_shards)
+    log.info("merged the reports of %d shards: %d case(s) ok, %d failed → %s", s["shards"], s["cases"], s["failed"],
+             os.path.abspath(s["output_dir"]))
     return code

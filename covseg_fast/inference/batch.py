@@ -6,6 +6,7 @@ import os
 import time
 
 from ..io import Case, discover
+from .outputs import is_own_output
 from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, write_csv
 from .screener import ScreenConfig, Screener, ScreenResult
 
@@ -46,7 +47,11 @@ def _inside(path: str, root: str) -> bool:
 
 
 def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: bool) -> None:
-    """Refuse an output directory inside an input directory tree (unless ``allow``) or that is a file.
+    """Refuse an output directory that is a file, or (unless ``allow``) one that overlaps the inputs.
+
+    Overlap: inside an input directory or a DICOM series folder (the next run over that directory would
+    find the outputs), or holding an input, i.e. the folder of an input file or a folder above an input
+    (outputs would land among the inputs; before, such inputs were silently dropped as "outputs").
 
     Raises:
         UsageError: with the offending input named.
@@ -55,10 +60,14 @@ def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: b
         raise UsageError(f"output {out_dir} exists and is not a directory")
     if allow:
         return
+    hint = "choose another --output or pass --allow-output-in-input"
     for root in roots + [c.path for c in cases if c.kind == "dicom"]:
         if _inside(out_dir, root):
-            raise UsageError(f"output directory {out_dir} is inside the input tree {root}; choose another "
-                             "--output or pass --allow-output-in-input")
+            raise UsageError(f"output directory {out_dir} is inside the input tree {root}; {hint}")
+    for c in cases:
+        if c.kind != "missing" and _inside(c.path, out_dir):
+            raise UsageError(f"output directory {out_dir} holds the input {c.path} (outputs would mix with the "
+                             f"inputs); {hint}")
 
 
 def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, resume: bool = False,
@@ -80,29 +89,41 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     if resume and overwrite:
         raise UsageError("--resume and --overwrite are mutually exclusive")
     k, n = parse_shard(shard)
-    cases, roots = discover(inputs)
+    own = []  # masks/probabilities screen wrote in the output folder are never inputs
+
+    def is_own(path: str) -> bool:
+        if is_own_output(path, config.out_dir):
+            own.append(path)
+            return True
+        return False
+
+    cases, roots = discover(inputs, exclude=is_own)
+    if own:
+        log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities)", len(own),
+                 config.out_dir)
     check_output_dir(config.out_dir, roots, cases, allow_output_in_input)
-    cases = [c for c in cases if not _inside(c.path, config.out_dir)]  # never screen our own outputs
     mine = select_shard(cases, k, n)
     plan = config.plan()
     todo, done = [], []
     for c in mine:
-        rec = plan.complete(c.case_id) if resume else None
+        rec = plan.complete(c.case_id, c.path) if resume else None
         if rec is not None:
             done.append(rec)
             continue
         if not resume and not overwrite and any(os.path.exists(p) for p in plan.paths(c.case_id).values()):
             raise UsageError(f"outputs for case {c.case_id} already exist in {config.out_dir}; pass --resume "
                              "(skip complete cases) or --overwrite")
-        removed = plan.remove_stray_temporaries(c.case_id)
-        if removed:
-            log.info("%s: removed %d temporary file(s) left by an interrupted run", c.case_id, removed)
         todo.append(c)
+    # the model (checkpoint checks included) before the output folder: a usage error leaves nothing behind
+    screener = screener_factory() if todo else None
     os.makedirs(config.out_dir, exist_ok=True)
+    removed = plan.remove_stray_temporaries([c.case_id for c in mine])  # this shard's cases only
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
     log.info("screening %d case(s) (shard %d/%d of %d found; %d already complete) → %s",
              len(todo), k, n, len(cases), len(done), config.out_dir)
     t0 = time.perf_counter()
-    res = screener_factory().run(todo) if todo else ScreenResult()
+    res = screener.run(todo) if todo else ScreenResult()
     wall = time.perf_counter() - t0
     suffix = "" if n == 1 else f"_shard{k}of{n}"
     rows = sorted([dict(r, status="complete (resumed)") for r in done] + res.records,

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
+import re
 
 import numpy as np
 
@@ -35,26 +35,74 @@ class OutputPlan:
         p["json"] = os.path.join(self.out_dir, f"{case_id}.json")
         return p
 
-    def complete(self, case_id: str) -> dict | None:
-        """The case's JSON record when all its outputs exist and the JSON says ok, else None."""
+    def complete(self, case_id: str, path: str | None = None) -> dict | None:
+        """The case's JSON record when all its outputs exist and the JSON says ok, else None.
+
+        With ``path`` (the input), the record must also be of an input with that file name: outputs
+        left under the same id by another input (e.g. before ids were disambiguated) do not count.
+        The folder may differ, so a moved or differently mounted input tree still resumes.
+        """
         paths = self.paths(case_id)
         if not all(os.path.isfile(p) for p in paths.values()):
             return None
         rec = read_json(paths["json"])
-        return rec if rec is not None and rec.get("status") == "ok" else None
+        if rec is None or rec.get("status") != "ok":
+            return None
+        if path is not None and _name(str(rec.get("path", ""))) != _name(path):
+            return None
+        return rec
 
-    def remove_stray_temporaries(self, case_id: str) -> int:
-        """Delete temporary files left by a killed run for this case's outputs; returns how many."""
+    def remove_stray_temporaries(self, case_ids: list[str]) -> int:
+        """Delete temporary files a killed run left for these cases' outputs; returns how many.
+
+        Lists the folder once (not once per case: a resumed batch may hold many thousands of files) and
+        matches the exact temporary names of ``atomic_write``/``atomic_save`` (``.<output>.<random>.tmp``
+        or ``.<output>.<random>.<extension>``), so another case's files are never touched.
+        """
+        try:
+            names = [n for n in os.listdir(self.out_dir) if n.startswith(".")]
+        except OSError:
+            return 0
+        ours = {os.path.basename(p) for c in case_ids for p in self.paths(c).values()}
         n = 0
-        for p in self.paths(case_id).values():
-            d, base = os.path.split(p)
-            for tmp in glob.glob(os.path.join(glob.escape(d), "." + glob.escape(base) + ".*")):
+        for name in names:
+            if any(_is_temporary_of(base, name) for base in _prefixes(name) if base in ours):
                 try:
-                    os.unlink(tmp)
+                    os.unlink(os.path.join(self.out_dir, name))
                     n += 1
                 except OSError:
                     pass
         return n
+
+
+def _prefixes(name: str):
+    """The candidate final names X of a hidden file ".X.<rest>" (every dot can end X)."""
+    return (name[1:i] for i in range(2, len(name)) if name[i] == ".")
+
+
+def _is_temporary_of(base: str, name: str) -> bool:
+    """``name`` is a temporary of ``base`` from covseg_fast.atomic: ".base.<random>.tmp" or ".base.<random>.<ext>"."""
+    rest = name[len(base) + 2:]
+    rnd, _, suffix = rest.partition(".")
+    return bool(re.fullmatch(r"\w+", rnd)) and suffix in ("tmp", base.split(".", 1)[-1])
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path.rstrip("/\\"))
+
+
+# screen's own per-case NIfTI outputs, and their temporaries (atomic_save: .<name>.<random>.nii.gz)
+OWN_NIFTI = re.compile(r".+_(infection|probabilities)\.nii\.gz|\..+_(infection|probabilities)\.nii\.gz\.\w+\.nii\.gz")
+
+
+def is_own_output(path: str, out_dir: str) -> bool:
+    """True for a mask or probability file (or its temporary) that `covseg screen` writes in ``out_dir``.
+
+    Such files are never screened as inputs, even when ``out_dir`` lies in the input tree.
+    """
+    if os.path.realpath(os.path.dirname(os.path.abspath(path))) != os.path.realpath(out_dir):
+        return False
+    return OWN_NIFTI.fullmatch(os.path.basename(path)) is not None
 
 
 def case_statistics(mask: np.ndarray, lung: np.ndarray, volume: Volume) -> dict:

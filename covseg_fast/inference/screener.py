@@ -2,8 +2,9 @@
 
 Stages (each overlaps the others):
 
-1. decode — worker processes (``concurrent.futures.ProcessPoolExecutor``, ``workers`` of them, a bounded
-   look-ahead) read NIfTI/DICOM into a canonical :class:`~covseg_fast.io.Volume` and compute the lung mask;
+1. decode — worker processes (:mod:`.decoding`, ``workers`` of them, a bounded look-ahead) read NIfTI/DICOM
+   into a canonical :class:`~covseg_fast.io.Volume` and compute the lung mask; a worker that dies (out of
+   memory, a decoder crash) is replaced and only the case that kills it again, alone, fails;
 2. device — the HU volume goes to the device (pinned memory, non-blocking copy on CUDA), where the slices
    are put in display orientation, windowed, resized to the model's input size and normalised;
 3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
@@ -23,13 +24,10 @@ decoded input (starved) or for room in the write queue (back-pressure), and name
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 import logging
-import multiprocessing
 import os
 import queue
-import sys
 import threading
 import time
 from typing import Optional
@@ -38,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import Case, read_case
+from ..io import Case
 from ..models.registry import ModelSpec, prepare_input
-from .lung import lung_mask
+from .decoding import decoded_in_order, reason as _reason
 from .outputs import OutputPlan, write_case
 from .stage_times import StageTimes
 
@@ -94,27 +92,6 @@ class ScreenResult:
     @property
     def slices_per_s(self) -> float:
         return self.slices / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def decode_case(case: Case) -> dict:
-    """Worker stage: read one case and compute its lung mask. Never raises: errors become a reason."""
-    t0 = time.perf_counter()
-    try:
-        vol = read_case(case.path, case.kind)
-        lung = lung_mask(vol.data)
-        return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
-    except Exception as exc:  # one bad input must never stop the batch
-        return {"case": case, "error": _reason(exc), "decode_s": time.perf_counter() - t0}
-
-
-def _reason(exc: BaseException) -> str:
-    """One line: the message of a VolumeError, else 'ExceptionType: message'."""
-    from ..io import VolumeError
-
-    msg = " ".join(str(exc).split())
-    if isinstance(exc, VolumeError) and msg:
-        return msg
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 class _Pending:
@@ -217,37 +194,6 @@ class Screener:
         res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
 
-    def _decoded(self, cases: list[Case]):
-        """Decoded cases in input order, decoded ``workers`` at a time ahead of the consumer."""
-        if self.cfg.workers <= 0:
-            for c in cases:
-                yield decode_case(c)
-            return
-        # fork is cheapest; once CUDA is initialised in this process, forking is unsafe: use forkserver
-        if sys.platform.startswith("linux"):
-            method = "forkserver" if torch.cuda.is_initialized() else "fork"
-        else:
-            method = "spawn"
-        ctx = multiprocessing.get_context(method)
-        ahead = max(2, 2 * self.cfg.workers)
-        with cf.ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=ctx) as pool:
-            futs: collections.deque = collections.deque()
-            it = iter(cases)
-            for c in it:
-                futs.append((c, pool.submit(decode_case, c)))
-                if len(futs) >= ahead:
-                    break
-            while futs:
-                c, fut = futs.popleft()
-                try:
-                    out = fut.result()
-                except Exception as exc:  # a worker that died (e.g. out of memory)
-                    out = {"case": c, "error": f"decoding worker failed: {_reason(exc)}"}
-                nxt = next(it, None)
-                if nxt is not None:
-                    futs.append((nxt, pool.submit(decode_case, nxt)))
-                yield out
-
     def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar) -> None:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
@@ -296,7 +242,7 @@ class Screener:
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
 
-        decoded = self._decoded(cases)
+        decoded = decoded_in_order(cases, self.cfg.workers)
         while True:
             t_wait = clock()
             item = next(decoded, None)  # blocks while the next case is still being decoded
@@ -330,8 +276,14 @@ class Screener:
             self._fail(res, lock, item["case"], item["error"], bar)
             return
         t_post = time.perf_counter()
-        prob = self.from_model_probs(st.prob, st.plane)
-        item["mask"] = prob >= self.cfg.threshold
+        try:  # resize back, copy to the host, threshold: e.g. out of memory on a huge volume fails this case
+            prob = self.from_model_probs(st.prob, st.plane)
+            item["mask"] = prob >= self.cfg.threshold
+        except Exception as exc:
+            st.slices = st.prob = None
+            res.stages.postprocess_s += time.perf_counter() - t_post
+            self._fail(res, lock, item["case"], f"postprocessing failed: {_reason(exc)}", bar)
+            return
         item["prob"] = prob if self.cfg.save_probabilities else None  # queued cases hold only what is written
         t_put = time.perf_counter()
         res.stages.postprocess_s += t_put - t_post

@@ -4,7 +4,8 @@ Slices are sorted by ImagePositionPatient projected on the slice normal (row × 
 RescaleSlope/RescaleIntercept are applied; duplicate or missing slices (a gap larger than 1.5× the
 median step) raise :class:`VolumeError`. The affine is built from the DICOM geometry (LPS) and
 converted to RAS. Compressed transfer syntaxes are decoded when pydicom finds a decoder package;
-otherwise the error names the package to install.
+otherwise the error names the package to install (and only then: compressed data that an installed
+decoder cannot decode is reported as corrupt).
 """
 from __future__ import annotations
 
@@ -128,13 +129,7 @@ def read_dicom_series(folder: str) -> Volume:
         try:
             arr = ds.pixel_array
         except Exception as exc:
-            tsuid = str(ds.file_meta.get("TransferSyntaxUID", ""))
-            pkg = DECODERS.get(tsuid)
-            if pkg:
-                raise VolumeError(f"compressed transfer syntax {tsuid} and no decoder installed: "
-                                  f"pip install {pkg.split(' ')[0]}") from None
-            raise VolumeError(f"cannot decode pixel data of {os.path.basename(f)} "
-                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+            raise VolumeError(_decode_failure(ds, f, exc)) from None
         if arr.ndim != 2:
             raise VolumeError(f"{os.path.basename(f)}: multi-frame or colour slice {arr.shape} not supported")
         slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -155,3 +150,39 @@ def read_dicom_series(folder: str) -> Volume:
     vol = canonicalize(data, affine, path=folder, fmt="dicom", header=None)
     vol.warnings.extend(warnings)
     return vol
+
+
+def _decode_failure(ds, path: str, exc: Exception) -> str:
+    """Why ``ds.pixel_array`` failed, in one line: a missing decoder package only when it really is missing."""
+    tsuid = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    pkg = DECODERS.get(tsuid)
+    available = decoder_available(tsuid) if pkg else None
+    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if pkg and available is False:
+        return f"compressed transfer syntax {tsuid} and no decoder installed: pip install {pkg.split(' ')[0]}"
+    where = f"cannot decode pixel data of {os.path.basename(path)}"
+    if pkg and available:
+        return f"{where}: corrupt compressed data (a decoder for {tsuid} is installed; {detail})"
+    if pkg:  # pydicom cannot tell whether a decoder exists
+        return f"{where} ({detail}); if no decoder is installed for {tsuid}: pip install {pkg.split(' ')[0]}"
+    return f"{where} ({detail})"
+
+
+def decoder_available(tsuid: str) -> bool | None:
+    """Whether pydicom has a usable decoder for transfer syntax ``tsuid`` (None: pydicom cannot tell)."""
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+    except ImportError:
+        get_decoder = None
+    if get_decoder is not None:
+        try:
+            return bool(get_decoder(tsuid).is_available)
+        except Exception:  # a transfer syntax pydicom has no decoder for at all
+            return False
+    try:  # pydicom 2.x: pixel data handlers
+        from pydicom import config
+
+        handlers = [h for h in config.pixel_data_handlers if h.supports_transfer_syntax(tsuid)]
+        return any(h.is_available() for h in handlers)
+    except Exception:
+        return None

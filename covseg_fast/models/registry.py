@@ -128,14 +128,24 @@ def load_model(path: str, map_location: str | torch.device = "cpu", expect: Opti
         CheckpointError: missing or corrupt file, unknown model, a different model than ``expect``,
             or weights that do not fit the recorded configuration.
     """
+    if expect is not None and expect not in MODELS:
+        raise CheckpointError(f"unknown model {expect!r}; known models: {', '.join(sorted(MODELS))}")
     payload = read_checkpoint(path, map_location)
     name = payload["model"]
     if expect is not None and name != expect:
         raise CheckpointError(f"{path}: checkpoint holds model {name!r}, not {expect!r}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {name!r} in the checkpoint; known models: "
+                              f"{', '.join(sorted(MODELS))}")
+    config = payload.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path}: the model config in the checkpoint is not a dict of named settings "
+                              f"(got {type(config).__name__})")
     try:
-        model = get_model(name, **payload.get("config", {}))
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: {exc.args[0]}") from exc
+        model = get_model(name, **config)
+    except (TypeError, ValueError, KeyError) as exc:  # unknown or invalid settings for this model's builder
+        msg = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
+        raise CheckpointError(f"{path}: config does not fit model {name!r} ({type(exc).__name__}: {msg})") from exc
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -12,6 +12,7 @@ import pytest
 
 from covseg_fast.cli import screen as screen_cli
 from covseg_fast.cli.main import main
+from covseg_fast.inference import decoding
 from tests.ct_helpers import (axis_affine, oblique_affine, phantom, save_dicom_series, save_nifti,
                               write_bad_inputs)
 from tests.inference.tiny_model import make_checkpoint
@@ -159,6 +160,58 @@ def test_write_failure_leaves_no_partial_file(tmp_path, ckpt, monkeypatch):
     assert (out / "b.json").is_file()
 
 
+_REAL_DECODE = decoding.decode_case
+
+
+def _decode_or_die(case):
+    """Decoding in a worker, except that case c3 kills its worker process (like the OOM killer or a segfault)."""
+    if case.case_id == "c3":
+        os._exit(137)
+    return _REAL_DECODE(case)
+
+
+def test_a_dying_decoding_worker_fails_only_its_case(tmp_path, ckpt, monkeypatch, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = _six_cases(inp)
+    monkeypatch.setattr(decoding, "decode_case", _decode_or_die)  # forked workers inherit the patch
+    # 2 workers, 4 cases in flight when c3 dies: the others in flight are retried alone and succeed
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2) == 1
+    fails = _rows(out / "failures.csv")
+    assert [f["case_id"] for f in fails] == ["c3"]
+    assert "decoding worker process died" in fails[0]["reason"] and "retried alone" in fails[0]["reason"]
+    ok = [n for n in names if n != "c3"]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ok
+    assert all((out / f"{n}_infection.nii.gz").is_file() for n in ok) and not (out / "c3.json").exists()
+    assert "retrying" in caplog.text
+    # --resume tries c3 again, fails it the same way, keeps the rest
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 1
+    assert [f["case_id"] for f in _rows(out / "failures.csv")] == ["c3"]
+    assert {r["status"] for r in _rows(out / "summary.csv")} == {"complete (resumed)"}
+    monkeypatch.setattr(decoding, "decode_case", _REAL_DECODE)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 0
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == names
+
+
+def test_an_error_after_inference_fails_one_case(tmp_path, ckpt, monkeypatch):
+    from covseg_fast.inference.screener import Screener
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    real, calls = Screener.from_model_probs, []
+
+    def oom_on_second(self, prob, plane):  # cases finish in input order: the second is b
+        calls.append(plane)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, prob, plane)
+
+    monkeypatch.setattr(Screener, "from_model_probs", oom_on_second)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 1
+    assert [(f["case_id"], f["reason"]) for f in _rows(out / "failures.csv")] == [
+        ("b", "postprocessing failed: RuntimeError: CUDA out of memory (simulated)")]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "c"]
+
+
 TIMING_KEYS = {"decode_s", "infer_s", "time_s"}
 
 
@@ -303,6 +356,74 @@ def test_output_inside_input_is_refused_and_inputs_untouched(tmp_path, ckpt):
     assert len(_rows(inp / "results" / "summary.csv")) == 3
 
 
+def test_output_holding_the_inputs_is_refused(tmp_path, ckpt, caplog):
+    """An output folder above the inputs, or the folder of an input file, used to screen nothing (exit 0)."""
+    scans = tmp_path / "p" / "scans"
+    tmp_path.joinpath("p").mkdir()
+    _three_cases(scans)
+    before = _digest(tmp_path / "p")
+    for inputs, out in (([scans], tmp_path / "p"), ([scans / "a.nii.gz"], scans), ([scans / "b.nii.gz"], tmp_path)):
+        caplog.clear()
+        assert screen(*inputs, "-o", out, "--checkpoint", ckpt) == 2
+        assert "holds the input" in caplog.text and "--allow-output-in-input" in caplog.text
+    assert _digest(tmp_path / "p") == before
+    # allowed: every input is screened, and only screen's own files in the output folder are skipped
+    assert screen(scans, "-o", tmp_path / "p", "--checkpoint", ckpt, "--allow-output-in-input") == 0
+    assert [r["case_id"] for r in _rows(tmp_path / "p" / "summary.csv")] == ["a", "b", "c"]
+    assert screen(scans, "-o", scans, "--checkpoint", ckpt, "--allow-output-in-input", "--save-probabilities") == 0
+    rows = _rows(scans / "summary.csv")
+    assert [r["case_id"] for r in rows] == ["a", "b", "c"]
+    (scans / ".a_infection.nii.gz.x1y2z3.nii.gz").write_bytes(b"half a file")  # a killed run's temporary
+    caplog.set_level("INFO")
+    assert screen(scans, "-o", scans, "--checkpoint", ckpt, "--allow-output-in-input", "--save-probabilities",
+                  "--resume") == 0
+    assert [r["status"] for r in _rows(scans / "summary.csv")] == ["complete (resumed)"] * 3
+    assert "skipping 7 file(s)" in caplog.text  # 3 masks, 3 probabilities, 1 temporary
+    assert not (scans / ".a_infection.nii.gz.x1y2z3.nii.gz").exists()
+
+
+def test_usage_error_leaves_no_output_folder(tmp_path, ckpt, caplog):
+    import torch
+
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": "tiny_screen_test", "config": {"nosuch": 1}, "state_dict": {}}, str(bad))
+    assert screen(inp, "-o", tmp_path / "out", "--checkpoint", bad) == 2
+    assert "config does not fit" in caplog.text and "nosuch" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_case_names_never_collide(tmp_path, ckpt):
+    """x.nii beside x.nii.gz, a DICOM folder x/ beside x.nii.gz, and an input named like a batch report."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    shapes = {"coll.nii": (20, 22, 3), "coll.nii.gz": (24, 22, 4), "x.nii.gz": (18, 16, 3),
+              "summary.nii.gz": (16, 20, 5), "Summary_shard0of2.nii.gz": (16, 16, 3)}
+    for n, (name, shape) in enumerate(shapes.items()):
+        save_nifti(str(inp / name), _marked(shape, n), axis_affine("RAS"))
+    save_dicom_series(str(inp / "x"), np.round(phantom((16, 18, 4))))
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 0
+    want = {"coll_nii": ("coll.nii", 3), "coll_nii_gz": ("coll.nii.gz", 4), "x_nii_gz": ("x.nii.gz", 3),
+            "x_dicom": ("x", 4), "summary_case": ("summary.nii.gz", 5),
+            "Summary_shard0of2_case": ("Summary_shard0of2.nii.gz", 3)}
+    for case, (name, slices) in want.items():
+        rec = json.load(open(out / f"{case}.json"))
+        assert os.path.basename(rec["path"]) == name and rec["slices"] == slices, case
+        assert nib.load(str(out / f"{case}_infection.nii.gz")).shape[2] == slices
+    assert sorted(r["case_id"] for r in _rows(out / "summary.csv")) == sorted(want)
+    assert len(json.load(open(out / "summary.json"))["cases"]) == len(want)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
+    assert {r["status"] for r in _rows(out / "summary.csv")} == {"complete (resumed)"}
+    # a record left under an id by ANOTHER input (e.g. before ids were disambiguated) is not complete
+    rec = json.load(open(out / "coll_nii.json"))
+    rec["path"] = str(inp / "coll.nii.gz")
+    (out / "coll_nii.json").write_text(json.dumps(rec))
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
+    status = {r["case_id"]: r["status"] for r in _rows(out / "summary.csv")}
+    assert status.pop("coll_nii") == "ok" and set(status.values()) == {"complete (resumed)"}
+
+
 def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
     inp, out = tmp_path / "in", tmp_path / "out"
     _three_cases(inp)
@@ -316,19 +437,109 @@ def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
     s1 = [r["case_id"] for r in _rows(out / "summary_shard1of2.csv")]
     assert sorted(s0 + s1) == ["a", "b", "c"] and not set(s0) & set(s1)
     assert not (out / "summary_shard0of2.json").exists()
+    assert not (out / "summary.csv").exists()
+    assert main(["screen", "--merge-shards", str(out)]) == 0
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "b", "c"]
+    assert _rows(out / "failures.csv") == [] and not (out / "summary.json").exists()  # the shards wrote CSV only
+
+
+def test_merge_shards_refuses_incomplete_or_mixed_reports(tmp_path, ckpt, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    assert main(["screen", "--merge-shards", str(out)]) == 2  # no such folder
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "1/3") == 0
+    assert main(["screen", "--merge-shards", str(out)]) == 2
+    assert "shard(s) 0, 2 of 3 have not written their reports" in caplog.text
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "0/3") == 0
+    (inp / "c.nii.gz").write_bytes(b"not a volume any more")
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "2/3") == 1
+    assert main(["screen", "--merge-shards", str(out)]) == 1  # one case failed
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "b"]
+    assert [r["case_id"] for r in _rows(out / "failures.csv")] == ["c"]
+    merged = json.load(open(out / "summary.json"))
+    assert [r["case_id"] for r in merged["cases"]] == ["a", "b"] and merged["shards"] == 3
+    assert merged["cases"][0]["infected_ml"] == json.load(open(out / "a.json"))["infected_ml"]
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--shard", "0/2", "--overwrite") == 1  # a, c (broken)
+    caplog.clear()
+    assert main(["screen", "--merge-shards", str(out)]) == 2
+    assert "2 shard counts" in caplog.text
+    assert main(["screen", "--merge-shards", str(out), str(inp)]) == 2
 
 
 @pytest.mark.parametrize("args,words", [(["--window", "250,-1250"], "HIGH must be greater"),
                                         (["--shard", "2/2"], "0 ≤ K < N"),
                                         (["--threshold", "1.5"], "threshold"),
                                         (["--writers", "0"], "--writers ≥ 1"),
-                                        (["--no-checkpoint"], "--checkpoint is required")])
+                                        (["--no-checkpoint"], "--checkpoint is required"),
+                                        (["--model", "nosuch"], "unknown model; known models: "),
+                                        (["--device", "cuda:0"], "CUDA is not available")])
 def test_usage_errors(tmp_path, ckpt, caplog, args, words):
+    import torch
+
+    if args[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
     inp = tmp_path / "in"
     _three_cases(inp)
     extra = [] if args == ["--no-checkpoint"] else ["--checkpoint", ckpt, *args]
     assert screen(inp, "-o", tmp_path / "out", *extra) == 2
     assert words in caplog.text
+    assert "tiny_screen_test" in caplog.text or args[0] != "--model"
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_checkpoints_and_list_files_are_usage_errors(tmp_path, ckpt, caplog):
+    import torch
+
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    state = torch.load(ckpt, weights_only=True)
+    for config, words in (({"nosuch": 1}, "config does not fit model 'tiny_screen_test'"),
+                          ([1, 2], "config in the checkpoint is not a dict"),
+                          ({"hidden": "four"}, "config does not fit")):
+        torch.save(dict(state, config=config), str(tmp_path / "bad.pt"))
+        caplog.clear()
+        assert screen(inp, "-o", tmp_path / "out", "--checkpoint", tmp_path / "bad.pt") == 2
+        assert words in caplog.text and "Traceback" not in caplog.text, caplog.text
+    lst = tmp_path / "cases.txt"
+    lst.write_bytes(b"in/a.nii.gz\n\x89PNG\r\n\x1a\n\x00\x00")
+    assert screen(lst, "-o", tmp_path / "out", "--checkpoint", ckpt) == 2
+    assert "not UTF-8 text" in caplog.text
+    assert not (tmp_path / "out").exists()  # nothing is created before the inputs and checkpoint pass
+
+
+def test_device_cuda_under_torchrun_follows_local_rank(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert screen_cli._device("cuda") == screen_cli._device("auto") == "cuda:3"
+    assert screen_cli._device("cuda:1") == "cuda:1" and screen_cli._device("cpu") == "cpu"  # explicit wins
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    from covseg_fast.inference.batch import UsageError
+
+    with pytest.raises(UsageError, match="LOCAL_RANK=5.*GPU 5 does not exist; this machine has 4"):
+        screen_cli._device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "zero")
+    with pytest.raises(UsageError, match="LOCAL_RANK='zero' is not a GPU index"):
+        screen_cli._device("cuda")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert screen_cli._device("cuda") == "cuda:0"
+
+
+def test_no_masks_and_json_report(tmp_path, ckpt):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--no-masks", "--report-format", "json") == 0
+    assert sorted(os.listdir(out)) == sorted([f"{c}{s}" for c in "abc" for s in (".json", "_overlay.png")] +
+                                             ["summary.json", "failures.csv"])
+    report = json.load(open(out / "summary.json"))
+    assert [r["case_id"] for r in report["cases"]] == ["a", "b", "c"] and report["failures"] == []
+    rec = json.load(open(out / "a.json"))
+    assert "mask" not in rec["outputs"] and rec["infected_ml"] > 0 and report["cases"][0]["mask"] == ""
+    # --resume knows complete cases by the outputs of this plan (no masks expected)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--no-masks", "--report-format", "json", "--resume") == 0
+    assert {r["status"] for r in json.load(open(out / "summary.json"))["cases"]} == {"complete (resumed)"}
 
 
 def test_demo_volume_end_to_end_with_worker_processes(tmp_path, ckpt):

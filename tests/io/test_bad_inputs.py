@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from covseg_fast.io import VolumeError, read_dicom_series, read_nifti
+from covseg_fast.io.dicom import decoder_available
 from tests.ct_helpers import phantom, save_dicom_series, write_bad_inputs
 
 
@@ -53,22 +54,55 @@ def test_dicom_empty_and_unreadable(tmp_path):
         read_dicom_series(s)
 
 
-def test_compressed_without_decoder_names_the_package(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    for mod in ("pylibjpeg", "gdcm"):
-        try:
-            __import__(mod)
-            pytest.skip(f"{mod} is installed: a JPEG 2000 decoder is available")
-        except ImportError:
-            pass
+def _recompress(series: str, tsuid: str, frame: bytes) -> None:
+    """Give every slice of ``series`` the transfer syntax ``tsuid`` and one encapsulated ``frame``."""
+    import pydicom
     from pydicom.encaps import encapsulate
 
+    for f in sorted(os.listdir(series)):
+        ds = pydicom.dcmread(os.path.join(series, f))
+        ds.file_meta.TransferSyntaxUID = tsuid
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(os.path.join(series, f), enforce_file_format=True)
+
+
+JPEG_LS = "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless: needs pylibjpeg-libjpeg or gdcm (Pillow cannot)
+RLE = "1.2.840.10008.1.2.5"         # RLE lossless: pydicom decodes it itself (numpy only)
+
+
+def test_compressed_without_decoder_names_the_package(tmp_path):
+    pytest.importorskip("pydicom")
+    if decoder_available(JPEG_LS) is not False:
+        pytest.skip("a JPEG-LS decoder is installed (or pydicom cannot tell)")
     s = save_dicom_series(str(tmp_path / "s"), phantom((8, 8, 2)))
+    _recompress(s, JPEG_LS, b"\xff\xd8\xff\xf7" + b"\0" * 60)
+    with pytest.raises(VolumeError, match="no decoder installed: pip install pylibjpeg-libjpeg"):
+        read_dicom_series(s)
+
+
+def test_corrupt_compressed_data_is_not_called_a_missing_decoder(tmp_path):
+    pytest.importorskip("pydicom")
+    assert decoder_available(RLE)
+    s = save_dicom_series(str(tmp_path / "s"), phantom((8, 8, 2)))
+    _recompress(s, RLE, b"\x07\x00\x00\x00" + b"\xff" * 60)  # an RLE header claiming 7 bogus segments
+    with pytest.raises(VolumeError) as info:
+        read_dicom_series(s)
+    msg = str(info.value)
+    assert "corrupt compressed data" in msg and "pixel data of s00" in msg and "no decoder" not in msg
+    assert "\n" not in msg
+
+
+def test_rle_compressed_series_reads_like_the_uncompressed_one(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    lps = np.round(phantom((12, 10, 4)))
+    plain = read_dicom_series(save_dicom_series(str(tmp_path / "plain"), lps))
+    s = save_dicom_series(str(tmp_path / "rle"), lps)
     for f in sorted(os.listdir(s)):
         ds = pydicom.dcmread(os.path.join(s, f))
-        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
-        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 60])
-        ds["PixelData"].VR = "OB"
+        ds.compress(RLE)  # pydicom's own RLE encoder
         ds.save_as(os.path.join(s, f), enforce_file_format=True)
-    with pytest.raises(VolumeError, match="no decoder installed: pip install pylibjpeg-openjpeg"):
-        read_dicom_series(s)
+    assert str(pydicom.dcmread(os.path.join(s, "s000.dcm")).file_meta.TransferSyntaxUID) == RLE
+    vol = read_dicom_series(s)
+    np.testing.assert_array_equal(vol.data, plain.data)
+    np.testing.assert_allclose(vol.affine, plain.affine)

@@ -45,3 +45,36 @@ def test_nothing_found_is_a_usage_error(tmp_path):
         discover([str(tmp_path / "empty")])
     with pytest.raises(DiscoveryError, match="no inputs"):
         discover([])
+
+
+def test_case_ids_are_unique_and_deterministic():
+    from covseg_fast.io.discovery import case_ids
+
+    cases = sorted([("/d/x.nii", "nifti"), ("/d/x.nii.gz", "nifti"), ("/d/x", "dicom"),
+                    ("/d/a/p1.nii.gz", "nifti"), ("/d/b/P1.nii.gz", "nifti"),
+                    ("/d/summary.nii.gz", "nifti"), ("/d/summary_case.nii.gz", "nifti"),
+                    ("/d/FAILURES_shard1of4.nii", "nifti"), ("/d/.hidden.nii.gz", "nifti"),
+                    ("/d/Up.nii.gz", "nifti"), ("/d/up.nii.gz", "nifti"), ("/d/ü b.nii.gz", "nifti")])
+    ids = dict(zip((p for p, _ in cases), case_ids(cases)))
+    assert ids == {"/d/x.nii": "x_nii", "/d/x.nii.gz": "x_nii_gz", "/d/x": "x_dicom",
+                   "/d/a/p1.nii.gz": "a__p1", "/d/b/P1.nii.gz": "b__P1",           # letter case: one file system
+                   "/d/summary.nii.gz": "summary_case", "/d/summary_case.nii.gz": "summary_case_2",
+                   "/d/FAILURES_shard1of4.nii": "FAILURES_shard1of4_case", "/d/.hidden.nii.gz": "_hidden",
+                   "/d/Up.nii.gz": "Up", "/d/up.nii.gz": "up_2", "/d/ü b.nii.gz": "__b"}
+    assert len({i.lower() for i in ids.values()}) == len(ids)
+    assert case_ids(cases) == list(ids.values())  # the same inputs, the same ids
+
+
+def test_nifti_beside_dicom_and_gz_on_disk(tmp_path):
+    save_nifti(str(tmp_path / "x.nii"), phantom((6, 6, 2)), axis_affine("LPS"))
+    save_nifti(str(tmp_path / "x.nii.gz"), phantom((6, 6, 2)), axis_affine("LPS"))
+    save_dicom_series(str(tmp_path / "x"), phantom((6, 6, 3)))
+    cases, _ = discover([str(tmp_path)])
+    assert [(c.case_id, c.kind) for c in cases] == [("x_dicom", "dicom"), ("x_nii", "nifti"), ("x_nii_gz", "nifti")]
+
+
+def test_list_file_that_is_not_text_is_a_usage_error(tmp_path):
+    lst = tmp_path / "cases.txt"
+    lst.write_bytes(b"a.nii.gz\n\xff\xfe\x00binary")
+    with pytest.raises(DiscoveryError, match="not UTF-8 text"):
+        discover([str(lst)])

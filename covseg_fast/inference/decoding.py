@@ -1,0 +1,188 @@
+"""Decoding stage of `covseg screen`: worker processes read cases and compute their lung masks.
+
+Cases are decoded ``workers`` at a time, a bounded number ahead of the consumer, and come back in
+input order. A worker that dies without a result (the out-of-memory killer, a segfault in a DICOM
+decoder) breaks a ``ProcessPoolExecutor``: every case in flight then fails with ``BrokenProcessPool``
+and the pool takes no more work. Here the broken pool is replaced and the cases that were in flight
+are decoded again, one at a time, in the fresh pool: only a case that kills its worker again, alone,
+is recorded as failed, and the batch goes on.
+
+Workers do not outlive the main process: on Linux each asks the kernel for SIGKILL when its parent
+dies (``PR_SET_PDEATHSIG``), and on every platform a watchdog thread exits the worker within a second
+once its parent pid changes (it was re-parented) or the main process is gone (with a forkserver the
+parent is the server, which stays alive as long as its workers do).
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterator
+
+import torch
+
+from ..io import Case, read_case
+from .lung import lung_mask
+
+log = logging.getLogger(__name__)
+
+WORKER_DIED = ("decoding worker process died without a result (killed, e.g. out of memory, or crashed in a "
+               "decoder); it died again when this case was retried alone")
+PARENT_POLL_S = 1.0
+
+
+def decode_case(case: Case) -> dict:
+    """Worker stage: read one case and compute its lung mask. Never raises: errors become a reason."""
+    t0 = time.perf_counter()
+    try:
+        vol = read_case(case.path, case.kind)
+        lung = lung_mask(vol.data)
+        return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
+    except Exception as exc:  # one bad input must never stop the batch
+        return {"case": case, "error": reason(exc), "decode_s": time.perf_counter() - t0}
+
+
+def reason(exc: BaseException) -> str:
+    """One line: the message of a VolumeError, else 'ExceptionType: message'."""
+    from ..io import VolumeError
+
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, VolumeError) and msg:
+        return msg
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _worker_init(main_pid: int) -> None:
+    """Runs first in every worker: exit when the main process dies."""
+    parent = os.getppid()  # the main process (fork, spawn) or the forkserver
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still works
+    if os.getppid() != parent or not _pid_alive(main_pid):  # died before the signal was armed
+        os._exit(1)
+    # a forkserver outlives the main process while its workers live (they hold its "alive" pipe), so the
+    # parent-death signal alone would not fire there: also watch the main process itself
+    threading.Thread(target=_watch_parent, args=(parent, main_pid), daemon=True,
+                     name="covseg-parent-watch").start()
+
+
+def _watch_parent(parent: int, main_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent or not _pid_alive(main_pid):
+            os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _context():
+    # fork is cheapest; once CUDA is initialised in this process, forking is unsafe: use forkserver
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("forkserver" if torch.cuda.is_initialized() else "fork")
+    return multiprocessing.get_context("spawn")
+
+
+def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
+    """Decoded cases (see :func:`decode_case`) in input order; ``workers`` ≤ 0 decodes in this process.
+
+    Each yielded dict holds ``case`` and either ``volume``/``lung`` or ``error`` (one line).
+    """
+    if workers <= 0:
+        for c in cases:
+            yield decode_case(c)
+        return
+    ctx = _context()
+    ahead = max(2, 2 * workers)
+    todo = collections.deque((c, False) for c in cases)  # (case, retry alone after a worker died)
+    inflight: collections.deque = collections.deque()    # (case, future, alone)
+    pool = None
+    idle_breaks = 0  # broken pools with nothing in flight to blame: the pool itself cannot start
+
+    def fill() -> None:
+        while todo and len(inflight) < ahead:
+            c, alone = todo[0]
+            if inflight and (alone or inflight[-1][2]):
+                return  # a case retried alone runs with nothing beside it
+            fut = pool.submit(decode_case, c)
+            todo.popleft()
+            inflight.append((c, fut, alone))
+
+    def after_break() -> list[dict]:
+        """Results that survived the break; the cases in flight go back to be retried alone."""
+        nonlocal pool, idle_breaks
+        ready, again = [], []
+        for c, fut, alone in inflight:
+            exc = fut.exception() if fut.done() and not fut.cancelled() else BrokenProcessPool()
+            if exc is None:
+                ready.append(fut.result())
+            elif not isinstance(exc, BrokenProcessPool):
+                ready.append({"case": c, "error": f"decoding worker failed: {reason(exc)}"})
+            elif alone:
+                log.warning("%s: %s", c.case_id, WORKER_DIED)
+                ready.append({"case": c, "error": WORKER_DIED})
+            else:
+                again.append(c)
+        idle_breaks = 0 if inflight else idle_breaks + 1
+        if idle_breaks > 2:
+            raise RuntimeError("decoding worker processes die as soon as they start; try --workers 0")
+        if again:
+            log.warning("a decoding worker died; retrying %d case(s) one at a time: %s", len(again),
+                        ", ".join(c.case_id for c in again))
+        inflight.clear()
+        todo.extendleft((c, True) for c in reversed(again))
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool = None
+        return ready
+
+    try:
+        while True:
+            if pool is None:
+                pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                              initargs=(os.getpid(),))
+            try:
+                fill()
+            except BrokenProcessPool:
+                yield from after_break()
+                continue
+            if not inflight:
+                return
+            c, fut, _ = inflight[0]
+            try:
+                out = fut.result()
+            except BrokenProcessPool:
+                yield from after_break()
+                continue
+            except Exception as exc:  # e.g. a result that cannot be sent back
+                out = {"case": c, "error": f"decoding worker failed: {reason(exc)}"}
+            inflight.popleft()
+            yield out
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

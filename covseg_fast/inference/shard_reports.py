@@ -1,0 +1,75 @@
+"""Merge the batch reports of N shards that share one output folder (`covseg screen --merge-shards DIR`).
+
+Each shard K of N writes ``summary_shardKofN.csv``/``.json`` and ``failures_shardKofN.csv``; once all N
+have finished, the merge writes ``summary.csv``, ``summary.json`` (when every shard wrote its JSON) and
+``failures.csv`` for the whole batch, sorted by case id. It refuses (usage error) reports of several
+shard counts, missing shards and a case reported by two shards (stale reports of another run), and shards with
+no summary format in common (one ran with --report-format csv, another with json).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from .batch import UsageError
+from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, read_csv, read_json, write_csv, write_json
+
+SHARD_REPORT = re.compile(r"(?P<kind>summary|failures)_shard(?P<k>\d+)of(?P<n>\d+)\.(?P<ext>csv|json)")
+
+
+def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
+    """Merge the shard reports in ``out_dir``; returns (exit code: 1 if any case failed, counts).
+
+    Raises:
+        UsageError: no shard reports, several shard counts, missing shards, a case in two shards.
+    """
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"--merge-shards: {out_dir} is not a directory")
+    files: dict[int, dict[tuple[str, str, int], str]] = {}
+    for name in os.listdir(out_dir):
+        m = SHARD_REPORT.fullmatch(name)
+        if m:
+            n, k = int(m["n"]), int(m["k"])
+            files.setdefault(n, {})[(m["kind"], m["ext"], k)] = os.path.join(out_dir, name)
+    if not files:
+        raise UsageError(f"--merge-shards: no shard reports (summary_shardKofN.csv or .json) in {out_dir}")
+    if len(files) > 1:
+        raise UsageError(f"--merge-shards: reports of {len(files)} shard counts (N = {sorted(files)}) in {out_dir}; "
+                         "remove the stale ones")
+    n, have = next(iter(files.items()))
+    csv_all = all(("summary", "csv", k) in have for k in range(n))
+    json_all = all(("summary", "json", k) in have for k in range(n))
+    missing = [k for k in range(n) if ("failures", "csv", k) not in have or
+               not (("summary", "csv", k) in have or ("summary", "json", k) in have)]
+    if missing:
+        raise UsageError(f"--merge-shards: shard(s) {', '.join(map(str, missing))} of {n} have not written their "
+                         f"reports in {out_dir} (not finished yet?)")
+    if not (csv_all or json_all):  # e.g. one shard ran with --report-format csv, another with json
+        raise UsageError(f"--merge-shards: the {n} shards in {out_dir} share no summary format (neither every "
+                         "summary_shardKofN.csv nor every .json exists); rerun the odd ones with --resume")
+    cases, records, failures, owner = [], [], [], {}
+    for k in range(n):
+        shard_fail = read_csv(have[("failures", "csv", k)])
+        shard_rows = read_csv(have[("summary", "csv", k)]) if csv_all else []
+        shard_json = read_json(have[("summary", "json", k)]) if json_all else None
+        if json_all and shard_json is None:
+            raise UsageError(f"--merge-shards: {have[('summary', 'json', k)]} is not a readable JSON report")
+        ids = [r["case_id"] for r in shard_fail + (shard_rows if csv_all else shard_json.get("cases", []))]
+        for case in ids:
+            if case in owner and owner[case] != k:
+                raise UsageError(f"--merge-shards: case {case} is reported by shards {owner[case]} and {k}; "
+                                 "reports of different runs?")
+            owner[case] = k
+        failures += shard_fail
+        cases += shard_rows
+        if shard_json is not None:
+            records += shard_json.get("cases", [])
+    by_id = lambda r: r["case_id"]  # noqa: E731
+    if csv_all:
+        write_csv(os.path.join(out_dir, "summary.csv"), sorted(cases, key=by_id), SUMMARY_COLUMNS)
+    if json_all:
+        write_json(os.path.join(out_dir, "summary.json"),
+                   {"cases": sorted(records, key=by_id), "failures": sorted(failures, key=by_id), "shards": n})
+    write_csv(os.path.join(out_dir, "failures.csv"), sorted(failures, key=by_id), FAILURE_COLUMNS)
+    ok = len(cases) if csv_all else len(records)
+    return (1 if failures else 0), {"shards": n, "cases": ok, "failed": len(failures), "output_dir": out_dir}
