@@ -7,7 +7,7 @@ import time
 
 from ..io import Case, discover
 from .outputs import is_own_output
-from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, write_csv
+from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, write_csv, written_by_screen
 from .screener import ScreenConfig, Screener, ScreenResult
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,16 @@ def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: b
                              f"inputs); {hint}")
 
 
+def _report_names(suffix: str, report_format: str) -> list[str]:
+    """The batch reports a run writes in the output folder."""
+    names = [f"failures{suffix}.csv"]
+    if report_format in ("csv", "both"):
+        names.append(f"summary{suffix}.csv")
+    if report_format in ("json", "both"):
+        names.append(f"summary{suffix}.json")
+    return names
+
+
 def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, resume: bool = False,
                  overwrite: bool = False, shard: str | None = None, allow_output_in_input: bool = False,
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
@@ -83,7 +93,8 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     costs no model load). Exit code 0 when every case succeeded (or was complete), 1 when any failed.
 
     Raises:
-        UsageError: bad shard, output location refused, outputs present without --resume/--overwrite.
+        UsageError: bad shard, output location refused, outputs present without --resume/--overwrite, or a
+            file screen would replace that it did not write (a per-case JSON or batch report of the same name).
         DiscoveryError: inputs that name nothing.
     """
     if resume and overwrite:
@@ -110,10 +121,20 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
         if rec is not None:
             done.append(rec)
             continue
+        record_path = plan.paths(c.case_id)["json"]
+        if os.path.exists(record_path) and not written_by_screen(record_path, c.case_id):
+            raise UsageError(f"{record_path} exists and was not written by covseg screen (screening case "
+                             f"{c.case_id} would replace it); move it or choose another --output")
         if not resume and not overwrite and any(os.path.exists(p) for p in plan.paths(c.case_id).values()):
             raise UsageError(f"outputs for case {c.case_id} already exist in {config.out_dir}; pass --resume "
                              "(skip complete cases) or --overwrite")
         todo.append(c)
+    suffix = "" if n == 1 else f"_shard{k}of{n}"
+    for name in _report_names(suffix, report_format):
+        path = os.path.join(config.out_dir, name)
+        if os.path.exists(path) and not written_by_screen(path):
+            raise UsageError(f"{path} exists and was not written by covseg screen (the batch report would "
+                             "replace it); move it or choose another --output")
     # the model (checkpoint checks included) before the output folder: a usage error leaves nothing behind
     screener = screener_factory() if todo else None
     os.makedirs(config.out_dir, exist_ok=True)
@@ -125,7 +146,6 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     t0 = time.perf_counter()
     res = screener.run(todo) if todo else ScreenResult()
     wall = time.perf_counter() - t0
-    suffix = "" if n == 1 else f"_shard{k}of{n}"
     rows = sorted([dict(r, status="complete (resumed)") for r in done] + res.records,
                   key=lambda r: r["case_id"])
     for r in rows:

@@ -14,6 +14,26 @@ SUMMARY_COLUMNS = ["case_id", "status", "path", "slices", "lung_ml", "infected_m
 FAILURE_COLUMNS = ["case_id", "path", "reason"]
 
 
+def written_by_screen(path: str, case_id: str | None = None) -> bool:
+    """Whether ``path`` (an existing per-case JSON, summary/failures CSV or summary JSON) looks like a file
+    `covseg screen` wrote: a per-case record of ``case_id``, a report with screen's columns or keys.
+
+    Screen refuses to replace a file with one of these generic names that fails this check: with the output
+    folder inside the inputs (or --resume), it may be the user's own file.
+    """
+    if path.endswith(".csv"):
+        try:
+            with open(path, encoding="utf-8", newline="") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return False
+        return header[:2] in (SUMMARY_COLUMNS[:2], FAILURE_COLUMNS[:2])
+    obj = read_json(path)
+    if obj is None:
+        return False
+    return obj.get("case_id") == case_id if case_id is not None else "cases" in obj and "failures" in obj
+
+
 def write_json(path: str, payload: dict) -> None:
     """Write ``payload`` as indented JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_default)

@@ -382,6 +382,25 @@ def test_output_holding_the_inputs_is_refused(tmp_path, ckpt, caplog):
     assert not (scans / ".a_infection.nii.gz.x1y2z3.nii.gz").exists()
 
 
+@pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]])
+def test_user_files_named_like_outputs_are_never_replaced(tmp_path, ckpt, caplog, mode):
+    """Output folder = input folder: the user's own a.json or summary.csv is refused, never overwritten."""
+    scans = tmp_path / "scans"
+    _three_cases(scans)
+    args = (scans, "-o", scans, "--checkpoint", ckpt, "--allow-output-in-input", *mode)
+    for name, text in (("a.json", '{"patient": "notes the user keeps"}'), ("summary.csv", "id,score\n1,2\n")):
+        (scans / name).write_text(text)
+        before = _digest(scans)
+        caplog.clear()
+        assert screen(*args) == 2
+        assert f"{scans / name} exists and was not written by covseg screen" in caplog.text
+        assert _digest(scans) == before
+        (scans / name).unlink()
+    assert screen(*args) == 0
+    # screen's own record and reports are screen's to replace
+    assert screen(scans, "-o", scans, "--checkpoint", ckpt, "--allow-output-in-input", "--overwrite") == 0
+
+
 def test_usage_error_leaves_no_output_folder(tmp_path, ckpt, caplog):
     import torch
 
