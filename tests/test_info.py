@@ -74,6 +74,16 @@ def test_module_entry_point_prints_backends():
     assert "covseg::class_prob_pool" in result.stdout and "cpu  ->" in result.stdout
 
 
+def test_python_dash_m_package_is_the_covseg_command():
+    result = subprocess.run([sys.executable, "-m", "covseg_fast", "info", "--json"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "class_prob_pool" in json.loads(result.stdout)["ops"]
+    bad = subprocess.run([sys.executable, "-m", "covseg_fast", "nosuch"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert bad.returncode == 2
+
+
 def test_cli_without_command_is_a_usage_error(capsys):
     assert cli_main([]) == 2
 
