@@ -334,8 +334,8 @@ def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight:
         raise ValueError(f"cbam: MLP weights {tuple(w1.shape)}, {tuple(w2.shape)} do not fit C={c}")
     if conv_weight.dim() != 4 or tuple(conv_weight.shape[:2]) != (1, 2) or conv_weight.shape[-1] % 2 == 0:
         raise ValueError(f"cbam: conv_weight must be (1, 2, k, k) with k odd, got {tuple(conv_weight.shape)}")
-    ca, pooled, g_port, sa_port = _GateAndPool.apply(x, w1, b1, w2, b2)
+    ca, pooled, g_port, sa_port, gca_port = _GateAndPool.apply(x, w1, b1, w2, b2)
     # conv, BatchNorm and σ stay in autograd: the BN is the caller's own (module or function)
     sa = torch.sigmoid(batch_norm(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2)))
     _check_small("cbam", "batch_norm output", sa, (x.shape[0], 1, x.shape[2], x.shape[3]), x)
-    return _ApplyGates.apply(x, ca, sa, g_port, sa_port)
+    return _ApplyGates.apply(x, ca, sa, g_port, sa_port, gca_port)
