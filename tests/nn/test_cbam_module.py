@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from covseg_fast.nn import CBAM
-from op_harness import assert_same, backend_cases, generator, run_backend
+from cbam_inputs import BLOCK_FLOOR_ULPS, BLOCK_NAMES, ULP, tie_free_block
+from op_harness import assert_per_output_bound, assert_same, backend_cases, generator, run_backend
 
 CASES = [*backend_cases("cbam_apply"), pytest.param("reference", "cpu", id="reference-cpu")]
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -285,3 +286,41 @@ def test_eval_without_running_stats_uses_batch_statistics():
     assert bn_ops  # the module's BatchNorm ran
     assert_same(out, ref(x), **TOL)
 
+
+# ---------------------------------------------------------------- autocast
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_autocast_bf16_within_twice_the_reference_error(backend, device, x_dtype):
+    """bf16 autocast (MLP and conv in bf16; fp32 weights, x in fp32 or already bf16 as after an autocast conv)
+    in training: the fused module vs the reference module under the same autocast, both against the reference
+    module in float64; output and every gradient on its own scale; inputs and weights from the tie-free
+    construction of the low-precision block test. The running statistics follow the reference's."""
+    x, w1, b1, w2, b2, conv, gamma, beta = (t.to(device) for t in tie_free_block((2, 24, 9, 11), 5))
+    ref = CBAM(24, reduction=6, zero_spatial_bn=False, fused=False).to(device)
+    with torch.no_grad():
+        for p, v in zip((ref.channel_gate.mlp[0].weight, ref.channel_gate.mlp[0].bias, ref.channel_gate.mlp[2].weight,
+                         ref.channel_gate.mlp[2].bias, ref.spatial_gate.conv.weight, ref.spatial_gate.bn.weight,
+                         ref.spatial_gate.bn.bias), (w1, b1, w2, b2, conv, gamma, beta)):
+            p.copy_(v)
+    ref.spatial_gate.bn.momentum = 1.0  # running stats = this batch's, so the comparison below means something
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    gold_model = copy.deepcopy(ref).double()
+    g = (torch.rand(x.shape, generator=generator(1), dtype=torch.float64) + 0.5).to(device)  # g > 0, as there
+
+    def run(model, dtype, autocast, be="reference"):
+        xin = x.to(dtype).requires_grad_()  # x is exact in bf16
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = run_backend(be, model, xin)
+        grads = run_backend(be, torch.autograd.grad, out, [xin, *model.parameters()], g.to(out.dtype))
+        return [out, *grads]
+
+    gold = run(gold_model, torch.float64, False)
+    want = run(ref, x_dtype, True)
+    got = run(fused, x_dtype, True, backend)
+    assert got[0].dtype == want[0].dtype
+    assert_per_output_bound(got, want, gold, label=f"autocast {backend} {x_dtype}", names=BLOCK_NAMES,
+                            rel_floor=[n * ULP[torch.bfloat16] for n in BLOCK_FLOOR_ULPS])
+    for name in ("running_mean", "running_var"):  # statistics of bf16 conv outputs: within half a bf16 ulp
+        assert_same(getattr(fused.spatial_gate.bn, name), getattr(ref.spatial_gate.bn, name), atol=4e-3, rtol=4e-3,
+                    what=f"{backend} {name}")
