@@ -29,8 +29,11 @@ on their own), each writing a full-size grad_x (3E + 2E + 2E), and summed the th
 ≈13E. Launches touching x: forward 3; backward 3, was 5 (three grad_x writes and two adds). Small launches, on
 (B, C), (B, 1, H, W) or (B, 2, H, W) tensors, in fp32 training: forward 10 (cat, MLP, σ: 6; conv; BN 2; σ) plus
 6 that merge the channel-stat partials when HW is split over programs (as at 256×256); backward 15 (σ, BN and
-conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19; bf16 adds
-about 10 casts of small tensors.
+conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19. Eval
+with ``batch_norm=None`` and the BN folded into ``conv_weight`` / ``conv_bias`` (``nn.CBAM``): forward 8. bf16
+adds 2 casts forward (MLP input, pooled map) and 2 backward (grad_sa for σ′, grad_logits for the MLP backward,
+which runs in the dtype the MLP ran in). Counts per ``nn.CBAM`` call at refnet_f5: benchmarks/README.md,
+pinned by tests/ops/test_cbam_backward.py::test_launch_counts.
 
 How autograd is made to write grad_x once: two ``torch.autograd.Function`` s (ops/cbam_autograd.py) cover
 the x-dependent parts; ``cbam()`` (below) keeps the conv, BN and σ between them as ordinary autograd ops.

@@ -6,7 +6,7 @@ running statistics (only the fp32 summation order differs, but the BN divides by
 output and amplifies those last bits); atol = rtol = 1e-5 for the three backward ops on their own (sums of
 ≤ C·HW fp32 products in another order). fp16 and bf16 (ops and the whole block; the interpreter on CPU, CUDA on
 a GPU): each output at most twice the error of the reference run in that dtype, both against float64, on
-inputs with no near-tied maximum (``tie_free_block``).
+inputs with no near-tied maximum (``tie_free_block``). Launch counts of nn.CBAM: ``test_launch_counts``.
 """
 import functools
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from covseg_fast.nn import CBAM
 from covseg_fast.ops import use_backend
 from covseg_fast.ops.cbam import BACKENDS
 from covseg_fast.ops.cbam import cbam as fused_cbam
@@ -178,6 +179,94 @@ def test_backward_reads_x_three_times_and_writes_grad_x_once(backend, device):
     full = [name for name, sizes in rec.calls if x.numel() in sizes and name != "detach"]
     assert full == ["_cbam_block_backward_x"], rec.calls
     assert x.grad is not None and x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- launch counts of nn.CBAM (benchmarks/README.md)
+NO_KERNEL = {"detach", "view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", "unsqueeze", "squeeze",
+             "alias", "as_strided", "empty", "new_empty", "new_empty_strided", "empty_strided", "empty_like", "split",
+             "split_with_sizes", "lift_fresh", "_reshape_alias"}  # views and allocations: no kernel
+# Top-level ops that launch a kernel (each covseg op once) per nn.CBAM call, with no HW split in the stats pass
+# (as at refnet_f5). Eval: inference under no_grad, BatchNorm folded into the conv (the fold cached).
+# bf16 adds casts: forward 2 (MLP input, pooled map); backward 2 (grad_sa for the σ backward, grad_logits for
+# the MLP backward, which runs in the weights' dtype as autograd's would).
+LAUNCHES = {torch.float32: {"eval": 11, "train": 13, "backward": 16},
+            torch.bfloat16: {"eval": 13, "train": 15, "backward": 18}}
+TRITON_KERNELS = {"eval": ["stats_partial_kernel", "pool_kernel", "apply_kernel"],
+                  "train": ["stats_partial_kernel", "pool_kernel", "apply_kernel"],
+                  "backward": ["apply_backward_kernel", "pool_backward_kernel", "block_backward_x_kernel"]}
+
+
+class _Launches(TorchDispatchMode):
+    """Names of the top-level ops that launch a kernel (a covseg op counts once, whatever it runs inside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NO_KERNEL:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Names of the Triton kernels launched (JITFunction.run on a GPU, InterpretedFunction.run under
+    TRITON_INTERPRET=1): the list fills while the test runs."""
+    names, classes = [], []
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+        classes = [JITFunction, InterpretedFunction]
+    except ImportError:  # no Triton: only the reference backend runs, and it launches none
+        pass
+    for cls in classes:
+        def run(self, *args, _run=cls.run, **kwargs):
+            if not kwargs.get("warmup"):
+                names.append(self.fn.__name__)
+            return _run(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "run", run)
+    return names
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_launch_counts(backend, device, dtype, triton_launches):
+    """Launches per nn.CBAM call, pinned (documented in benchmarks/README.md, CBAM section): top-level ops that
+    launch a kernel and, on the Triton backend, the Triton kernels. (2, 32, 5, 7) takes the stats pass's
+    one-split path, as refnet_f5 (16×2048×11×11) does; the launchers of passes A and B each add one small
+    torch sum of their per-block partials, not seen here."""
+    torch.manual_seed(0)
+    m = CBAM(32).to(device=device, dtype=dtype)
+    x = torch.randn((2, 32, 5, 7), device=device, dtype=dtype)
+    counted = {}
+    with use_backend(backend):
+        m.eval()
+        with torch.no_grad():
+            m(x)  # builds the folded conv
+            del triton_launches[:]
+            with _Launches() as rec:
+                m(x)
+        counted["eval"] = (rec.ops, list(triton_launches))
+        m.train()
+        xg = x.clone().requires_grad_()
+        del triton_launches[:]
+        with _Launches() as rec:
+            out = m(xg)
+        counted["train"] = (rec.ops, list(triton_launches))
+        g = torch.ones_like(out)
+        del triton_launches[:]
+        with _Launches() as rec:
+            out.backward(g)
+        counted["backward"] = (rec.ops, list(triton_launches))
+    for phase, (ops, kernels) in counted.items():
+        assert len(ops) == LAUNCHES[dtype][phase], f"{phase}: {len(ops)} launches {ops}"
+        if backend == "triton":
+            assert kernels == TRITON_KERNELS[phase], f"{phase}: Triton kernels {kernels}"
+    if backend == "triton":
+        from covseg_fast.ops.triton.cbam_tiles import stats_splits
+        assert stats_splits(2, 32, 35)[2] == stats_splits(16, 2048, 121)[2] == 1  # the same path as refnet_f5
 
 
 # ---------------------------------------------------------------- the three backward ops on their own
