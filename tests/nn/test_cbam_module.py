@@ -275,6 +275,19 @@ def test_fold_follows_training_steps_and_loaded_weights(backend, device):
         assert_same(run_backend(backend, fused, x_eval), ref(x_eval), **TOL, what="eval after load_state_dict")
 
 
+def test_export_traces_the_fold():
+    """torch.export in eval without grad records the fold as ops on the parameters and running statistics (the
+    program follows its state dict), not a cached constant."""
+    fused, _ = pair(8, 17)
+    fused.eval()
+    x = inputs((2, 8, 5, 5), 18)
+    with torch.no_grad():
+        ep = run_backend("reference", torch.export.export, fused, (x,))
+        assert fused._fold_cache is None
+        assert any(n.target == torch.ops.aten.rsqrt.default for n in ep.graph.nodes)
+        assert_same(run_backend("reference", ep.module(), x), run_backend("reference", fused, x), **TOL)
+
+
 def test_eval_without_running_stats_uses_batch_statistics():
     """track_running_stats=False: BatchNorm normalises with batch statistics in eval too, so nothing is folded."""
     fused, ref = pair(6, 15)
