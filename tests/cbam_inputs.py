@@ -87,8 +87,9 @@ def tie_free_block(shape, seed, hidden=4):
 BLOCK_NAMES = ["out", "grad x", "grad w1", "grad b1", "grad w2", "grad b2", "grad conv", "grad γ", "grad β"]
 # Floors in ulps of the dtype at each output's scale. The gradients of the MLP, γ and β are sums over H·W or
 # B·H·W; where their terms cancel, both paths err by many ulps and which one is luckier is chance. x ≥ 0 and an
-# upstream gradient g > 0 make those sums like-signed (over 76 seeded cases the fused error never exceeded
-# twice the reference's by more than 0.9 ulp), except γ's, Σ grad·ẑ with ẑ of zero mean: both paths err by up
-# to ~300 ulps there and the excess reached 15.5, hence 32. grad_s, which feeds γ, is held tightly through the
-# conv's and β's gradients.
+# upstream gradient g > 0 make those sums like-signed, except γ's, Σ grad·ẑ with ẑ of zero mean, where both
+# paths can err by hundreds of ulps: hence 32 for γ (an earlier sweep saw the fused error exceed twice the
+# reference's by 15.5 ulps there), 2 elsewhere. Interpreter sweep of this code, 12 seeds × fp16/bf16 × NCHW/
+# channels_last at (2, 24, 9, 11): the largest excess over twice the reference's error was 0.51 ulp (γ: 0.08).
+# grad_s, which feeds γ, is held tightly through the conv's and β's gradients.
 BLOCK_FLOOR_ULPS = [2, 2, 2, 2, 2, 2, 2, 32, 2]
