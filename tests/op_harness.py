@@ -5,7 +5,8 @@ reference on fixed odd shapes and seeded random ones:
 
 - fp32 within a stated tolerance (or bit-exact where the op is integer-exact);
 - bf16/fp16 held to "at most twice the error of the reference run in that
-  dtype", both measured against the reference in float64 (:func:`assert_low_precision_bound`);
+  dtype", both measured against the reference in float64, for each output on
+  its own scale (:func:`assert_low_precision_bound`);
 - ``torch.library.opcheck``; float64 ``gradcheck`` on tiny shapes; bad-input errors.
 
 Backends run where they can: C++ on CPU, CUDA/Triton on a GPU, Triton on CPU
@@ -89,28 +90,68 @@ def assert_same(actual, expected, atol: float = 0.0, rtol: float = 0.0, what: st
 
 
 def max_error(actual, gold) -> float:
+    """Largest absolute difference over all tensors (pooled: use per-output bounds for low precision)."""
     return max(((x.double() - y.double()).abs().max().item() if x.numel() else 0.0)
                for x, y in zip(_flat(actual), _flat(gold)))
 
 
-def assert_low_precision_bound(
-    fused: Callable, reference: Callable, inputs64: Sequence, dtype: torch.dtype, slack: float = 2.0, floor: float = 0.0
-) -> tuple[float, float]:
-    """The fused op in ``dtype`` errs at most ``slack``× the reference run in ``dtype``.
+def _scale(t: torch.Tensor) -> float:
+    return t.double().abs().max().item() if t.numel() else 0.0
 
-    Both are measured against the reference in float64 on the same inputs
-    (float64 tensors in ``inputs64`` are cast to ``dtype``; others pass as is).
-    ``floor`` absorbs cases where the reference happens to be exact.
-    Returns (fused error, reference error) for the test to report.
+
+def _per_output(value, n: int, what: str, label: str) -> list[float]:
+    values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+    assert len(values) == n, f"{label}: {n} outputs but {len(values)} {what}"
+    return values
+
+
+def assert_per_output_bound(fused_out, ref_out, gold, label: str = "", slack: float = 2.0,
+                            floor: float | Sequence[float] = 0.0, rel_floor: float | Sequence[float] = 0.0,
+                            names: Sequence[str] | None = None) -> list[tuple[float, float]]:
+    """Per output: |fused − gold|max ≤ slack·|ref − gold|max + floor + rel_floor·scale (scale: max |gold|).
+
+    Each output is held to its own error, so a small one (a mean next to a large gradient) cannot hide under
+    a large one. ``floor`` is absolute, ``rel_floor`` relative to that output's scale (e.g. an ulp of the
+    dtype it is stored in); either is one value or one per output, and absorbs outputs the reference happens
+    to get (almost) exact. Returns, per output, (fused, reference) absolute errors.
+    """
+    f, r, g = _flat(fused_out), _flat(ref_out), _flat(gold)
+    assert len(f) == len(r) == len(g), f"{label}: {len(f)} fused, {len(r)} reference, {len(g)} gold outputs"
+    names = list(names) if names is not None else [f"output {i}" for i in range(len(g))]
+    assert len(names) == len(g), f"{label}: {len(g)} outputs but {len(names)} names"
+    floors = _per_output(floor, len(g), "floors", label)
+    rel_floors = _per_output(rel_floor, len(g), "rel_floors", label)
+    rows, bad = [], []
+    for name, fl, rfl, a, b, want in zip(names, floors, rel_floors, f, r, g):
+        assert a.shape == want.shape and b.shape == want.shape, (
+            f"{label} {name}: shapes {tuple(a.shape)}, {tuple(b.shape)} vs {tuple(want.shape)}")
+        scale = _scale(want)
+        err_f, err_r = max_error(a, want), max_error(b, want)
+        rows.append((err_f, err_r))
+        if err_f > slack * err_r + fl + rfl * scale:
+            bad.append(f"{name}: fused error {err_f:.3e} > {slack}× the reference's {err_r:.3e} + {fl:.1e} "
+                       f"+ {rfl:.1e}·scale {scale:.3e}")
+    assert not bad, f"{label}: " + "; ".join(bad)
+    return rows
+
+
+def assert_low_precision_bound(
+    fused: Callable, reference: Callable, inputs64: Sequence, dtype: torch.dtype, slack: float = 2.0,
+    floor: float | Sequence[float] = 0.0, rel_floor: float | Sequence[float] = 0.0,
+    names: Sequence[str] | None = None,
+) -> tuple[float, float]:
+    """Each output of the fused op in ``dtype`` errs at most ``slack``× the reference run in ``dtype``.
+
+    Both are measured against the reference in float64 on the same inputs (float64 tensors in ``inputs64``
+    are cast to ``dtype``; others pass as is), output by output (:func:`assert_per_output_bound`).
+    ``floor`` (absolute) and ``rel_floor`` (× each output's max |value|) absorb cases where the reference
+    happens to be exact. Returns the largest (fused error, reference error) over the outputs, for reports.
     """
     gold = reference(*inputs64)
     cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype == torch.float64 else t for t in inputs64]
-    ref_err = max_error(reference(*cast), gold)
-    fused_err = max_error(fused(*cast), gold)
-    assert fused_err <= slack * ref_err + floor, (
-        f"{dtype}: fused error {fused_err:.3e} exceeds {slack}× the reference's {ref_err:.3e} (+{floor:.1e})"
-    )
-    return fused_err, ref_err
+    rows = assert_per_output_bound(fused(*cast), reference(*cast), gold, label=str(dtype), slack=slack,
+                                   floor=floor, rel_floor=rel_floor, names=names)
+    return max((e for e, _ in rows), default=0.0), max((e for _, e in rows), default=0.0)
 
 
 def grads_of(fn: Callable, inputs: Sequence[torch.Tensor], grad_outputs=None, seed: int = 0) -> list:

@@ -29,8 +29,11 @@ on their own), each writing a full-size grad_x (3E + 2E + 2E), and summed the th
 ≈13E. Launches touching x: forward 3; backward 3, was 5 (three grad_x writes and two adds). Small launches, on
 (B, C), (B, 1, H, W) or (B, 2, H, W) tensors, in fp32 training: forward 10 (cat, MLP, σ: 6; conv; BN 2; σ) plus
 6 that merge the channel-stat partials when HW is split over programs (as at 256×256); backward 15 (σ, BN and
-conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19; bf16 adds
-about 10 casts of small tensors.
+conv backward 3; σ′ and the MLP backward 10; two partial-sum reductions), the unfused backward had 19. Eval
+with ``batch_norm=None`` and the BN folded into ``conv_weight`` / ``conv_bias`` (``nn.CBAM``): forward 8. bf16
+adds 2 casts forward (MLP input, pooled map) and 2 backward (grad_sa for σ′, grad_logits for the MLP backward,
+which runs in the dtype the MLP ran in). Counts per ``nn.CBAM`` call at refnet_f5: benchmarks/README.md,
+pinned by tests/ops/test_cbam_backward.py::test_launch_counts.
 
 How autograd is made to write grad_x once: two ``torch.autograd.Function`` s (ops/cbam_autograd.py) cover
 the x-dependent parts; ``cbam()`` (below) keeps the conv, BN and σ between them as ordinary autograd ops.
@@ -308,34 +311,69 @@ def cbam_apply(x: Tensor, ca: Tensor, sa: Tensor) -> Tensor:
     return torch.ops.covseg.cbam_apply(x, ca, sa)
 
 
+def _check_weight(what: str, t, x: Tensor) -> None:
+    """A CBAM weight: a float tensor on x's device, in x's dtype (any float dtype under autocast, which casts)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"cbam: {what} must be a tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"cbam: {what} must be floating point, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"cbam: {what} is on {t.device} but x is on {x.device}")
+    if t.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"cbam: {what} is {t.dtype} but x is {x.dtype} (outside autocast the weights must have "
+                        f"x's dtype)")
+
+
+def _check_block_weights(x: Tensor, w1, b1, w2, b2, conv_weight, conv_bias) -> None:
+    c = x.shape[1]
+    named = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "conv_weight": conv_weight}
+    if conv_bias is not None:
+        named["conv_bias"] = conv_bias
+    for what, t in named.items():
+        _check_weight(what, t, x)
+    if w1.dim() != 2 or w1.shape[0] < 1 or w1.shape[1] != c or tuple(w2.shape) != (c, w1.shape[0]):
+        raise ValueError(f"cbam: MLP weights {tuple(w1.shape)}, {tuple(w2.shape)} do not fit C={c} "
+                         f"(w1 must be (h, C), w2 (C, h), h ≥ 1)")
+    hidden = w1.shape[0]
+    if tuple(b1.shape) != (hidden,):
+        raise ValueError(f"cbam: b1 must have shape ({hidden},) for w1 of shape {tuple(w1.shape)}, "
+                         f"got {tuple(b1.shape)}")
+    if tuple(b2.shape) != (c,):
+        raise ValueError(f"cbam: b2 must have shape ({c},) for C={c}, got {tuple(b2.shape)}")
+    k = conv_weight.shape[-1] if conv_weight.dim() == 4 else 0
+    if conv_weight.dim() != 4 or tuple(conv_weight.shape[:3]) != (1, 2, k) or k % 2 == 0:
+        raise ValueError(f"cbam: conv_weight must be (1, 2, k, k), square with k odd, got {tuple(conv_weight.shape)}")
+    if conv_bias is not None and tuple(conv_bias.shape) != (1,):
+        raise ValueError(f"cbam: conv_bias must have shape (1,), got {tuple(conv_bias.shape)}")
+
+
 def cbam(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_weight: Tensor,
-         batch_norm: Callable[[Tensor], Tensor]) -> Tensor:
+         batch_norm: Optional[Callable[[Tensor], Tensor]] = None, conv_bias: Optional[Tensor] = None) -> Tensor:
     """The whole CBAM block on the fused ops (same result and gradients as ``reference.cbam.cbam``).
 
     Forward: three passes over x (4E); backward: passes A, B, C (≈6E, grad_x written once), see the module
-    docstring. Gradients flow to x, the MLP weights and biases, ``conv_weight`` and whatever ``batch_norm``
-    differentiates (its weight and bias).
+    docstring. Gradients flow to x, the MLP weights and biases, ``conv_weight``, ``conv_bias`` and whatever
+    ``batch_norm`` differentiates (its weight and bias).
 
     Args:
         x: (B, C, H, W). w1 (h, C), b1 (h,), w2 (C, h), b2 (C,): the shared MLP.
-        conv_weight: (1, 2, k, k) bias-free spatial conv (k odd).
+        conv_weight: (1, 2, k, k) spatial conv (k odd); conv_bias: its optional (1,) bias.
         batch_norm: applied to the (B, 1, H, W) conv output: an ``nn.BatchNorm2d(1)`` (it then uses batch
             statistics and updates its running statistics in training, running statistics in eval, exactly
-            as in the reference) or e.g. ``functools.partial(F.batch_norm, ...)``.
+            as in the reference) or e.g. ``functools.partial(F.batch_norm, ...)``. None: no normalisation,
+            e.g. an eval-mode BatchNorm folded into ``conv_weight`` and ``conv_bias`` (as ``nn.CBAM`` does).
+        The weights are on x's device and in x's dtype (any float dtype under autocast).
     Returns:
         (B, C, H, W) in x.dtype and x's memory layout.
     Raises:
-        ValueError / TypeError: bad x, MLP / conv weights that do not fit C, or a ``batch_norm`` that does not
-            return (B, 1, H, W).
+        ValueError / TypeError: bad x; MLP weights / biases or conv weight / bias of the wrong shape, dtype or
+            device; a ``batch_norm`` that does not return (B, 1, H, W).
     """
     _check_x("cbam", x)
-    c = x.shape[1]
-    if w1.dim() != 2 or w1.shape[1] != c or tuple(w2.shape) != (c, w1.shape[0]):
-        raise ValueError(f"cbam: MLP weights {tuple(w1.shape)}, {tuple(w2.shape)} do not fit C={c}")
-    if conv_weight.dim() != 4 or tuple(conv_weight.shape[:2]) != (1, 2) or conv_weight.shape[-1] % 2 == 0:
-        raise ValueError(f"cbam: conv_weight must be (1, 2, k, k) with k odd, got {tuple(conv_weight.shape)}")
-    ca, pooled, g_port, sa_port = _GateAndPool.apply(x, w1, b1, w2, b2)
+    _check_block_weights(x, w1, b1, w2, b2, conv_weight, conv_bias)
+    ca, pooled, g_port, sa_port, gca_port = _GateAndPool.apply(x, w1, b1, w2, b2)
     # conv, BatchNorm and σ stay in autograd: the BN is the caller's own (module or function)
-    sa = torch.sigmoid(batch_norm(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2)))
+    s = F.conv2d(pooled, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2)
+    sa = torch.sigmoid(s if batch_norm is None else batch_norm(s))
     _check_small("cbam", "batch_norm output", sa, (x.shape[0], 1, x.shape[2], x.shape[3]), x)
-    return _ApplyGates.apply(x, ca, sa, g_port, sa_port)
+    return _ApplyGates.apply(x, ca, sa, g_port, sa_port, gca_port)

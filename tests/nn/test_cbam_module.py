@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from covseg_fast.nn import CBAM
-from op_harness import assert_same, backend_cases, generator, run_backend
+from cbam_inputs import BLOCK_FLOOR_ULPS, BLOCK_NAMES, ULP, tie_free_block
+from op_harness import assert_per_output_bound, assert_same, backend_cases, generator, run_backend
 
 CASES = [*backend_cases("cbam_apply"), pytest.param("reference", "cpu", id="reference-cpu")]
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -108,6 +109,22 @@ def test_batch_one_train_and_batch_zero_eval(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", CASES)
+def test_batch_zero_train_matches_reference(backend, device):
+    """Training with an empty batch: empty output, zero gradients, BatchNorm state as the reference module's."""
+    fused, ref = pair(5, 8, device, reduction=2)
+    grads = []
+    for model, be in ((fused, backend), (ref, "reference")):
+        x = torch.zeros((0, 5, 4, 3), device=device, requires_grad=True)
+        out = run_backend(be, model, x)
+        assert tuple(out.shape) == (0, 5, 4, 3)
+        run_backend(be, out.sum().backward)
+        grads.append([x.grad, *(p.grad for p in model.parameters())])
+    assert_same(grads[0], grads[1], what="grads")
+    assert all(int(g.count_nonzero()) == 0 for g in grads[0])
+    assert_same(list(fused.spatial_gate.bn.buffers()), list(ref.spatial_gate.bn.buffers()), what="BN buffers")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
 def test_channels_last_in_channels_last_out(backend, device):
     fused, ref = pair(16, 4, device)
     x = inputs((2, 16, 5, 7), 5, device).to(memory_format=torch.channels_last).requires_grad_()
@@ -135,6 +152,20 @@ def test_torch_compile_module_train_step():
     assert_same(fused.spatial_gate.bn.running_mean, ref.spatial_gate.bn.running_mean, **TOL, what="running_mean")
 
 
+@pytest.mark.compile
+def test_torch_compile_module_eval_folds():
+    """Eval under torch.compile (fullgraph): the fold is traced (no cache), output and grads as the reference."""
+    fused, ref = pair(8, 6)
+    fused.eval(), ref.eval()
+    compiled = torch.compile(fused, fullgraph=True)
+    x = inputs((2, 8, 6, 6), 21).requires_grad_()
+    out, out_ref = compiled(x), ref(x)
+    assert_same(out, out_ref, **TOL)
+    assert_same(torch.autograd.grad(out.sum(), x), torch.autograd.grad(out_ref.sum(), x), **TOL, what="grad x")
+    with torch.no_grad():
+        assert_same(compiled(x), out_ref, **TOL, what="no grad")
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_reference_module_is_the_functional_spec(training):
     from covseg_fast.ops.reference.cbam import cbam as spec
@@ -160,3 +191,149 @@ def test_fused_path_saves_no_full_size_intermediate(backend, device):
         run_backend(backend, fused, x)
     full = [t for t in saved if t.numel() == x.numel()]
     assert full and all(t.data_ptr() == x.data_ptr() for t in full), [tuple(t.shape) for t in full]
+
+
+# ---------------------------------------------------------------- eval: BatchNorm folded into the conv
+def _no_batch_norm_ops(fn, *args):
+    """(result, names of the BatchNorm ops dispatched while running fn)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Rec(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bn = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "batch_norm" in func.overloadpacket.__name__:
+                self.bn.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Rec() as rec:
+        out = fn(*args)
+    return out, rec.bn
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_eval_folds_batchnorm_into_conv(backend, device):
+    """Eval: no BatchNorm op runs; output and every gradient (x, conv weight, γ, β, MLP) equal the unfolded
+    reference's; the running statistics are untouched. Inference (no grad) reuses the cached fold."""
+    fused, ref = pair(12, 9, device)
+    with torch.no_grad():
+        for m in (fused, ref):
+            m.spatial_gate.bn.running_mean.fill_(0.4)
+            m.spatial_gate.bn.running_var.fill_(3.0)
+    fused.eval(), ref.eval()
+    x = inputs((2, 12, 7, 6), 11, device).requires_grad_()
+    out, bn_ops = _no_batch_norm_ops(run_backend, backend, fused, x)
+    assert bn_ops == []
+    out_r = ref(x)
+    assert_same(out, out_r, atol=1e-5, rtol=1e-5)
+    g = inputs(out.shape, 12, device)
+    params = [x, *fused.parameters()]
+    got = run_backend(backend, torch.autograd.grad, out, params, g)
+    want = torch.autograd.grad(out_r, [x, *ref.parameters()], g)
+    names = ["x"] + [n for n, _ in fused.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        assert_same(a, b, atol=1e-5, rtol=1e-5, what=f"eval grad {name}")
+    with torch.no_grad():
+        first = run_backend(backend, fused, x)
+        cached = fused._fold_cache[2]
+        assert_same(run_backend(backend, fused, x), first)
+        assert fused._fold_cache[2] is cached  # the fold was reused, not rebuilt
+    assert copy.deepcopy(fused)._fold_cache is None  # a copy's storages differ: it builds its own fold
+    bn = fused.spatial_gate.bn
+    assert (bn.running_mean.item(), bn.running_var.item(), int(bn.num_batches_tracked)) == (
+        pytest.approx(0.4), pytest.approx(3.0), 0)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_fold_follows_training_steps_and_loaded_weights(backend, device):
+    """Train steps (batch statistics, running stats updated as nn.BatchNorm2d) alternating with no-grad eval
+    calls: the cached fold is rebuilt whenever the conv weight, γ, β or the running stats change, including a
+    load_state_dict while in eval."""
+    fused, ref = pair(10, 13, device)
+    opt_f = torch.optim.SGD(fused.parameters(), lr=0.2)
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.2)
+    x_eval = inputs((2, 10, 6, 5), 20, device)
+    for step in range(3):
+        for m, opt in ((fused, opt_f), (ref, opt_r)):
+            m.train()
+            opt.zero_grad()
+            out = run_backend(backend, m, inputs((3, 10, 6, 5), 30 + step, device))
+            out.square().mean().backward()
+            opt.step()
+        assert_same(fused.spatial_gate.bn.running_var, ref.spatial_gate.bn.running_var, **TOL, what="running_var")
+        assert_same(fused.spatial_gate.bn.running_mean, ref.spatial_gate.bn.running_mean, **TOL,
+                    what="running_mean")
+        fused.eval(), ref.eval()
+        with torch.no_grad():
+            assert_same(run_backend(backend, fused, x_eval), ref(x_eval), **TOL, what=f"eval after step {step}")
+            run_backend(backend, fused, x_eval)  # cached
+    state = pair(10, 14, device)[1].state_dict()
+    fused.load_state_dict(state), ref.load_state_dict(state)  # in eval, with a cached fold
+    with torch.no_grad():
+        assert_same(run_backend(backend, fused, x_eval), ref(x_eval), **TOL, what="eval after load_state_dict")
+
+
+def test_export_traces_the_fold():
+    """torch.export in eval without grad records the fold as ops on the parameters and running statistics (the
+    program follows its state dict), not a cached constant."""
+    fused, _ = pair(8, 17)
+    fused.eval()
+    x = inputs((2, 8, 5, 5), 18)
+    with torch.no_grad():
+        ep = run_backend("reference", torch.export.export, fused, (x,))
+        assert fused._fold_cache is None
+        assert any(n.target == torch.ops.aten.rsqrt.default for n in ep.graph.nodes)
+        assert_same(run_backend("reference", ep.module(), x), run_backend("reference", fused, x), **TOL)
+
+
+def test_eval_without_running_stats_uses_batch_statistics():
+    """track_running_stats=False: BatchNorm normalises with batch statistics in eval too, so nothing is folded."""
+    fused, ref = pair(6, 15)
+    for m in (fused, ref):
+        m.spatial_gate.bn = torch.nn.BatchNorm2d(1, track_running_stats=False)
+        m.eval()
+    x = inputs((2, 6, 5, 5), 16)
+    out, bn_ops = _no_batch_norm_ops(fused, x)
+    assert bn_ops  # the module's BatchNorm ran
+    assert_same(out, ref(x), **TOL)
+
+
+# ---------------------------------------------------------------- autocast
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_autocast_bf16_within_twice_the_reference_error(backend, device, x_dtype):
+    """bf16 autocast (MLP and conv in bf16; fp32 weights, x in fp32 or already bf16 as after an autocast conv)
+    in training: the fused module vs the reference module under the same autocast, both against the reference
+    module in float64; output and every gradient on its own scale; inputs and weights from the tie-free
+    construction of the low-precision block test. The running statistics follow the reference's."""
+    x, w1, b1, w2, b2, conv, gamma, beta = (t.to(device) for t in tie_free_block((2, 24, 9, 11), 5))
+    ref = CBAM(24, reduction=6, zero_spatial_bn=False, fused=False).to(device)
+    with torch.no_grad():
+        for p, v in zip((ref.channel_gate.mlp[0].weight, ref.channel_gate.mlp[0].bias, ref.channel_gate.mlp[2].weight,
+                         ref.channel_gate.mlp[2].bias, ref.spatial_gate.conv.weight, ref.spatial_gate.bn.weight,
+                         ref.spatial_gate.bn.bias), (w1, b1, w2, b2, conv, gamma, beta)):
+            p.copy_(v)
+    ref.spatial_gate.bn.momentum = 1.0  # running stats = this batch's, so the comparison below means something
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    gold_model = copy.deepcopy(ref).double()
+    g = (torch.rand(x.shape, generator=generator(1), dtype=torch.float64) + 0.5).to(device)  # g > 0, as there
+
+    def run(model, dtype, autocast, be="reference"):
+        xin = x.to(dtype).requires_grad_()  # x is exact in bf16
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = run_backend(be, model, xin)
+        grads = run_backend(be, torch.autograd.grad, out, [xin, *model.parameters()], g.to(out.dtype))
+        return [out, *grads]
+
+    gold = run(gold_model, torch.float64, False)
+    want = run(ref, x_dtype, True)
+    got = run(fused, x_dtype, True, backend)
+    assert got[0].dtype == want[0].dtype
+    assert_per_output_bound(got, want, gold, label=f"autocast {backend} {x_dtype}", names=BLOCK_NAMES,
+                            rel_floor=[n * ULP[torch.bfloat16] for n in BLOCK_FLOOR_ULPS])
+    for name in ("running_mean", "running_var"):  # statistics of bf16 conv outputs: within half a bf16 ulp
+        assert_same(getattr(fused.spatial_gate.bn, name), getattr(ref.spatial_gate.bn, name), atol=4e-3, rtol=4e-3,
+                    what=f"{backend} {name}")

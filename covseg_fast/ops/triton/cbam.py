@@ -25,7 +25,7 @@ from torch.library import wrap_triton
 # the backward launchers, re-exported: this module serves every CBAM op
 from .cbam_backward import (apply_backward, apply_backward_reduce, block_backward_x,  # noqa: F401
                             channel_stats_backward, spatial_pool_backward, spatial_pool_backward_reduce)
-from .cbam_tiles import Tiling, _blocks, _dense, _strides
+from .cbam_tiles import Tiling, _dense, _strides, stats_splits
 
 
 @triton.jit
@@ -116,19 +116,13 @@ def apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
 # ----------------------------------------------------------------------------------------------
 # Launchers (called inside the torch.library.triton_op bodies, so kernels go through wrap_triton)
 # ----------------------------------------------------------------------------------------------
-_TARGET_PROGRAMS = 528  # ≈ 4 programs per SM on an H100 (132 SMs): enough to fill it for the stats pass
-
-
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, C, H, W) → mean, max (B, C) fp32 and #max (B, C) int32; split-HW partials merged in PyTorch."""
     x = _dense(x)
     b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
-    bc, bhw = _blocks(c, hw)
+    bc, bhw, splits, per_split = stats_splits(b, c, hw)
     ncb = triton.cdiv(c, bc)
-    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, max(1, b * ncb)), triton.cdiv(hw, bhw)))
-    per_split = triton.cdiv(triton.cdiv(hw, splits), bhw) * bhw
-    splits = triton.cdiv(hw, per_split)
     # One split: the kernel writes the final (B, C) mean/max/count (index (b·C + c)·1 + 0) in one launch.
     shape = (b, c) if splits == 1 else (b, c, splits)
     psum = x.new_empty(shape, dtype=torch.float32)

@@ -45,7 +45,7 @@ def pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca
     """g₁ = g_max·[x·ca = max]/count + g_mean/C;  grad_x = g₁·ca;  partial grad_ca = Σ_(pixel block) g₁·x.
 
     grid (B, NB = cdiv(HW, BLOCK_HW)); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
-    over blocks by the launcher (deterministic, no atomics). gp is (B, 2, HW) contiguous fp32.
+    over blocks by the launcher (deterministic, no atomics). gp is (B, 2, HW) contiguous, any float dtype.
     WRITE_GX = False is pass B of the fused block backward: only grad_ca, x read once, nothing full-size written.
     """
     b = tl.program_id(0).to(tl.int64)
@@ -54,8 +54,8 @@ def pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca
     mask_hw = offs_hw < HW
     mx = tl.load(pooled_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0)
     cnt = tl.maximum(tl.load(cnt_ptr + b * HW + offs_hw, mask=mask_hw, other=1), 1).to(tl.float32)
-    gmax = tl.load(gp_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0) / cnt
-    gmean = tl.load(gp_ptr + (b * 2 + 1) * HW + offs_hw, mask=mask_hw, other=0.0) * inv_c
+    gmax = tl.load(gp_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32) / cnt
+    gmean = tl.load(gp_ptr + (b * 2 + 1) * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32) * inv_c
     pix = b * sxb + offs_hw[None, :].to(tl.int64) * sxhw
     for start in range(0, C, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
@@ -171,7 +171,7 @@ def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, t
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     if t.b > 0:
         wrap_triton(pool_backward_kernel)[t.grid2](
-            x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.float().contiguous(), gx, pca,
+            x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.contiguous(), gx, pca,
             t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=True)
     return gx, pca.sum(dim=-1).to(ca.dtype)
 
@@ -211,7 +211,7 @@ def spatial_pool_backward_reduce(g_pooled, x, ca, pooled, cnt) -> torch.Tensor:
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     if t.b > 0:
         wrap_triton(pool_backward_kernel)[t.grid2](
-            x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.float().contiguous(), pca, pca,
+            x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.contiguous(), pca, pca,
             t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=False)  # gx_ptr unused
     return pca.sum(dim=-1)
 

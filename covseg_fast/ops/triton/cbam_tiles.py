@@ -26,6 +26,21 @@ def _blocks(c: int, hw: int) -> tuple[int, int]:
     return min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(hw))
 
 
+_TARGET_PROGRAMS = 528  # ≈ 4 programs per SM on an H100 (132 SMs): enough to fill it for the stats pass
+
+
+def stats_splits(b: int, c: int, hw: int) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_HW, splits, HW per split) of the channel-stats pass.
+
+    HW is split over programs only while B·cdiv(C, BLOCK_C) programs cannot fill the GPU; with one split the
+    kernel writes the final mean/max/count and nothing is merged afterwards (one launch instead of seven).
+    """
+    bc, bhw = _blocks(c, hw)
+    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, max(1, b * triton.cdiv(c, bc))), triton.cdiv(hw, bhw)))
+    per_split = triton.cdiv(triton.cdiv(hw, splits), bhw) * bhw
+    return bc, bhw, triton.cdiv(hw, per_split), per_split
+
+
 def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
     """Tiles for the kernels whose programs own a pixel block and loop over C (grid (B, cdiv(HW, BLOCK_HW))).
 
