@@ -36,12 +36,13 @@ def _commit() -> str:
 def main(dst: str = DST) -> None:
     if os.path.exists(RUN_DIR):
         sys.exit(f"{RUN_DIR} exists: remove it first (the demo is trained from scratch, not resumed)")
+    commit = _commit()  # before training: the code that trains is the code checked out now
     subprocess.run(shlex.split(COMMAND), check=True)
     best = read_checkpoint(os.path.join(RUN_DIR, "best.pt"))
     state = best["train"]
     epoch = state["best_epoch"]
     row = next(r for r in state["history"] if r.get("epoch") == epoch)
-    provenance = {"command": COMMAND, "commit": _commit(),
+    provenance = {"command": COMMAND, "commit": commit,
                   "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "torch": torch.__version__, "data": DATA, "epoch": epoch,
                   "validation": {k: v for k, v in row.items() if k.startswith("val_")},
