@@ -59,7 +59,7 @@ def test_cli_under_torchrun(tmp_path):
                                                                             "_torchrun_cli.py"),
                            "--preset", "msa_unet", "--data", data, "--val-fraction", "0.34", "--out", str(out),
                            "--epochs", "2", "--batch-size", "2", "--set", "input_size=32", "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("2 epochs; best val_dice") == 1        # the summary comes from rank 0 only
     ckpt = torch.load(out / "last.pt", weights_only=True)
