@@ -121,11 +121,11 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
         if rec is not None:
             done.append(rec)
             continue
-        record_path = plan.paths(c.case_id)["json"]
-        if os.path.exists(record_path) and not written_by_screen(record_path, c.case_id):
-            raise UsageError(f"{record_path} exists and was not written by covseg screen (screening case "
+        paths = plan.paths(c.case_id)
+        if os.path.exists(paths["json"]) and not written_by_screen(paths["json"], c.case_id):
+            raise UsageError(f"{paths['json']} exists and was not written by covseg screen (screening case "
                              f"{c.case_id} would replace it); move it or choose another --output")
-        if not resume and not overwrite and any(os.path.exists(p) for p in plan.paths(c.case_id).values()):
+        if not resume and not overwrite and any(os.path.exists(p) for p in paths.values()):
             raise UsageError(f"outputs for case {c.case_id} already exist in {config.out_dir}; pass --resume "
                              "(skip complete cases) or --overwrite")
         todo.append(c)
