@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from covseg_fast.experiments.crossval import code_commit
 from covseg_fast.models.registry import load_model, read_checkpoint, save_checkpoint
 
 RUN_DIR = "/tmp/demo_run"
@@ -26,17 +27,10 @@ DATA = "COVID-SemiSeg 50 labelled training slices (Fan et al., Inf-Net, TMI 2020
 LICENCE = "weights for non-commercial research use only (data licence); not a medical device"
 
 
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    return out + ("+dirty" if dirty else "")
-
-
 def main(dst: str = DST) -> None:
     if os.path.exists(RUN_DIR):
         sys.exit(f"{RUN_DIR} exists: remove it first (the demo is trained from scratch, not resumed)")
-    commit = _commit()  # before training: the code that trains is the code checked out now
+    commit = code_commit()  # before training: the code that trains is the code checked out now
     subprocess.run(shlex.split(COMMAND), check=True)
     best = read_checkpoint(os.path.join(RUN_DIR, "best.pt"))
     state = best["train"]
