@@ -70,14 +70,19 @@ def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: b
                              f"inputs); {hint}")
 
 
-def _report_names(suffix: str, report_format: str) -> list[str]:
-    """The batch reports a run writes in the output folder."""
+def refuse_foreign_reports(out_dir: str, suffix: str, report_format: str) -> None:
+    """Raise UsageError when a batch report about to be written (failures/summary ``suffix`` .csv/.json) exists
+    and was not written by screen: it may be the user's own file."""
     names = [f"failures{suffix}.csv"]
     if report_format in ("csv", "both"):
         names.append(f"summary{suffix}.csv")
     if report_format in ("json", "both"):
         names.append(f"summary{suffix}.json")
-    return names
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path) and not written_by_screen(path):
+            raise UsageError(f"{path} exists and was not written by covseg screen (the batch report would "
+                             "replace it); move it or choose another --output")
 
 
 def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, resume: bool = False,
@@ -130,11 +135,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                              "(skip complete cases) or --overwrite")
         todo.append(c)
     suffix = "" if n == 1 else f"_shard{k}of{n}"
-    for name in _report_names(suffix, report_format):
-        path = os.path.join(config.out_dir, name)
-        if os.path.exists(path) and not written_by_screen(path):
-            raise UsageError(f"{path} exists and was not written by covseg screen (the batch report would "
-                             "replace it); move it or choose another --output")
+    refuse_foreign_reports(config.out_dir, suffix, report_format)
     # the model (checkpoint checks included) before the output folder: a usage error leaves nothing behind
     screener = screener_factory() if todo else None
     os.makedirs(config.out_dir, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from .batch import UsageError
+from .batch import UsageError, refuse_foreign_reports
 from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, read_csv, read_json, write_csv, write_json
 
 SHARD_REPORT = re.compile(r"(?P<kind>summary|failures)_shard(?P<k>\d+)of(?P<n>\d+)\.(?P<ext>csv|json)")
@@ -21,7 +21,8 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
     """Merge the shard reports in ``out_dir``; returns (exit code: 1 if any case failed, counts).
 
     Raises:
-        UsageError: no shard reports, several shard counts, missing shards, a case in two shards.
+        UsageError: no shard reports, several shard counts, missing shards, a case in two shards, or a
+            summary/failures file in ``out_dir`` that screen did not write (it would be replaced).
     """
     if not os.path.isdir(out_dir):
         raise UsageError(f"--merge-shards: {out_dir} is not a directory")
@@ -47,6 +48,7 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
     if not (csv_all or json_all):  # e.g. one shard ran with --report-format csv, another with json
         raise UsageError(f"--merge-shards: the {n} shards in {out_dir} share no summary format (neither every "
                          "summary_shardKofN.csv nor every .json exists); rerun the odd ones with --resume")
+    refuse_foreign_reports(out_dir, "", "both" if csv_all and json_all else "csv" if csv_all else "json")
     cases, records, failures, owner = [], [], [], {}
     for k in range(n):
         shard_fail = read_csv(have[("failures", "csv", k)])

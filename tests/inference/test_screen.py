@@ -457,6 +457,10 @@ def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
     assert sorted(s0 + s1) == ["a", "b", "c"] and not set(s0) & set(s1)
     assert not (out / "summary_shard0of2.json").exists()
     assert not (out / "summary.csv").exists()
+    (out / "summary.csv").write_text("my,own\n1,2\n")  # the user's file: the merge refuses to replace it
+    assert main(["screen", "--merge-shards", str(out)]) == 2
+    assert (out / "summary.csv").read_text() == "my,own\n1,2\n"
+    (out / "summary.csv").unlink()
     assert main(["screen", "--merge-shards", str(out)]) == 0
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "b", "c"]
     assert _rows(out / "failures.csv") == [] and not (out / "summary.json").exists()  # the shards wrote CSV only
