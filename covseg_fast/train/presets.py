@@ -74,18 +74,11 @@ class TrainConfig:
     augment: str = "none"
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if self.clip_mode not in CLIP_MODES:
-            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
-        if self.val_metric not in VAL_METRICS:
-            raise ValueError(f"val_metric must be one of {VAL_METRICS}, got {self.val_metric!r}")
-        if self.mask_resize not in MASK_RESIZES:
-            raise ValueError(f"mask_resize must be one of {MASK_RESIZES}, got {self.mask_resize!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("clip_mode", CLIP_MODES),
+                              ("val_metric", VAL_METRICS), ("mask_resize", MASK_RESIZES),
+                              ("augment", AUGMENTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.input_size < 1:
             raise ValueError(f"batch_size, epochs and input_size must be >= 1, got "
                              f"{self.batch_size}, {self.epochs}, {self.input_size}")
