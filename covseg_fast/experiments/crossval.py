@@ -176,7 +176,7 @@ class CrossValidation:
         where = self.fold_dir(arm, seed, fold)
         result: dict[str, Any] = {"arm": arm.label, "model": arm.model, "seed": seed, "fold": fold,
                                   "train_ids": list(parts["train"]), "val_ids": list(parts["val"]),
-                                  "device": self.device, "commit": code_commit()}
+                                  "device": self.device, "commit": code_commit(), "command": command_line()}
         try:
             cfg = arm.train_config(seed)
             train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"],

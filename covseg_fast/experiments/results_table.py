@@ -77,7 +77,10 @@ def aggregate(results: Sequence[Mapping[str, Any]], arms: Sequence[Mapping[str, 
             "images_per_s": (sum(r["images_per_s"] for r in done) / len(done)) if done else None,
             "epochs": done[0]["epochs"] if done else None})
     trained_at = sorted({r.get("commit") or "unrecorded" for r in results if "error" not in r})
-    return {"format": 1, **meta, "folds": folds, "arms": out_arms, "trained_at": trained_at}
+    # a study may be run in several calls (e.g. one process per model): the table names every one
+    trained_by = sorted({r.get("command") or meta["command"] for r in results if "error" not in r})
+    return {"format": 1, **meta, "folds": folds, "arms": out_arms, "trained_at": trained_at,
+            "trained_by": trained_by or [meta["command"]]}
 
 
 def _cell(summary: Mapping[str, Any] | None, col: str) -> str:
@@ -105,6 +108,13 @@ def _setting_differences(arm: Mapping[str, Any]) -> list[str]:
     return diffs
 
 
+def _commands(commands: Sequence[str]) -> list[str]:
+    if len(commands) == 1:
+        return [f"Command: `{commands[0]}`", ""]
+    return [f"Commands (the models were trained by {len(commands)} calls):", "",
+            *[f"- `{c}`" for c in commands], ""]
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
     """The results page: table, settings, published numbers and what differs from the papers."""
     k = report["folds"]
@@ -113,7 +123,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
              f"torch {report['versions']['torch']} · covseg_fast {report['versions']['covseg_fast']} · "
              f"models trained at commit {', '.join(f'`{c}`' for c in report.get('trained_at', [])) or '–'}, "
              f"table built at `{report['commit']}`", "",
-             f"Command: `{report['command']}`", "",
+             *_commands(report.get("trained_by") or [report["command"]]),
              f"Data: `{report['data']}`; seeds {report['seeds']}; protocol `{report['protocol']}`.", "",
              "Each seed splits the slices into k folds anew and trains one model per fold on the other k−1 folds "
              "for the full schedule; the **last** checkpoint of each fold scores its held-out fold (no checkpoint "

@@ -2,6 +2,7 @@
 recorded failures, usage errors."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +80,21 @@ def test_study_end_to_end_then_resume(tmp_path):
     again = json.load(open(os.path.join(out, "results.json")))
     assert again["arms"][0]["summary"] == arm["summary"]
     assert again["command"] == report["command"]   # the training command, not the rebuild
+    assert again["trained_by"] == [report["command"]] and f"Command: `{report['command']}`" in text
+
+
+def test_a_study_run_in_several_calls_names_every_training_command(tmp_path, monkeypatch):
+    data, out = _folder(tmp_path / "data", 6), str(tmp_path / "study")
+    for call in (["--only-folds", "0"], ["--only-folds", "1", "2"]):
+        argv = BASE + ["--data", data, "--out", out, "--seeds", "0"] + call
+        monkeypatch.setattr(sys, "argv", ["covseg", *argv])   # command_line() reads the process's arguments
+        assert main(argv) == 0
+    report = json.load(open(os.path.join(out, "results.json")))
+    assert report["arms"][0]["n_complete_seeds"] == 1
+    assert len(report["trained_by"]) == 2 and all("--only-folds" in c for c in report["trained_by"])
+    text = open(os.path.join(out, "results.md")).read()
+    assert "Commands (the models were trained by 2 calls):" in text
+    assert all(f"- `{c}`" in text for c in report["trained_by"])
 
 
 def test_failed_fold_is_recorded_the_study_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
