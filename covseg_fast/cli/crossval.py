@@ -20,10 +20,19 @@ DEFAULT_MODELS = ["msa_unet", "unet", "refnet"]
 
 def add_parser(sub) -> None:
     p = sub.add_parser("crossval", help="k-fold cross-validation of models over seeds, with a results table",
-                       description="Train and score every model on k folds of a labelled slice folder for each "
-                                   "seed; writes OUT/results.json and OUT/results.md. Re-running continues an "
-                                   "interrupted study (finished folds are skipped).")
-    p.add_argument("--data", required=True, help="labelled slice folder (Imgs/, GT/, optional Edge/)")
+                       description="Train and score every model on k folds of a labelled slice folder, or of "
+                                   "labelled CT volumes split by patient, for each seed; writes OUT/results.json "
+                                   "and OUT/results.md. Re-running continues an interrupted study (finished folds "
+                                   "are skipped).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="labelled slice folder (Imgs/, GT/, optional Edge/): folds split slices")
+    src.add_argument("--volumes", help="folder of labelled CT volumes in a public layout (as covseg train "
+                                       "--volumes): folds split volumes, a patient's volumes together, and every "
+                                       "axial slice of a held-out volume is scored")
+    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
+                   help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window)")
+    p.add_argument("--drop-empty", action="store_true",
+                   help="--volumes: train and score only slices with infection (MSA-UNet paper's option)")
     p.add_argument("--out", required=True, help="study folder (splits, runs, results)")
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
                    help=f"registered models to compare (default: {' '.join(DEFAULT_MODELS)})")
@@ -103,8 +112,8 @@ def write_report(study, args) -> dict:
             command = json.load(fh).get("command", command)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": command, "commit": code_commit(), "versions": versions(),
-            "device": _device_name(study.device), "data": args.data, "n_slices": len(study.case_ids),
-            "seeds": study.seeds, "protocol": study.protocol}
+            "device": _device_name(study.device), **study.source.describe(), "seeds": study.seeds,
+            "protocol": study.protocol}
     report = aggregate(study.collect(), [a.describe() for a in study.arms], study.folds, meta)
     text = format_markdown(report)
     os.makedirs(args.out, exist_ok=True)
@@ -123,8 +132,13 @@ def write_report(study, args) -> dict:
 
 def run(args) -> int:
     from ..experiments.crossval import Arm, CrossValidation
+    from ..experiments.sources import SliceFolderSource, VolumeFolderSource
 
     try:
+        if args.volumes is None and args.drop_empty:
+            raise ValueError("--drop-empty applies to --volumes")
+        source = (VolumeFolderSource(args.volumes, args.window, args.drop_empty) if args.volumes is not None
+                  else SliceFolderSource(args.data))
         configs = _per_model(args.config, "--config", args.models)
         per_model = _per_model(args.set_for, "--set-for", args.models)
         common = _key_values(args.settings, "--set")
@@ -137,7 +151,7 @@ def run(args) -> int:
                     preset=presets.get(m), pseudo_data=args.pseudo_data, pseudo_epochs=args.pseudo_epochs)
                 for m in args.models]
         holder: dict = {}
-        study = CrossValidation(args.data, args.out, arms, args.seeds, args.folds, args.only_folds,
+        study = CrossValidation(source, args.out, arms, args.seeds, args.folds, args.only_folds,
                                 device=args.device, protocol=args.protocol, progress=args.progress,
                                 on_fold_done=lambda: write_report(holder["study"], args))
         holder["study"] = study

@@ -1,12 +1,14 @@
-"""Repeated k-fold cross-validation of registered models on one labelled slice folder.
+"""Repeated k-fold cross-validation of registered models on a labelled slice folder or CT volumes.
 
 Why: the COVID-SemiSeg test images are not distributed with the training split, so a results
-table on real data needs held-out predictions from the 50 labelled slices. Every (model, seed)
-gets its own k-fold split (seeded, saved to ``splits/seed<s>.json``); each fold trains on the
-other folds for the preset's full schedule and scores its **last** checkpoint on the held-out
-fold (no checkpoint is chosen on the images it is scored on). Over the k folds each slice is
-predicted exactly once, so one seed gives one out-of-fold score over all slices, and the table
-reports mean ± std over seeds (see :mod:`.results_table`).
+table on real data needs held-out predictions from the 50 labelled slices; on a labelled volume set
+(e.g. Ma et al.'s 20 cases) k-fold by patient is the published protocol. Every seed gets its own
+k-fold split of the cases (slices, or volumes with a patient's volumes together; seeded, saved to
+``splits/seed<s>.json``); each fold trains on the other folds for the preset's full schedule and
+scores its **last** checkpoint on the held-out fold (no checkpoint is chosen on the images it is
+scored on). Over the k folds each slice is predicted exactly once, so one seed gives one
+out-of-fold score over all slices, and the table reports mean ± std over seeds (see
+:mod:`.results_table`; the sources are in :mod:`.sources`).
 
 Layout under ``out``::
 
@@ -34,11 +36,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from ..atomic import atomic_write
-from ..data.slices import SliceDataset
 from ..data.splits import fold_parts, make_split
 from ..evaluate import Evaluator
 from ..models.registry import get_spec, load_model
 from ..train.presets import preset_for_model, resolve_config
+from .sources import SliceFolderSource, VolumeFolderSource
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,8 @@ class CrossValidation:
     """Run (and resume) a repeated k-fold study.
 
     Args:
-        data: labelled slice folder (``Imgs/``, ``GT/``, optional ``Edge/``).
+        data: labelled slice folder (``Imgs/``, ``GT/``, optional ``Edge/``), or a
+            :class:`~.sources.VolumeFolderSource` (split by patient, slices of held-out volumes scored).
         out: study folder (see the module docstring).
         arms: the models to compare (labels unique).
         seeds: one k-fold split and one training run per fold for each seed.
@@ -94,12 +97,10 @@ class CrossValidation:
         on_fold_done: called after each fold (e.g. to rewrite the table).
     """
 
-    def __init__(self, data: str, out: str, arms: Sequence[Arm], seeds: Sequence[int], folds: int = 5,
-                 only_folds: Optional[Sequence[int]] = None, device: Optional[str] = None,
-                 protocol: str = "infnet", progress: bool = False,
+    def __init__(self, data: str | SliceFolderSource | VolumeFolderSource, out: str, arms: Sequence[Arm],
+                 seeds: Sequence[int], folds: int = 5, only_folds: Optional[Sequence[int]] = None,
+                 device: Optional[str] = None, protocol: str = "infnet", progress: bool = False,
                  on_fold_done: Optional[Callable[[], None]] = None) -> None:
-        from ..train.datasets import open_slice_folder
-
         if not arms:
             raise ValueError("crossval: give at least one model")
         labels = [a.label for a in arms]
@@ -107,20 +108,23 @@ class CrossValidation:
             raise ValueError(f"crossval: model labels must be unique, got {labels}")
         if not seeds:
             raise ValueError("crossval: give at least one seed")
-        if not os.path.isdir(data):
-            raise FileNotFoundError(f"--data: no such folder: {data}")
+        source = SliceFolderSource(data) if isinstance(data, str) else data
         for arm in arms:
             get_spec(arm.model)
             arm.train_config(0)  # unknown settings fail here, before hours of training
             if arm.pseudo_data is not None and not os.path.isdir(arm.pseudo_data):
                 raise FileNotFoundError(f"--pseudo-data: no such folder: {arm.pseudo_data}")
-        self.case_ids = open_slice_folder(data, 32).ids
-        if not 2 <= folds <= len(self.case_ids):
-            raise ValueError(f"crossval: folds must be in 2..{len(self.case_ids)} (slices in {data}), got {folds}")
+            if arm.pseudo_data is not None and source.unit != "slice":
+                raise ValueError("--pseudo-data (slices windowed as 8-bit images) applies to --data, not --volumes")
+        self.source, self.case_ids = source, source.case_ids
+        groups = len(set(source.groups.values())) if source.groups else len(self.case_ids)
+        if not 2 <= folds <= groups:
+            what = "patients" if source.groups else f"{source.unit}s"
+            raise ValueError(f"crossval: folds must be in 2..{groups} ({what} in {source.path}), got {folds}")
         bad = [f for f in (only_folds or []) if not 0 <= f < folds]
         if bad:
             raise ValueError(f"crossval: --only-folds {bad} outside 0..{folds - 1}")
-        self.data, self.out, self.arms, self.seeds, self.folds = data, out, list(arms), list(seeds), folds
+        self.data, self.out, self.arms, self.seeds, self.folds = source.path, out, list(arms), list(seeds), folds
         self.only_folds = sorted(set(only_folds)) if only_folds else list(range(folds))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.protocol, self.progress, self.on_fold_done = protocol, progress, on_fold_done
@@ -129,7 +133,7 @@ class CrossValidation:
         return os.path.join(self.out, "runs", arm.label, f"seed{seed}", f"fold{fold}")
 
     def split(self, seed: int) -> dict:
-        return make_split(self.case_ids, k_folds=self.folds, seed=seed,
+        return make_split(self.case_ids, k_folds=self.folds, seed=seed, groups=self.source.groups,
                           path=os.path.join(self.out, "splits", f"seed{seed}.json"))
 
     def collect(self) -> list[dict[str, Any]]:
@@ -179,8 +183,7 @@ class CrossValidation:
                                   "device": self.device, "commit": code_commit(), "command": command_line()}
         try:
             cfg = arm.train_config(seed)
-            train = open_slice_folder(self.data, cfg.input_size, seed=seed, ids=parts["train"],
-                                      mask_resize=cfg.mask_resize, augment=cfg.augment)
+            train = self.source.training_set(parts["train"], cfg, seed)
             common = dict(model_config=arm.model_config, preset=cfg, device=self.device, progress=self.progress)
             t0 = time.perf_counter()
             if arm.pseudo_data is not None:
@@ -194,7 +197,7 @@ class CrossValidation:
             model = load_model(out["last"], map_location="cpu")
             result["parameters"] = sum(p.numel() for p in model.parameters())
             # scored at each slice's own size (Inf-Net protocol); the model sees the training input size
-            scored = SliceDataset(self.data, ids=parts["val"])
+            scored = self.source.scored_set(parts["val"])
             summary = Evaluator(model, device=self.device, protocol=self.protocol,
                                 input_size=(cfg.input_size, cfg.input_size)).run(
                 scored, os.path.join(where, "eval"), meta={"checkpoint": out["last"]})

@@ -141,3 +141,53 @@ def test_usage_errors_name_the_problem(tmp_path, caplog, extra, message):
 def test_missing_data_folder(tmp_path, caplog):
     assert main(BASE + ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in caplog.text
+
+
+def test_volume_study_splits_volumes_and_scores_every_slice_of_the_held_out_ones(tmp_path):
+    from ..volume_folders import write_ma_layout
+
+    write_ma_layout(tmp_path / "vol", n=4)          # 4 volumes of 6 axial slices, infection on slices 2 and 3
+    out = str(tmp_path / "study")
+    base = ["crossval", "--models", NAME, "--preset", "msa_unet", "--folds", "2", "--seeds", "0", "--epochs", "1",
+            "--set", "input_size=32", "batch_size=2", "--device", "cpu", "--volumes", str(tmp_path / "vol"),
+            "--window", "-1000", "200", "--out", out]
+    assert main(base) == 0
+    split = json.load(open(os.path.join(out, "splits", "seed0.json")))
+    volumes = sorted(f"coronacases_{i:03d}" for i in range(4))
+    assert sorted(c for part in split["parts"].values() for c in part) == volumes   # whole volumes in the folds
+    for fold in range(2):
+        r = json.load(open(os.path.join(out, "runs", NAME, "seed0", f"fold{fold}", "result.json")))
+        assert sorted(r["val_ids"]) == sorted(split["parts"][f"fold{fold}"]) and not set(r["train_ids"]) & set(r["val_ids"])
+        scored = {row["id"].split(":")[0] for row in r["rows"]}
+        assert scored == set(r["val_ids"]) and len(r["rows"]) == 6 * len(r["val_ids"])   # every slice of them
+    report = json.load(open(os.path.join(out, "results.json")))
+    assert report["unit"] == "volume" and report["n_cases"] == 4 and report["window"] == [-1000.0, 200.0]
+    assert report["arms"][0]["seeds"][0]["n_images"] == 24
+    text = open(os.path.join(out, "results.md")).read()
+    assert "2-fold cross-validation on 4 labelled CT volumes (4 patients)" in text
+    assert "split by patient" in text and "HU window -1000 … 200" in text
+
+    # --drop-empty: only the infected slices train and are scored
+    assert main(base[:-1] + [out + "_infected", "--drop-empty"]) == 0
+    report = json.load(open(os.path.join(out + "_infected", "results.json")))
+    assert report["arms"][0]["seeds"][0]["n_images"] == 8 and report["drop_empty"] is True
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "5"], "folds must be in 2..4 (patients in"),
+    (["--window", "200", "-1000"], "window"),
+    (["--pseudo-data", "."], "--pseudo-data (slices windowed as 8-bit images) applies to --data"),
+])
+def test_volume_study_usage_errors(tmp_path, caplog, extra, message):
+    from ..volume_folders import write_ma_layout
+
+    write_ma_layout(tmp_path / "vol", n=4)
+    argv = ["crossval", "--models", NAME, "--preset", "msa_unet", "--volumes", str(tmp_path / "vol"),
+            "--out", str(tmp_path / "o")] + extra
+    assert main(argv) == 2
+    assert message in caplog.text
+
+
+def test_drop_empty_needs_volumes(tmp_path, caplog):
+    assert main(BASE + ["--data", _folder(tmp_path / "data", 6), "--out", str(tmp_path / "o"), "--drop-empty"]) == 2
+    assert "--drop-empty applies to --volumes" in caplog.text
