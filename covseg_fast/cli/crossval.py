@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..atomic import atomic_write
+from .data_source import VOLUME_LAYOUTS, add_source_options
 from .train import _key_values
 
 log = logging.getLogger("covseg.crossval")
@@ -24,15 +25,12 @@ def add_parser(sub) -> None:
                                    "labelled CT volumes split by patient, for each seed; writes OUT/results.json "
                                    "and OUT/results.md. Re-running continues an interrupted study (finished folds "
                                    "are skipped).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="labelled slice folder (Imgs/, GT/, optional Edge/): folds split slices")
-    src.add_argument("--volumes", help="folder of labelled CT volumes in a public layout (as covseg train "
-                                       "--volumes): folds split volumes, a patient's volumes together, and every "
-                                       "axial slice of a held-out volume is scored")
-    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
-                   help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window)")
-    p.add_argument("--drop-empty", action="store_true",
-                   help="--volumes: train and score only slices with infection (MSA-UNet paper's option)")
+    add_source_options(p, data_help="labelled slice folder (Imgs/, GT/, optional Edge/): folds split slices",
+                       volumes_help=f"folder of labelled CT volumes (NIfTI) in a public layout: {VOLUME_LAYOUTS}; "
+                                    "folds split volumes, a patient's volumes together, and every axial slice of "
+                                    "a held-out volume is scored",
+                       drop_empty_help="--volumes: train and score only slices with infection (MSA-UNet paper's "
+                                       "option)")
     p.add_argument("--out", required=True, help="study folder (splits, runs, results)")
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
                    help=f"registered models to compare (default: {' '.join(DEFAULT_MODELS)})")

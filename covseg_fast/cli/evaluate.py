@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from .data_source import VOLUME_LAYOUTS, add_source_options
+
 log = logging.getLogger(__name__)
 
 
@@ -12,15 +14,12 @@ def add_parser(sub) -> None:
                        description="Writes per_image.csv, summary.json/.md, curves.json, pr_curve.png and "
                                    "fmeasure_curve.png into --out.")
     p.add_argument("--checkpoint", required=True, help="covseg checkpoint (.pt)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="folder holding the image and mask sub-folders")
-    src.add_argument("--volumes", help="folder of labelled CT volumes (NIfTI) in a public layout (see covseg train)")
+    add_source_options(p, data_help="folder holding the image and mask sub-folders",
+                       volumes_help=f"folder of labelled CT volumes (NIfTI) in a public layout: {VOLUME_LAYOUTS}",
+                       drop_empty_help="--volumes: score only slices with infection")
     p.add_argument("--split", metavar="FILE", help="--volumes: score only the volumes of one part of this split "
                                                    "JSON (e.g. the split.json covseg train wrote)")
     p.add_argument("--part", default="val", help="--split part to score (default val)")
-    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
-                   help="--volumes: HU window mapped to [0, 1] (default -1250 250; use the training window)")
-    p.add_argument("--drop-empty", action="store_true", help="--volumes: score only slices with infection")
     p.add_argument("--out", required=True, help="output folder for the reports")
     p.add_argument("--protocol", choices=["infnet", "threshold"], default="infnet",
                    help="infnet: min-max normalised maps, means over 256 thresholds (default); "

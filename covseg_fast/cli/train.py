@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from .data_source import VOLUME_LAYOUTS, add_source_options
+
 log = logging.getLogger("covseg.train")
 
 
@@ -35,15 +37,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="registered model name, e.g. msa_unet or refnet (taken from --resume if omitted)")
     p.add_argument("--config", nargs="+", metavar="KEY=VALUE", help="model configuration entries")
     p.add_argument("--loss-config", nargs="+", metavar="KEY=VALUE", help="criterion configuration entries")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="training slice folder (Imgs/, GT/, optional Edge/ and GT-multiclass/)")
-    src.add_argument("--volumes", help="folder of labelled CT volumes (NIfTI) in a public layout: Ma et al. "
-                                       "COVID-19-CT-Seg_20cases + Infection_Mask, MosMedData studies/CT-1 + masks, "
-                                       "MedSeg tr_im/tr_mask or rp_im/rp_msk; split by volume, never by slice")
-    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
-                   help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window)")
-    p.add_argument("--drop-empty", action="store_true",
-                   help="--volumes: train and validate only on slices with infection (MSA-UNet paper's option)")
+    add_source_options(p, data_help="training slice folder (Imgs/, GT/, optional Edge/ and GT-multiclass/)",
+                       volumes_help=f"folder of labelled CT volumes (NIfTI) in a public layout: {VOLUME_LAYOUTS}; "
+                                    "split by volume, never by slice",
+                       drop_empty_help="--volumes: train and validate only on slices with infection (MSA-UNet "
+                                       "paper's option)")
     p.add_argument("--split", metavar="FILE", help="train/val split JSON: used when it exists, else written from "
                                                    "--val-fraction (default OUT/split.json)")
     p.add_argument("--multiclass", nargs="?", const="GT-multiclass", metavar="SUBDIR",
