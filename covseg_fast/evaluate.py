@@ -8,7 +8,10 @@ with :class:`~covseg_fast.metrics.MetricAccumulator` and writes, atomically, und
 - ``summary.json`` and ``summary.md``: the Inf-Net table columns, the sweep aggregates and the
   threshold-0.5 metrics (per-image mean and dataset-global, labelled);
 - ``curves.json``: the image-averaged 256-threshold curves;
-- ``pr_curve.png`` (precision–recall) and ``fmeasure_curve.png`` (F_β, Dice, E_φ vs threshold).
+- ``pr_curve.png`` (precision–recall) and ``fmeasure_curve.png`` (F_β, Dice, E_φ vs threshold);
+- for CT volumes (:class:`~covseg_fast.data.VolumeSliceDataset`) also ``per_volume.csv``: 3-D Dice,
+  IoU, sensitivity, precision and predicted vs reference infection volume (mL) per case
+  (:mod:`covseg_fast.metrics.per_volume`), summarised in ``summary.json``/``.md``.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from .data.slices import SliceDataset
-from .metrics import PROTOCOLS, MetricAccumulator
+from .metrics import PROTOCOLS, MetricAccumulator, volume_rows, volume_summary
 from .models.registry import ModelSpec, get_spec, prepare_input
 from .plotting import line_plot_png
 
@@ -38,6 +41,25 @@ __all__ = ["Evaluator", "format_summary_markdown"]
 def _write_text(path: str, text: str) -> None:
     with atomic_write(path, "w") as fh:
         fh.write(text)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _per_volume_markdown(pv: dict[str, Any]) -> list[str]:
+    scope = "infected slices only (--drop-empty)" if pv["slices"] == "infected" else "every axial slice"
+    return ["", f"Per volume ({pv['n_volumes']} volumes, 3-D counts at threshold 0.5 over {scope}):", "",
+            "| 3-D Dice | 3-D IoU | Sen | Precision | mean abs volume error (mL) | Pearson r (volumes) |",
+            "|---|---|---|---|---|---|",
+            f"| {pv['mean_dice_3d']:.4f} | {pv['mean_iou_3d']:.4f} | {pv['mean_sensitivity_3d']:.4f} | "
+            f"{pv['mean_precision_3d']:.4f} | {pv['mean_abs_error_ml']:.2f} | "
+            + ("–" if pv["volume_pearson_r"] is None else f"{pv['volume_pearson_r']:.3f}") + " |"]
 
 
 def format_summary_markdown(summary: dict[str, Any]) -> str:
@@ -56,6 +78,8 @@ def format_summary_markdown(summary: dict[str, Any]) -> str:
     lines += ["| aggregation | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, label in (("per_image_mean", "mean over images"), ("dataset_global", "dataset-global (summed counts)")):
         lines.append(f"| {label} | " + " | ".join(f"{b[name][k]:.4f}" for k in keys) + " |")
+    if "per_volume" in summary:
+        lines += _per_volume_markdown(summary["per_volume"])
     return "\n".join(lines) + "\n"
 
 
@@ -114,12 +138,13 @@ class Evaluator:
                         "device": str(self.device), "seconds": round(seconds, 3)})
         summary.update(meta or {})
         os.makedirs(out_dir, exist_ok=True)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(acc.rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in acc.rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-        _write_text(os.path.join(out_dir, "per_image.csv"), buf.getvalue())
+        _write_text(os.path.join(out_dir, "per_image.csv"), _csv_text(acc.rows))
+        voxel_ml = getattr(dataset, "voxel_ml", None)
+        if voxel_ml is not None:  # CT volumes: 3-D scores and infection volumes per case
+            vrows = volume_rows(acc.rows, voxel_ml)
+            summary["per_volume"] = {**volume_summary(vrows),
+                                     "slices": "infected" if getattr(dataset, "drop_empty", False) else "all"}
+            _write_text(os.path.join(out_dir, "per_volume.csv"), _csv_text(vrows))
         _write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
         _write_text(os.path.join(out_dir, "summary.md"), format_summary_markdown(summary))
         curves = acc.curves()

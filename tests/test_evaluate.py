@@ -161,6 +161,20 @@ def test_cli_on_volumes_scores_one_split_part(checkpoint, tmp_path, caplog):
     # every axial slice (6 per phantom) of the one validation volume, scored at its own 16×12 size
     assert [r["id"] for r in rows] == [f"{parts['val'][0]}:{k:04d}" for k in range(6)]
     assert {(r["height"], r["width"]) for r in rows} == {("12", "16")}
+    # per volume: the slices' 0.5-threshold counts summed into one 3-D confusion matrix; the phantom's
+    # reference infection is 2 slices × 4×3 voxels of 0.8×0.8×2.5 mm³
+    with open(os.path.join(out, "per_volume.csv")) as fh:
+        (vrow,) = list(csv.DictReader(fh))
+    tp, fp, fn = (sum(int(r[f"{k}@0.5"]) for r in rows) for k in ("tp", "fp", "fn"))
+    assert vrow["case"] == parts["val"][0] and vrow["slices"] == "6"
+    assert float(vrow["ref_ml"]) == pytest.approx(24 * 0.8 * 0.8 * 2.5 / 1000)
+    assert float(vrow["pred_ml"]) == pytest.approx((tp + fp) * 0.8 * 0.8 * 2.5 / 1000)
+    assert float(vrow["dice_3d"]) == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0, abs=1e-6)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["per_volume"]["n_volumes"] == 1 and summary["per_volume"]["slices"] == "all"
+    assert summary["per_volume"]["volume_pearson_r"] is None          # needs ≥ 3 volumes
+    assert "Per volume (1 volumes, 3-D counts at threshold 0.5 over every axial slice)" in open(
+        os.path.join(out, "summary.md")).read()
     assert main(["evaluate", "--checkpoint", checkpoint, "--volumes", root, "--split", split, "--part", "test",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "has no part 'test'" in caplog.text

@@ -279,6 +279,40 @@ def test_accumulator_aggregates_like_the_toolbox():
     assert len(acc.curves()["dice"]) == 256 and acc.curves()["threshold"][0] == 1.0
 
 
+def test_per_volume_scores_sum_the_slices_counts():
+    # two volumes of 3 and 2 slices: each volume's 3-D matrix is the sum of its slices' matrices
+    acc = M.MetricAccumulator("threshold")
+    pairs = {}
+    for case, n in (("a", 3), ("b", 2)):
+        for k in range(n):
+            p, gt = _random_pair(10 * k + len(case), h=12, w=9)
+            acc.update(torch.logit(p.clamp(1e-6, 1 - 1e-6)).float()[None, None], gt, f"{case}:{k:04d}")
+            pairs.setdefault(case, []).append((p > 0.5, gt))
+    rows = M.volume_rows(acc.rows, {"a": 0.002, "b": 0.5})
+    assert [(r["case"], r["slices"]) for r in rows] == [("a", 3), ("b", 2)]
+    for r in rows:
+        counts = sum(M.confusion_counts(p, g) for p, g in pairs[r["case"]])
+        tp, fp, fn, _ = counts.tolist()
+        assert r["dice_3d"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert r["iou_3d"] == pytest.approx(M.scores_from_counts(counts)["iou"].item())
+        ml = {"a": 0.002, "b": 0.5}[r["case"]]
+        assert (r["pred_ml"], r["ref_ml"]) == pytest.approx(((tp + fp) * ml, (tp + fn) * ml))
+    s = M.volume_summary(rows)
+    assert s["mean_dice_3d"] == pytest.approx((rows[0]["dice_3d"] + rows[1]["dice_3d"]) / 2)
+    assert s["mean_abs_error_ml"] == pytest.approx((abs(rows[0]["error_ml"]) + abs(rows[1]["error_ml"])) / 2)
+    assert s["volume_pearson_r"] is None                                  # two volumes: no correlation
+
+
+def test_per_volume_pearson_and_errors():
+    rows = [{"id": f"c{i}:0000", "tp@0.5": 10 * i, "fp@0.5": i, "fn@0.5": 0, "tn@0.5": 100} for i in range(1, 5)]
+    vr = M.volume_rows(rows, {f"c{i}": 1.0 for i in range(1, 5)})
+    assert M.volume_summary(vr)["volume_pearson_r"] == pytest.approx(1.0)   # predicted = 1.1 × reference
+    with pytest.raises(ValueError, match="is not <case>:<slice>"):
+        M.volume_rows([{"id": "slice7", "tp@0.5": 1, "fp@0.5": 0, "fn@0.5": 0, "tn@0.5": 0}])
+    with pytest.raises(ValueError, match="lacks"):
+        M.volume_rows([{"id": "c:1", "dice@0.5": 1.0}])
+
+
 @pytest.mark.cuda
 def test_metrics_on_cuda_match_cpu():
     if not torch.cuda.is_available():

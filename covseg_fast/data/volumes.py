@@ -191,10 +191,12 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             cases = [by_id[c] for c in case_ids]
         self.cases = list(cases)
         self.window = (float(window[0]), float(window[1]))
+        self.drop_empty = drop_empty
         self.transform, self.seed, self.epoch = transform, seed, 0
         self._cache: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
         self._cache_size = max(1, int(cache_volumes))
         self.index: list[tuple[int, int]] = []
+        self.voxel_ml: dict[str, float] = {}  # case → voxel volume in mL (per-volume reports, metrics.per_volume)
         for ci, case in enumerate(self.cases):
             mask = self._mask(case)
             if drop_empty:
@@ -204,7 +206,8 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             self.index += [(ci, int(k)) for k in keep]
 
     def _mask(self, case: VolumeCase) -> np.ndarray:
-        raw, _ = load_canonical(case.mask, dtype=np.float32)
+        raw, affine = load_canonical(case.mask, dtype=np.float32)
+        self.voxel_ml[case.case_id] = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         return infection_mask(raw, case)
 
     def _volume(self, ci: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from ..metrics.per_volume import volume_rows, volume_summary
 from ..train.presets import PRESETS, preset_for_model
 
 __all__ = ["COLUMNS", "PUBLISHED", "seed_scores", "aggregate", "format_markdown"]
@@ -20,7 +21,9 @@ COLUMNS = [("Dice", "mean_dice", False), ("Sen", "mean_sensitivity", False), ("S
            ("S_alpha", "s_measure", False), ("E_phi_mean", "mean_emeasure", False), ("MAE", "mae", True),
            ("Dice@0.5", "dice@0.5", False), ("IoU@0.5", "iou@0.5", False), ("mIoU@0.5", "miou@0.5", False),
            ("P@0.5", "precision@0.5", False), ("R@0.5", "recall@0.5", False)]
-HEADER = {"S_alpha": "S_α", "E_phi_mean": "E_φ^mean"}
+# volume studies add the mean over held-out volumes of the 3-D Dice at 0.5 (metrics.per_volume)
+VOLUME_COLUMN = "Dice3D@0.5"
+HEADER = {"S_alpha": "S_α", "E_phi_mean": "E_φ^mean", VOLUME_COLUMN: "3-D Dice@0.5 (per volume)"}
 
 # MODELS.md §9: COVID-SemiSeg lung-infection test set (48 images), Inf-Net toolbox protocol.
 PUBLISHED = [
@@ -38,16 +41,25 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def seed_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Table columns of one seed from its pooled per-image rows."""
+def seed_scores(rows: Sequence[Mapping[str, Any]], volumes: bool = False) -> dict[str, float]:
+    """Table columns of one seed from its pooled per-image rows (``volumes``: ids are <case>:<slice>,
+    and the per-volume 3-D Dice is added)."""
     if not rows:
         raise ValueError("seed_scores: no scored image")
-    return {col: sum(float(r[key]) for r in rows) / len(rows) for col, key, _ in COLUMNS}
+    scores = {col: sum(float(r[key]) for r in rows) / len(rows) for col, key, _ in COLUMNS}
+    if volumes:
+        scores[VOLUME_COLUMN] = volume_summary(volume_rows(rows))["mean_dice_3d"]
+    return scores
+
+
+def _columns(volumes: bool) -> list[str]:
+    return [c for c, _, _ in COLUMNS] + ([VOLUME_COLUMN] if volumes else [])
 
 
 def aggregate(results: Sequence[Mapping[str, Any]], arms: Sequence[Mapping[str, Any]], folds: int,
               meta: Mapping[str, Any]) -> dict[str, Any]:
     """results.json content: per arm, per seed scores and mean ± std over seeds with complete folds."""
+    volumes = meta.get("unit") == "volume"
     out_arms = []
     for arm in arms:
         mine = [r for r in results if r["arm"] == arm["label"]]
@@ -61,13 +73,13 @@ def aggregate(results: Sequence[Mapping[str, Any]], arms: Sequence[Mapping[str, 
             runs = seeds[seed]
             rows = [row for r in runs for row in r["rows"]]
             per_seed.append({"seed": seed, "folds": sorted(r["fold"] for r in runs), "n_images": len(rows),
-                             "complete": len(runs) == folds, "scores": seed_scores(rows),
+                             "complete": len(runs) == folds, "scores": seed_scores(rows, volumes),
                              "train_seconds": sum(r["train_seconds"] for r in runs)})
         complete = [s for s in per_seed if s["complete"]]
         summary = None
         if complete:
             summary = {col: dict(zip(("mean", "std"), _mean_std([s["scores"][col] for s in complete])))
-                       for col, _, _ in COLUMNS}
+                       for col in _columns(volumes)}
         fold_seconds = [r["train_seconds"] for r in done]
         out_arms.append({
             **arm, "seeds": per_seed, "n_complete_seeds": len(complete), "summary": summary,
@@ -164,7 +176,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
              "table gives mean ± std (sample) over the seeds whose folds all finished. Dice/Sen/Spec/E_φ "
              "are means over the 256 thresholds of the Inf-Net toolbox (MODELS.md §8.3); @0.5 columns threshold "
              "the probability at 0.5 and average over images (MSA-UNet's reporting).", ""]
-    cols = [c for c, _, _ in COLUMNS]
+    cols = _columns(unit == "volume")
     lines += ["| model | seeds | " + " | ".join(HEADER.get(c, c) for c in cols) + " | params | train / fold |",
               "|---|---|" + "---|" * len(cols) + "---|---|"]
     for arm in report["arms"]:

@@ -6,9 +6,11 @@
 - :mod:`.structure`: S_α and MAE (§7.1, §7.4).
 - :mod:`.protocol`: logits → scored map (Inf-Net normalisation §8.3, or plain threshold).
 - :mod:`.aggregate`: :class:`MetricAccumulator` (per-image rows, curves, summary).
+- :mod:`.per_volume`: 3-D scores and infection volumes per CT volume from its slices' rows.
 """
 from .aggregate import BINARY_KEYS, CURVE_KEYS, MetricAccumulator
 from .confusion import binarize, confusion_counts, scores_from_counts
+from .per_volume import volume_rows, volume_summary
 from .protocol import PROTOCOLS, infnet_map, minmax, probability, score_map, threshold_map
 from .structure import mae, s_measure
 from .sweep import (NUM_THRESHOLDS, adaptive_emeasure, emeasure_from_counts, sweep_counts, sweep_scores,
@@ -17,4 +19,4 @@ from .sweep import (NUM_THRESHOLDS, adaptive_emeasure, emeasure_from_counts, swe
 __all__ = ["BINARY_KEYS", "CURVE_KEYS", "MetricAccumulator", "binarize", "confusion_counts",
            "scores_from_counts", "PROTOCOLS", "infnet_map", "minmax", "probability", "score_map",
            "threshold_map", "mae", "s_measure", "NUM_THRESHOLDS", "adaptive_emeasure",
-           "emeasure_from_counts", "sweep_counts", "sweep_scores", "thresholds"]
+           "emeasure_from_counts", "sweep_counts", "sweep_scores", "thresholds", "volume_rows", "volume_summary"]

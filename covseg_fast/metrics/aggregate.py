@@ -73,6 +73,8 @@ class MetricAccumulator:
         row["adaptive_emeasure"] = float(adaptive_emeasure(p, g))
         row["mae"] = float(mae(p, g))
         row.update({f"{k}@0.5": float(binary[k]) for k in BINARY_KEYS})
+        # raw counts too: per-volume (3-D) scores sum them over a volume's slices (metrics.per_volume)
+        row.update({f"{k}@0.5": int(v) for k, v in zip(("tp", "fp", "fn", "tn"), counts.tolist())})
         self.rows.append(row)
         return row
 

@@ -166,6 +166,15 @@ def test_volume_study_splits_volumes_and_scores_every_slice_of_the_held_out_ones
     text = open(os.path.join(out, "results.md")).read()
     assert "2-fold cross-validation on 4 labelled CT volumes (4 patients)" in text
     assert "split by patient" in text and "HU window -1000 … 200" in text
+    # the per-volume column: 3-D Dice of each held-out volume from its slices' summed counts, averaged
+    rows = [row for f in range(2) for row in json.load(open(os.path.join(out, "runs", NAME, "seed0", f"fold{f}",
+                                                                         "result.json")))["rows"]]
+    dice3d = []
+    for case in volumes:
+        tp, fp, fn = (sum(r[f"{k}@0.5"] for r in rows if r["id"].startswith(case + ":")) for k in ("tp", "fp", "fn"))
+        dice3d.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    assert report["arms"][0]["seeds"][0]["scores"]["Dice3D@0.5"] == pytest.approx(np.mean(dice3d))
+    assert "3-D Dice@0.5 (per volume)" in text
 
     # --drop-empty: only the infected slices train and are scored
     assert main(base[:-1] + [out + "_infected", "--drop-empty"]) == 0
