@@ -68,7 +68,8 @@ def run(args) -> int:
         dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
                    else _volume_slices(args))
         evaluator = Evaluator(model, device=device, protocol=args.protocol, batch_size=args.batch_size)
-        summary = evaluator.run(dataset, args.out, meta={"checkpoint": args.checkpoint})
+        summary = evaluator.run(dataset, args.out, meta={"checkpoint": args.checkpoint,
+                                                         "data": args.data or args.volumes})
     except (CheckpointError, DataError, OSError) as exc:
         log.error("%s", exc)
         return 1
@@ -78,4 +79,8 @@ def run(args) -> int:
     t = summary["table"]
     log.info("Dice %.4f  Sen %.4f  Spec %.4f  S_alpha %.4f  E_phi %.4f  MAE %.4f  (%d images, reports in %s)",
              t["Dice"], t["Sen"], t["Spec"], t["S_alpha"], t["E_phi_mean"], t["MAE"], summary["n_images"], args.out)
+    if "per_volume" in summary:
+        pv = summary["per_volume"]
+        log.info("per volume (%d): 3-D Dice@0.5 %.4f, mean absolute infection-volume error %.2f mL", pv["n_volumes"],
+                 pv["mean_dice_3d"], pv["mean_abs_error_ml"])
     return 0
