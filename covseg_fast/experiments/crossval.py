@@ -13,6 +13,8 @@ out-of-fold score over all slices, and the table reports mean ± std over seeds 
 Layout under ``out``::
 
     splits/seed<s>.json                       the k-fold split of seed s
+    runs/<arm>/seed<s>/pseudo/                the pseudo-label stage of a --pseudo-data arm (once per seed;
+                                              done.json once finished)
     runs/<arm>/seed<s>/fold<f>/last.pt        trained weights (+ best.pt, history.json)
     runs/<arm>/seed<s>/fold<f>/eval/          covseg evaluate's reports on the held-out fold
     runs/<arm>/seed<s>/fold<f>/result.json    train time, throughput, per-image rows, or the error
@@ -52,7 +54,8 @@ class Arm:
     """One row of the study: a registered model with its configuration and training settings.
 
     ``overrides`` are TrainConfig fields on top of ``preset`` (default: the model's paper preset);
-    ``pseudo_data`` trains first on that pseudo-labelled folder, then fine-tunes (Semi-Inf-Net).
+    ``pseudo_data`` trains first on that pseudo-labelled folder (``pseudo_epochs``, default the
+    schedule's), then fine-tunes (Semi-Inf-Net).
     """
 
     label: str
@@ -65,6 +68,11 @@ class Arm:
 
     def train_config(self, seed: int):
         return resolve_config(self.preset or preset_for_model(self.model), {**self.overrides, "seed": seed})
+
+    def pseudo_config(self, seed: int):
+        epochs = {"epochs": self.pseudo_epochs} if self.pseudo_epochs is not None else {}
+        return resolve_config(self.preset or preset_for_model(self.model),
+                              {**self.overrides, "seed": seed, **epochs})
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "model": self.model, "model_config": dict(self.model_config),
@@ -172,10 +180,37 @@ class CrossValidation:
                         self.on_fold_done()
         return results
 
+    def pseudo_stage(self, arm: Arm, seed: int) -> dict[str, Any]:
+        """Stage 1 of Semi-Inf-Net, trained once per (arm, seed) and shared by the seed's folds: the
+        pseudo-labelled slices are none of the labelled ones, so no fold's held-out slices are in it,
+        and k trainings on the same 1600 slices would cost k times the time for the same weights.
+        An interrupted stage continues from its last.pt; a finished one is read from done.json."""
+        from ..train import Trainer
+        from ..train.datasets import open_slice_folder
+        from ..train.trainer import LAST
+
+        where = os.path.join(self.out, "runs", arm.label, f"seed{seed}", "pseudo")
+        done = os.path.join(where, "done.json")
+        if os.path.exists(done):
+            with open(done) as fh:
+                return json.load(fh)
+        cfg = arm.pseudo_config(seed)
+        pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed, augment=cfg.augment)
+        trainer = Trainer(arm.model, model_config=arm.model_config, preset=cfg, train_dataset=pseudo,
+                          out_dir=where, device=self.device, progress=self.progress)
+        if os.path.exists(os.path.join(where, LAST)):
+            trainer.resume(os.path.join(where, LAST))
+        log.info("%s seed %d: pseudo-label stage on %d slices", arm.label, seed, len(pseudo))
+        t0 = time.perf_counter()
+        out = trainer.fit()
+        info = {"checkpoint": out["last"], "seconds": round(time.perf_counter() - t0, 2), "epochs": out["epochs"],
+                "images": len(pseudo), "images_per_s": out["images_per_s"], "commit": code_commit()}
+        _write_json(done, info)
+        return info
+
     def run_fold(self, arm: Arm, seed: int, fold: int, parts: Mapping[str, list[str]]) -> dict[str, Any]:
         """Train on ``parts['train']``, score the last checkpoint on ``parts['val']``; errors are recorded."""
-        from ..train import Trainer, train_semi_supervised
-        from ..train.datasets import open_slice_folder
+        from ..train import Trainer
 
         where = self.fold_dir(arm, seed, fold)
         result: dict[str, Any] = {"arm": arm.label, "model": arm.model, "seed": seed, "fold": fold,
@@ -184,14 +219,14 @@ class CrossValidation:
         try:
             cfg = arm.train_config(seed)
             train = self.source.training_set(parts["train"], cfg, seed)
-            common = dict(model_config=arm.model_config, preset=cfg, device=self.device, progress=self.progress)
-            t0 = time.perf_counter()
+            init_from = None
             if arm.pseudo_data is not None:
-                pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed, augment=cfg.augment)
-                out = train_semi_supervised(arm.model, pseudo, train, where,
-                                            pseudo_overrides={"epochs": arm.pseudo_epochs}, **common)["finetune"]
-            else:
-                out = Trainer(arm.model, train_dataset=train, out_dir=where, **common).fit()
+                stage = self.pseudo_stage(arm, seed)
+                init_from = stage["checkpoint"]
+                result.update(pseudo_checkpoint=init_from, pseudo_seconds=stage["seconds"])
+            t0 = time.perf_counter()
+            out = Trainer(arm.model, model_config=arm.model_config, preset=cfg, train_dataset=train, out_dir=where,
+                          device=self.device, progress=self.progress, init_from=init_from).fit()
             result.update(train_seconds=round(time.perf_counter() - t0, 2), epochs=out["epochs"],
                           images_per_s=out["images_per_s"], checkpoint=out["last"])
             model = load_model(out["last"], map_location="cpu")

@@ -72,9 +72,12 @@ def aggregate(results: Sequence[Mapping[str, Any]], arms: Sequence[Mapping[str, 
         for seed in sorted(seeds):
             runs = seeds[seed]
             rows = [row for r in runs for row in r["rows"]]
+            # the pseudo-label stage is trained once per seed and shared by its folds: counted once
+            pseudo = next((r["pseudo_seconds"] for r in runs if "pseudo_seconds" in r), 0.0)
             per_seed.append({"seed": seed, "folds": sorted(r["fold"] for r in runs), "n_images": len(rows),
                              "complete": len(runs) == folds, "scores": seed_scores(rows, volumes),
-                             "train_seconds": sum(r["train_seconds"] for r in runs)})
+                             "train_seconds": sum(r["train_seconds"] for r in runs) + pseudo,
+                             "pseudo_seconds": pseudo})
         complete = [s for s in per_seed if s["complete"]]
         summary = None
         if complete:
@@ -190,7 +193,9 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             note = "" if s["complete"] else f" (folds {s['folds']} of {k}: incomplete, not in the table)"
             sc = s["scores"]
             lines.append(f"- {arm['label']} seed {s['seed']}: Dice {sc['Dice']:.3f}, S_α {sc['S_alpha']:.3f}, "
-                         f"MAE {sc['MAE']:.3f}, {s['n_images']} slices, {_duration(s['train_seconds'])}{note}")
+                         f"MAE {sc['MAE']:.3f}, {s['n_images']} slices, {_duration(s['train_seconds'])}"
+                         + (f" (pseudo-label stage {_duration(s['pseudo_seconds'])}, shared by the folds)"
+                            if s.get("pseudo_seconds") else "") + note)
         for f in arm["failures"]:
             lines.append(f"- {arm['label']} seed {f['seed']} fold {f['fold']} **failed**: {f['error']}")
     lines += ["", "## Settings", ""]
@@ -198,7 +203,9 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         diffs = _setting_differences(arm)
         lines.append(f"- **{arm['label']}**: model `{arm['model']}` {arm['model_config'] or '(defaults)'}, preset "
                      f"`{arm['preset']}`, {arm['epochs']} epoch{'s' if arm['epochs'] != 1 else ''}"
-                     + (f", pseudo-label stage on `{arm['pseudo_data']}`" if arm.get("pseudo_data") else "")
+                     + (f", pseudo-label stage on `{arm['pseudo_data']}`"
+                        + (f" ({arm['pseudo_epochs']} epochs)" if arm.get("pseudo_epochs") else "")
+                        if arm.get("pseudo_data") else "")
                      + (f"; differs from the paper's preset: {'; '.join(diffs)}" if diffs else "; the paper's preset")
                      + (f"; {arm['images_per_s']:.1f} training images/s" if arm["images_per_s"] else ""))
     lines += ["", "## Published numbers (MODELS.md §9: COVID-SemiSeg test set, 48 images)", "",
@@ -217,6 +224,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     if smaller:
         lines.append(f"- **Model configuration changed** from the registered defaults (the papers' sizes): "
                      f"{'; '.join(smaller)}.")
+    if any(arm.get("pseudo_data") for arm in report["arms"]):
+        lines.append("- **Pseudo-labels.** They were produced by a model, not drawn by doctors; in Semi-Inf-Net "
+                     "that model was trained on the labelled slices, held-out folds included, so those slices may "
+                     "have shaped the pseudo-label stage indirectly (its images are other patients').")
     changed = [arm["label"] for arm in report["arms"] if _setting_differences(arm)]
     if changed:
         lines.append(f"- **Shortened or changed training** for {', '.join(changed)} (see Settings): these rows "

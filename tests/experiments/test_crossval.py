@@ -97,6 +97,35 @@ def test_a_study_run_in_several_calls_names_every_training_command(tmp_path, mon
     assert all(f"- `{c}`" in text for c in report["trained_by"])
 
 
+def test_pseudo_label_stage_is_trained_once_per_seed_and_every_fold_fine_tunes_from_it(tmp_path, monkeypatch):
+    from covseg_fast.train import Trainer
+
+    data, pseudo = _folder(tmp_path / "data", 6), _folder(tmp_path / "pseudo", 5, seed=9)
+    out = str(tmp_path / "study")
+    starts = []
+    real_init = Trainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        starts.append((kwargs["out_dir"], kwargs.get("init_from")))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", recording_init)
+    argv = BASE + ["--data", data, "--out", out, "--seeds", "0", "--pseudo-data", pseudo, "--pseudo-epochs", "2"]
+    assert main(argv) == 0
+    stage = os.path.join(out, "runs", NAME, "seed0", "pseudo")
+    done = json.load(open(os.path.join(stage, "done.json")))
+    assert done["epochs"] == 2 and done["images"] == 5
+    assert [d for d, _ in starts] == [stage] + [os.path.join(out, "runs", NAME, "seed0", f"fold{f}") for f in range(3)]
+    assert [i for _, i in starts] == [None] + [done["checkpoint"]] * 3     # every fold starts from stage 1
+    report = json.load(open(os.path.join(out, "results.json")))
+    seed = report["arms"][0]["seeds"][0]
+    assert seed["pseudo_seconds"] == done["seconds"]
+    text = open(os.path.join(out, "results.md")).read()
+    assert "shared by the folds" in text and "(2 epochs)" in text and "**Pseudo-labels.**" in text
+    starts.clear()
+    assert main(argv) == 0 and starts == []        # finished: neither the stage nor a fold trains again
+
+
 def test_failed_fold_is_recorded_the_study_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
     data, out = _folder(tmp_path / "data", 6), str(tmp_path / "study")
     real = crossval_module.Evaluator
