@@ -108,11 +108,16 @@ def write_report(study, args) -> dict:
         # the table should name the command that trained the models, not the one that rebuilt it
         with open(previous) as fh:
             command = json.load(fh).get("command", command)
+    # the table shows what OUT/runs holds, as its folds recorded it, whatever this call's options
+    results = study.collect()
+    recorded_folds = {r["folds"] for r in results if "folds" in r}
+    folds = recorded_folds.pop() if len(recorded_folds) == 1 else study.folds
+    seeds = sorted({r["seed"] for r in results} | (set() if args.report_only else set(study.seeds)))
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": command, "commit": code_commit(), "versions": versions(),
-            "device": _device_name(study.device), **study.source.describe(), "seeds": study.seeds,
+            "device": _device_name(study.device), **study.source.describe(), "seeds": seeds,
             "protocol": study.protocol}
-    report = aggregate(study.collect(), [a.describe() for a in study.arms], study.folds, meta)
+    report = aggregate(results, study.report_arms(results, include_untrained=not args.report_only), folds, meta)
     text = format_markdown(report)
     os.makedirs(args.out, exist_ok=True)
     with atomic_write(os.path.join(args.out, "results.json"), "w") as fh:
@@ -153,6 +158,8 @@ def run(args) -> int:
                                 device=args.device, protocol=args.protocol, progress=args.progress,
                                 on_fold_done=lambda: write_report(holder["study"], args))
         holder["study"] = study
+        if not args.report_only:
+            study.check_finished_folds()
     except (KeyError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc.args[0] if exc.args else exc)
         return 2

@@ -26,6 +26,7 @@ stopped; a fold that fails records its error there, the study goes on, and the n
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -141,23 +142,69 @@ class CrossValidation:
         return os.path.join(self.out, "runs", arm.label, f"seed{seed}", f"fold{fold}")
 
     def split(self, seed: int) -> dict:
-        return make_split(self.case_ids, k_folds=self.folds, seed=seed, groups=self.source.groups,
-                          path=os.path.join(self.out, "splits", f"seed{seed}.json"))
+        path = os.path.join(self.out, "splits", f"seed{seed}.json")
+        split = make_split(self.case_ids, k_folds=self.folds, seed=seed, groups=self.source.groups, path=path)
+        if len(split["parts"]) != self.folds:
+            raise ValueError(f"{path}: the study was split into {len(split['parts'])} folds, not --folds {self.folds}")
+        return split
 
     def collect(self) -> list[dict[str, Any]]:
-        """Every finished fold's result on disk for this study's arms and seeds (all k folds, not only ours)."""
+        """Every fold result under OUT/runs: every arm and seed trained there, by this call or another."""
         results = []
-        for arm in self.arms:
-            for seed in self.seeds:
-                for fold in range(self.folds):
-                    path = os.path.join(self.fold_dir(arm, seed, fold), "result.json")
-                    if os.path.exists(path):
-                        with open(path) as fh:
-                            results.append(json.load(fh))
+        for path in sorted(glob.glob(os.path.join(self.out, "runs", "*", "seed*", "fold*", "result.json"))):
+            with open(path) as fh:
+                results.append(json.load(fh))
         return results
+
+    def check_finished_folds(self) -> None:
+        """Refuse to go on where a finished fold or pseudo-label stage of one of our arms was trained with
+        other settings: skipping it would put two configurations in one row of the table.
+
+        Raises:
+            ValueError: naming the file and the settings that differ.
+        """
+        for arm in self.arms:
+            want = json.loads(json.dumps(arm.describe()))   # as it reads back from result.json
+            pattern = os.path.join(self.out, "runs", glob.escape(arm.label), "seed*", "*")
+            for path in sorted(glob.glob(os.path.join(pattern, "result.json")) +
+                               glob.glob(os.path.join(pattern, "done.json"))):
+                with open(path) as fh:
+                    got = json.load(fh)
+                if "error" in got:
+                    continue
+                if got.get("folds", self.folds) != self.folds:
+                    raise ValueError(f"{path}: trained as one of {got['folds']} folds, not --folds {self.folds}; "
+                                     "use another --out")
+                recorded = got.get("arm_config")
+                if recorded is not None and recorded != want:
+                    diff = "; ".join(f"{k} {recorded.get(k)!r} there, {want[k]!r} now" for k in want
+                                     if recorded.get(k) != want[k])
+                    raise ValueError(f"{path}: trained with other settings ({diff}); give the same settings, "
+                                     f"another --out, or delete {os.path.dirname(os.path.dirname(path))} to retrain")
+
+    def report_arms(self, results: Sequence[Mapping[str, Any]], include_untrained: bool = True
+                    ) -> list[dict[str, Any]]:
+        """The table's rows: each arm as its folds recorded it (this call's settings only for folds that
+        recorded none), this call's arms first, then any other arm found on disk."""
+        recorded: dict[str, dict[str, Any]] = {}
+        for r in results:
+            recorded.setdefault(r["arm"], r.get("arm_config") or {})
+            if r.get("arm_config"):
+                recorded[r["arm"]] = r["arm_config"]
+        arms = []
+        for arm in self.arms:
+            if arm.label in recorded or include_untrained:
+                arms.append(recorded.pop(arm.label, None) or arm.describe())
+        for label, config in recorded.items():   # trained by another call, settings unrecorded: model only
+            model = next(r["model"] for r in results if r["arm"] == label)
+            arms.append(config or {"label": label, "model": model, "model_config": {},
+                                   "preset": preset_for_model(model), "overrides": {}, "pseudo_data": None,
+                                   "pseudo_epochs": None, "settings_unrecorded": True})
+        return arms
 
     def run(self) -> list[dict[str, Any]]:
         """Train and score every pending fold; returns every fold's result (done before or now)."""
+        self.check_finished_folds()
         results = []
         for arm in self.arms:
             for seed in self.seeds:
@@ -204,7 +251,8 @@ class CrossValidation:
         t0 = time.perf_counter()
         out = trainer.fit()
         info = {"checkpoint": out["last"], "seconds": round(time.perf_counter() - t0, 2), "epochs": out["epochs"],
-                "images": len(pseudo), "images_per_s": out["images_per_s"], "commit": code_commit()}
+                "images": len(pseudo), "images_per_s": out["images_per_s"], "commit": code_commit(),
+                "arm_config": arm.describe()}
         _write_json(done, info)
         return info
 
@@ -215,7 +263,8 @@ class CrossValidation:
         where = self.fold_dir(arm, seed, fold)
         result: dict[str, Any] = {"arm": arm.label, "model": arm.model, "seed": seed, "fold": fold,
                                   "train_ids": list(parts["train"]), "val_ids": list(parts["val"]),
-                                  "device": self.device, "commit": code_commit(), "command": command_line()}
+                                  "device": self.device, "commit": code_commit(), "command": command_line(),
+                                  "folds": self.folds, "arm_config": arm.describe()}
         try:
             cfg = arm.train_config(seed)
             train = self.source.training_set(parts["train"], cfg, seed)

@@ -200,6 +200,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"- {arm['label']} seed {f['seed']} fold {f['fold']} **failed**: {f['error']}")
     lines += ["", "## Settings", ""]
     for arm in report["arms"]:
+        if arm.get("settings_unrecorded"):
+            lines.append(f"- **{arm['label']}**: model `{arm['model']}`; settings not recorded by its folds (trained "
+                         "by an older covseg): rebuild the table with the options of the call that trained them")
+            continue
         diffs = _setting_differences(arm)
         lines.append(f"- **{arm['label']}**: model `{arm['model']}` {arm['model_config'] or '(defaults)'}, preset "
                      f"`{arm['preset']}`, {arm['epochs']} epoch{'s' if arm['epochs'] != 1 else ''}"

@@ -80,6 +80,12 @@ def test_study_end_to_end_then_resume(tmp_path):
     again = json.load(open(os.path.join(out, "results.json")))
     assert again["arms"][0]["summary"] == arm["summary"]
     assert again["command"] == report["command"]   # the training command, not the rebuild
+    # --report-only without the study's options still describes the folds as they were trained
+    assert main(["crossval", "--models", NAME, "--preset", "msa_unet", "--data", data, "--out", out,
+                 "--report-only"]) == 0
+    bare = json.load(open(os.path.join(out, "results.json")))
+    assert bare["folds"] == 3 and bare["seeds"] == [0, 1] and len(bare["arms"]) == 1
+    assert bare["arms"][0]["model_config"] == {"width": 3} and bare["arms"][0]["summary"] == arm["summary"]
     assert again["trained_by"] == [report["command"]] and f"Command: `{report['command']}`" in text
 
 
@@ -124,6 +130,47 @@ def test_pseudo_label_stage_is_trained_once_per_seed_and_every_fold_fine_tunes_f
     assert "shared by the folds" in text and "(2 epochs)" in text and "**Pseudo-labels.**" in text
     starts.clear()
     assert main(argv) == 0 and starts == []        # finished: neither the stage nor a fold trains again
+
+
+def test_settings_that_differ_from_the_finished_folds_are_refused(tmp_path, caplog):
+    data, out = _folder(tmp_path / "data", 6), str(tmp_path / "study")
+    first = BASE + ["--data", data, "--out", out, "--seeds", "0", "--only-folds", "0"]
+    assert main(first + ["--config", f"{NAME}:width=3"]) == 0
+    assert main(first + ["--config", f"{NAME}:width=4", "--only-folds", "1"]) == 2
+    assert "trained with other settings (model_config {'width': 3} there, {'width': 4} now)" in caplog.text
+    assert not os.path.exists(os.path.join(out, "runs", NAME, "seed0", "fold1"))   # nothing trained
+    assert main(BASE + ["--data", data, "--out", out, "--seeds", "0", "--folds", "2", "--config", f"{NAME}:width=3"]) == 2
+    assert "not --folds 2" in caplog.text
+
+
+@pytest.fixture()
+def second_model():
+    """A second registered tiny model for one test (other tests iterate MODELS)."""
+    from covseg_fast.models import MODELS, ModelSpec, register_model
+
+    from ..train._tiny import TinySeg, tiny_criterion
+
+    register_model(ModelSpec(name="tiny_seg_test_b", builder=TinySeg, criterion=tiny_criterion, in_channels=1,
+                             input_size=(32, 32), normalization="unit", size_multiple=8, description="second"))
+    yield "tiny_seg_test_b"
+    MODELS.pop("tiny_seg_test_b", None)
+
+
+def test_one_process_per_model_gives_one_table_of_every_model(tmp_path, monkeypatch, second_model):
+    data, out = _folder(tmp_path / "data", 6), str(tmp_path / "study")
+    common = ["crossval", "--preset", "msa_unet", "--folds", "2", "--seeds", "0", "--set", "input_size=32",
+              "batch_size=2", "--device", "cpu", "--data", data, "--out", out]
+    calls = [["--models", NAME, "--epochs", "1", "--config", f"{NAME}:width=3"],
+             ["--models", second_model, "--epochs", "2"]]
+    for call in calls:
+        monkeypatch.setattr(sys, "argv", ["covseg", *common, *call])
+        assert main(common + call) == 0
+    report = json.load(open(os.path.join(out, "results.json")))     # written by the second call
+    by_label = {a["label"]: a for a in report["arms"]}
+    assert list(by_label) == [second_model, NAME]                     # this call's arm first, then the other
+    assert by_label[NAME]["model_config"] == {"width": 3} and by_label[NAME]["epochs"] == 1
+    assert by_label[second_model]["epochs"] == 2 and all(a["n_complete_seeds"] == 1 for a in report["arms"])
+    assert len(report["trained_by"]) == 2
 
 
 def test_failed_fold_is_recorded_the_study_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
