@@ -20,7 +20,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
 
 
-def _umask_mode() -> int:
+def umask_mode() -> int:
     """0o666 minus the process umask: the mode an ordinary open() would have given the file."""
     return 0o666 & ~_UMASK
 
@@ -36,7 +36,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
+        os.chmod(tmp, umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -55,7 +55,7 @@ def atomic_save(path: str, write_to: "callable") -> None:
     os.close(fd)
     try:
         write_to(tmp)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on 2-D slices (Inf-Net protocol or threshold 0.5)",
+    p = sub.add_parser("evaluate", help="score a checkpoint on labelled slices or CT volumes (Inf-Net protocol "
+                                        "or plain probability)",
                        description="Writes per_image.csv, summary.json/.md, curves.json, pr_curve.png and "
                                    "fmeasure_curve.png into --out.")
     p.add_argument("--checkpoint", required=True, help="covseg checkpoint (.pt)")

@@ -1,4 +1,4 @@
-"""`covseg train`: train a registered model on slice folders (parsing only; logic in covseg_fast.train).
+"""`covseg train`: train a registered model on slice folders or CT volumes (parsing only; logic in covseg_fast.train).
 
 Exit codes: 0 trained, 1 training failed (data module missing, bad checkpoint, diverged, interrupted),
 2 usage error (unknown model / preset / setting, missing folder, bad key=value).
@@ -32,7 +32,7 @@ def _key_values(items: list[str] | None, flag: str) -> dict:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model on slice folders (presets of the papers, resume, DDP)",
+    p = sub.add_parser("train", help="train a model on slice folders or CT volumes (presets of the papers, resume, DDP)",
                        description="Train a registered model. Launch with torchrun for several GPUs.")
     p.add_argument("--model", help="registered model name, e.g. msa_unet or refnet (taken from --resume if omitted)")
     p.add_argument("--config", nargs="+", metavar="KEY=VALUE", help="model configuration entries")
@@ -117,6 +117,11 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
         return train, val, None
     if args.drop_empty:
         raise ValueError("--drop-empty applies to --volumes")
+    if (args.resume and args.split is None and not (args.val_data or args.val_fraction)
+            and os.path.exists(split_path)):
+        # resuming: the run's own saved split keeps the validation slices (and best.pt's choice) as they were
+        log.info("--resume: validating on the split saved in %s", split_path)
+        args.split = split_path
     if args.split and os.path.exists(args.split):   # a saved slice split: exactly those train/val ids
         return _slices_from_split(args, cfg, classes)
     train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,

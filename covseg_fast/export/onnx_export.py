@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import umask_mode
 from .reference_mode import reference_modules
 from .trt_supported_ops import min_tensorrt_for_opset, unsupported_nodes
 
@@ -120,13 +121,18 @@ def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".onnx", dir=directory)
     os.close(fd)
+    side_data = tmp + ".data"   # torch.onnx writes the weights beside the graph; they are inlined below
+    # the exporter's optimiser passes log every merged initializer and removed node at INFO
+    quiet = {logging.getLogger(name): logging.getLogger(name).level for name in ("onnxscript", "onnx_ir")}
     try:
+        for logger, level in quiet.items():
+            logger.setLevel(max(level, logging.WARNING))
         with reference_modules(model), torch.no_grad():
             torch.onnx.export(model, (example,), tmp, dynamo=True, opset_version=opset, input_names=["image"],
                               output_names=["logits"],
                               dynamic_shapes=_dynamic_shapes(model, dynamic_batch, dynamic_spatial),
                               verbose=False)
-        proto = onnx.load(tmp)
+        proto = onnx.load(tmp)   # loads the external weights too
         meta = {"covseg_model": model.covseg_name, "covseg_config": json.dumps(model.covseg_config),
                 "covseg_version": __version__}
         for key, value in meta.items():
@@ -137,10 +143,14 @@ def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]
             onnx.checker.check_model(tmp, full_check=True)
         except Exception as exc:
             raise RuntimeError(f"export: {out_path} fails onnx.checker: {exc}") from exc
+        os.chmod(tmp, umask_mode())   # mkstemp made it 0600; give it an ordinary file's mode
         os.replace(tmp, out_path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for logger, level in quiet.items():
+            logger.setLevel(level)
+        for leftover in (tmp, side_data):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     report = OnnxExportReport(path=out_path, model=model.covseg_name, opset=opset, input_shape=shape,
                               dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
                               seconds=time.perf_counter() - start,

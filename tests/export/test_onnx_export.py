@@ -55,6 +55,16 @@ def test_export_is_checked_and_matches_pytorch(exported):
     assert {s[0] for s in report.checked_shapes} >= {1, 2, 3} and {s[2] for s in report.checked_shapes} == {32, 48}
 
 
+def test_export_leaves_one_ordinary_file(exported):
+    from covseg_fast.atomic import umask_mode
+
+    _, report = exported
+    # no temporary graph or weights file beside it (torch.onnx writes <tmp>.data; the weights are inlined)
+    assert os.listdir(os.path.dirname(report.path)) == ["tiny.onnx"]
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in onnx.load(report.path).graph.initializer)
+    assert os.stat(report.path).st_mode & 0o777 == umask_mode()    # not mkstemp's 0600
+
+
 def test_graph_holds_only_ops_tensorrt_parses(exported):
     _, report = exported
     proto = onnx.load(report.path)

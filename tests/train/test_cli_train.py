@@ -44,6 +44,11 @@ def test_train_then_resume(folders, capsys):
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert ckpt["train"]["epoch"] == 3 and len(ckpt["train"]["history"]) == 3
     assert ckpt["train"]["config"]["input_size"] == 32 and ckpt["train"]["config"]["seed"] == 5
+    # without --val-fraction the run's saved OUT/split.json keeps the same validation slices
+    assert main(["train", "--data", data, "--out", out, "--resume", os.path.join(out, "last.pt"), "--epochs", "4",
+                 "--device", "cpu", "--no-progress"]) == 0
+    history = torch.load(os.path.join(out, "last.pt"), weights_only=True)["train"]["history"]
+    assert len(history) == 4 and "val_dice" in history[-1]
 
 
 def test_pseudo_then_finetune(folders, capsys):
