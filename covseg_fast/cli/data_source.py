@@ -6,12 +6,21 @@ VOLUME_LAYOUTS = ("Ma et al. COVID-19-CT-Seg_20cases + Infection_Mask, MosMedDat
                   "MedSeg tr_im/tr_mask or rp_im/rp_msk")
 
 
-def add_source_options(p, data_help: str, volumes_help: str, drop_empty_help: str) -> None:
-    """``--data`` or ``--volumes`` (one is required), then ``--window`` and ``--drop-empty`` for volumes."""
+LUNG_WINDOW = (-1250.0, 250.0)
+
+
+def add_source_options(p, data_help: str, volumes_help: str, drop_empty_help: str, scoring: bool = False) -> None:
+    """``--data`` or ``--volumes`` (one is required), then ``--window`` and ``--drop-empty`` for volumes.
+    ``scoring``: the window defaults to the one recorded in the checkpoint (None here, resolved later)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help=data_help)
     src.add_argument("--volumes", help=volumes_help)
-    p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(-1250.0, 250.0),
-                   help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window; score with "
-                        "the window the model was trained with)")
+    if scoring:
+        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+                       help="--volumes: HU window mapped to [0, 1] (default: the window the checkpoint was "
+                            "trained with, recorded by covseg train --volumes; else -1250 250, the lung window)")
+    else:
+        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=LUNG_WINDOW,
+                       help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window; it is "
+                            "recorded in the checkpoint, and evaluate and screen apply it)")
     p.add_argument("--drop-empty", action="store_true", help=drop_empty_help)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .data_source import VOLUME_LAYOUTS, add_source_options
+from .data_source import LUNG_WINDOW, VOLUME_LAYOUTS, add_source_options
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="covseg checkpoint (.pt)")
     add_source_options(p, data_help="folder holding the image and mask sub-folders",
                        volumes_help=f"folder of labelled CT volumes (NIfTI) in a public layout: {VOLUME_LAYOUTS}",
-                       drop_empty_help="--volumes: score only slices with infection")
+                       drop_empty_help="--volumes: score only slices with infection", scoring=True)
     p.add_argument("--split", metavar="FILE", help="--volumes: score only the volumes of one part of this split "
                                                    "JSON (e.g. the split.json covseg train wrote)")
     p.add_argument("--part", default="val", help="--split part to score (default val)")
@@ -51,7 +51,7 @@ def run(args) -> int:
 
     from ..data.slices import DataError, SliceDataset
     from ..evaluate import Evaluator
-    from ..models.registry import CheckpointError, load_model
+    from ..models.registry import CheckpointError, load_model, recorded_window
 
     if args.batch_size < 1:
         log.error("--batch-size must be ≥ 1, got %d", args.batch_size)
@@ -66,6 +66,11 @@ def run(args) -> int:
         return 2
     try:
         model = load_model(args.checkpoint, map_location="cpu")
+        if args.volumes is not None and args.window is None:
+            recorded = recorded_window(args.checkpoint)
+            args.window = recorded or LUNG_WINDOW
+            log.info("HU window %g … %g (%s)", *args.window,
+                     "recorded in the checkpoint" if recorded else "the lung window: none recorded in the checkpoint")
         dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
                    else _volume_slices(args))
         evaluator = Evaluator(model, device=device, protocol=args.protocol, batch_size=args.batch_size)

@@ -31,8 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--writers", type=int, default=None,
                    help="writer threads (masks, probabilities, montages, JSON; gzip and PNG encoding run in "
                    "parallel); default min(4, CPUs)")
-    p.add_argument("--window", default="-1250,250", help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: "
-                   "--window=-1250,250 (the default lung window)")
+    p.add_argument("--window", default=None,
+                   help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: --window=-1250,250 "
+                   "(default: the window the checkpoint was trained with on CT volumes, else -1250,250, the lung "
+                   "window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")
@@ -63,6 +65,22 @@ def _parse_window(text: str) -> tuple[float, float]:
     if not hi > lo:
         raise UsageError(f"--window {text}: HIGH must be greater than LOW")
     return lo, hi
+
+
+def _window(args, checkpoint: str) -> tuple[float, float]:
+    """--window, else the window the checkpoint recorded (covseg train --volumes), else the lung window."""
+    from ..inference.batch import UsageError
+    from ..models.registry import CheckpointError, recorded_window
+
+    if args.window is not None:
+        return _parse_window(args.window)
+    try:
+        recorded = recorded_window(checkpoint)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    if recorded is not None:
+        log.info("HU window %g … %g, recorded in %s", *recorded, checkpoint)
+    return recorded or (-1250.0, 250.0)
 
 
 def _device(text: str) -> str:
@@ -135,7 +153,7 @@ def _run(args) -> int:
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
-    window = _parse_window(args.window)
+    window = _window(args, checkpoint)
     device = _device(args.device)
     out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
     cfg = ScreenConfig(out_dir=out_dir, window=window, threshold=args.threshold, batch_size=args.batch_size,

@@ -213,7 +213,11 @@ def run(args) -> int:
             lines = [_summary(out["pseudo"], "pseudo-label stage: ") if "pseudo" in out else None,
                      _summary(out["finetune"], "fine-tune stage: ")]
         else:
-            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, **common)
+            # CT volumes: the checkpoint records the HU window, which evaluate and screen then apply
+            volumes = ({"source": "volumes", "window": list(args.window), "drop_empty": args.drop_empty}
+                       if args.volumes is not None else None)
+            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, input_info=volumes,
+                              **common)
             if args.resume:
                 trainer.resume(args.resume)
             lines = [_summary(trainer.fit(), f"{model}: ")]

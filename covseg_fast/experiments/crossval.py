@@ -275,7 +275,8 @@ class CrossValidation:
                 result.update(pseudo_checkpoint=init_from, pseudo_seconds=stage["seconds"])
             t0 = time.perf_counter()
             out = Trainer(arm.model, model_config=arm.model_config, preset=cfg, train_dataset=train, out_dir=where,
-                          device=self.device, progress=self.progress, init_from=init_from).fit()
+                          device=self.device, progress=self.progress, init_from=init_from,
+                          input_info=self.source.input_info()).fit()
             result.update(train_seconds=round(time.perf_counter() - t0, 2), epochs=out["epochs"],
                           images_per_s=out["images_per_s"], checkpoint=out["last"])
             model = load_model(out["last"], map_location="cpu")

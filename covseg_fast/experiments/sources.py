@@ -45,6 +45,9 @@ class SliceFolderSource:
     def describe(self) -> dict[str, Any]:
         return {"unit": self.unit, "data": self.path, "n_cases": len(self.case_ids)}
 
+    def input_info(self) -> Optional[dict[str, Any]]:
+        return None
+
 
 class VolumeFolderSource:
     """Labelled CT volumes in a public layout (:func:`covseg_fast.data.volumes.find_cases`): one case per
@@ -85,6 +88,10 @@ class VolumeFolderSource:
     def scored_set(self, ids: Sequence[str]) -> Dataset:
         """Every axial slice of the held-out volumes (with infection only under ``drop_empty``), native size."""
         return self._slices(ids)
+
+    def input_info(self) -> dict[str, Any]:
+        """Stored in the fold checkpoints (``input``): evaluate and screen apply the same window."""
+        return {"source": "volumes", "window": list(self.window), "drop_empty": self.drop_empty}
 
     def describe(self) -> dict[str, Any]:
         return {"unit": self.unit, "data": self.path, "n_cases": len(self.case_ids),

@@ -121,6 +121,23 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return payload
 
 
+def recorded_window(path: str) -> Optional[tuple[float, float]]:
+    """The HU window a checkpoint's model was trained with on CT volumes (its ``input`` entry, written by
+    ``covseg train --volumes``), or None (trained on slice images, or an older checkpoint).
+
+    Raises:
+        CheckpointError: missing or unreadable file, or a malformed window.
+    """
+    window = (read_checkpoint(path).get("input") or {}).get("window")
+    if window is None:
+        return None
+    try:
+        low, high = (float(v) for v in window)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: recorded HU window {window!r} is not [low, high]") from exc
+    return low, high
+
+
 def load_model(path: str, map_location: str | torch.device = "cpu", expect: Optional[str] = None) -> nn.Module:
     """Rebuild the model recorded in checkpoint ``path`` and load its weights (strict).
 

@@ -63,6 +63,9 @@ class Trainer:
             training); optimiser and epoch start fresh.
         progress: show a tqdm bar (rank 0 only).
         find_unused_parameters: passed to DDP.
+        input_info: how the training images were made from the data, e.g. ``{"source": "volumes",
+            "window": [-1250, 250]}``; stored as ``input`` in checkpoints so that evaluate and screen
+            window CT the way the model was trained.
     Raises:
         KeyError: unknown model or preset; ValueError: bad override.
     """
@@ -72,8 +75,10 @@ class Trainer:
                  train_dataset: Optional[Dataset] = None, val_dataset: Optional[Dataset] = None,
                  out_dir: str = "runs/train", device: str | torch.device | None = None,
                  criterion_config: Optional[Mapping[str, Any]] = None, init_from: Optional[str] = None,
-                 progress: bool = True, find_unused_parameters: bool = False) -> None:
+                 progress: bool = True, find_unused_parameters: bool = False,
+                 input_info: Optional[Mapping[str, Any]] = None) -> None:
         self.model_name = model_name
+        self.input_info = dict(input_info) if input_info is not None else None
         self.spec = get_spec(model_name)
         self.cfg = resolve_config(preset if preset is not None else preset_for_model(model_name), overrides)
         self.dist = D.dist_info()
@@ -136,7 +141,10 @@ class Trainer:
     def save(self, path: str) -> None:
         """Write model, config and training state to ``path`` atomically (rank 0 only; others no-op)."""
         if self.dist.is_main:
-            save_checkpoint(path, self.model, {"train": self.training_state()})
+            extra = {"train": self.training_state()}
+            if self.input_info is not None:
+                extra["input"] = self.input_info
+            save_checkpoint(path, self.model, extra)
 
     def resume(self, path: str) -> "Trainer":
         """Load weights, optimiser, scheduler, RNG states, epoch, best score and history from ``path``
@@ -171,6 +179,11 @@ class Trainer:
         self.best_epoch = state.get("best_epoch")
         self.global_step = int(state.get("global_step", 0))
         self.history = list(state.get("history", []))
+        if self.input_info is None and payload.get("input") is not None:
+            self.input_info = dict(payload["input"])
+        elif payload.get("input") not in (None, self.input_info):
+            log.warning("resuming %s with other input settings: %s there, %s now", path, payload["input"],
+                        self.input_info)
         log.info("resumed %s at epoch %d (best %.4f)", path, self.epoch, self.best_score)
         return self
 

@@ -238,6 +238,8 @@ def test_volume_study_splits_volumes_and_scores_every_slice_of_the_held_out_ones
         assert scored == set(r["val_ids"]) and len(r["rows"]) == 6 * len(r["val_ids"])   # every slice of them
     report = json.load(open(os.path.join(out, "results.json")))
     assert report["unit"] == "volume" and report["n_cases"] == 4 and report["window"] == [-1000.0, 200.0]
+    fold0 = torch.load(os.path.join(out, "runs", NAME, "seed0", "fold0", "last.pt"), weights_only=True)
+    assert fold0["input"]["window"] == [-1000.0, 200.0]      # evaluate/screen of a fold model use it
     assert report["arms"][0]["seeds"][0]["n_images"] == 24
     text = open(os.path.join(out, "results.md")).read()
     assert "2-fold cross-validation on 4 labelled CT volumes (4 patients)" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 
 import nibabel as nib
@@ -464,6 +465,21 @@ def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
     assert main(["screen", "--merge-shards", str(out)]) == 0
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["a", "b", "c"]
     assert _rows(out / "failures.csv") == [] and not (out / "summary.json").exists()  # the shards wrote CSV only
+
+
+def test_window_defaults_to_the_one_the_checkpoint_was_trained_with(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _three_cases(inp)
+    trained = make_checkpoint(str(tmp_path / "vol.pt"), input_info={"source": "volumes", "window": [-1000, 200]})
+    assert screen(inp, "-o", out, "--checkpoint", trained) == 0
+    assert json.load(open(out / "a.json"))["window_hu"] == [-1000.0, 200.0]
+    assert "HU window -1000 … 200, recorded in" in caplog.text
+    assert screen(inp, "-o", tmp_path / "o2", "--checkpoint", trained, "--window=-1250,250") == 0   # the flag wins
+    assert json.load(open(tmp_path / "o2" / "a.json"))["window_hu"] == [-1250.0, 250.0]
+    bad = make_checkpoint(str(tmp_path / "bad.pt"), input_info={"window": "lung"})
+    assert screen(inp, "-o", tmp_path / "o3", "--checkpoint", bad) == 2
+    assert "recorded HU window 'lung' is not [low, high]" in caplog.text
 
 
 def test_merge_shards_refuses_incomplete_or_mixed_reports(tmp_path, ckpt, caplog):

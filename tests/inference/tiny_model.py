@@ -34,7 +34,7 @@ SPEC = register_model(ModelSpec(name=NAME, builder=TinyNet, criterion=_criterion
                                 description="test-only tiny conv net"))
 
 
-def make_checkpoint(path: str, bright_is_infection: bool = True) -> str:
+def make_checkpoint(path: str, bright_is_infection: bool = True, input_info: dict | None = None) -> str:
     """Save a deterministic TinyNet whose logit is high where the windowed grey value is high.
 
     With ``bright_is_infection`` the net computes roughly 40·(grey − 0.55): voxels brighter than about
@@ -49,5 +49,5 @@ def make_checkpoint(path: str, bright_is_infection: bool = True) -> str:
             model.conv1.weight[0, 0, 1, 1] = 1.0
             model.conv2.weight[0, 0, 1, 1] = 40.0
             model.conv2.bias.fill_(-40.0 * 0.55)
-    save_checkpoint(path, model)
+    save_checkpoint(path, model, {"input": input_info} if input_info is not None else None)
     return path

@@ -128,6 +128,13 @@ def test_train_on_volumes_splits_by_volume_and_reuses_the_split(tmp_path, caplog
     split = load_split(os.path.join(out, "split.json"))
     train, val = split["parts"]["train"], split["parts"]["val"]
     assert len(train) == 3 and len(val) == 1 and not set(train) & set(val)     # whole volumes, never slices
+    # the window is recorded with the model; evaluate applies it unless told otherwise
+    recorded = torch.load(os.path.join(out, "best.pt"), weights_only=True)["input"]
+    assert recorded == {"source": "volumes", "window": [-1000.0, 200.0], "drop_empty": True}
+    with caplog.at_level(logging.INFO):
+        assert main(["evaluate", "--checkpoint", os.path.join(out, "best.pt"), "--volumes", str(tmp_path / "vol"),
+                     "--split", os.path.join(out, "split.json"), "--out", str(tmp_path / "ev")]) == 0
+    assert "HU window -1000 … 200 (recorded in the checkpoint)" in caplog.text
     # the saved split is reused (a new seed would otherwise move volumes): the same parts after a second run
     assert main(args + ["--seed", "7"]) == 0
     assert load_split(os.path.join(out, "split.json"))["parts"] == split["parts"]
