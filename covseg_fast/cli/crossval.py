@@ -158,8 +158,6 @@ def run(args) -> int:
                                 device=args.device, protocol=args.protocol, progress=args.progress,
                                 on_fold_done=lambda: write_report(holder["study"], args))
         holder["study"] = study
-        if not args.report_only:
-            study.check_finished_folds()
     except (KeyError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc.args[0] if exc.args else exc)
         return 2
@@ -170,6 +168,9 @@ def run(args) -> int:
             log.error("interrupted; run the same command again to continue")
             write_report(study, args)
             return 1
+        except ValueError as exc:   # finished folds or a saved split that this call's settings contradict
+            log.error("%s", exc)
+            return 2
     report = write_report(study, args)
     failed = sum(len(a["failures"]) for a in report["arms"])
     for arm in report["arms"]:

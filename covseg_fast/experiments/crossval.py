@@ -67,13 +67,11 @@ class Arm:
     pseudo_data: Optional[str] = None
     pseudo_epochs: Optional[int] = None
 
-    def train_config(self, seed: int):
-        return resolve_config(self.preset or preset_for_model(self.model), {**self.overrides, "seed": seed})
+    def train_config(self, seed: int, **extra: Any):
+        return resolve_config(self.preset or preset_for_model(self.model), {**self.overrides, "seed": seed, **extra})
 
     def pseudo_config(self, seed: int):
-        epochs = {"epochs": self.pseudo_epochs} if self.pseudo_epochs is not None else {}
-        return resolve_config(self.preset or preset_for_model(self.model),
-                              {**self.overrides, "seed": seed, **epochs})
+        return self.train_config(seed, **({"epochs": self.pseudo_epochs} if self.pseudo_epochs is not None else {}))
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "model": self.model, "model_config": dict(self.model_config),
@@ -133,7 +131,7 @@ class CrossValidation:
         bad = [f for f in (only_folds or []) if not 0 <= f < folds]
         if bad:
             raise ValueError(f"crossval: --only-folds {bad} outside 0..{folds - 1}")
-        self.data, self.out, self.arms, self.seeds, self.folds = source.path, out, list(arms), list(seeds), folds
+        self.out, self.arms, self.seeds, self.folds = out, list(arms), list(seeds), folds
         self.only_folds = sorted(set(only_folds)) if only_folds else list(range(folds))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.protocol, self.progress, self.on_fold_done = protocol, progress, on_fold_done
@@ -188,9 +186,8 @@ class CrossValidation:
         recorded none), this call's arms first, then any other arm found on disk."""
         recorded: dict[str, dict[str, Any]] = {}
         for r in results:
-            recorded.setdefault(r["arm"], r.get("arm_config") or {})
-            if r.get("arm_config"):
-                recorded[r["arm"]] = r["arm_config"]
+            if r.get("arm_config") or r["arm"] not in recorded:
+                recorded[r["arm"]] = r.get("arm_config") or {}
         arms = []
         for arm in self.arms:
             if arm.label in recorded or include_untrained:
