@@ -35,7 +35,7 @@ def test_workers_do_not_outlive_a_killed_main_process(tmp_path, method):
         from covseg_fast.io import Case
 
         def stuck(case):  # a decoder that takes long: the worker is busy when the main process dies
-            print(os.getpid(), flush=True)
+            os.write(1, f"{{os.getpid()}}\\n".encode())  # one write: the two workers' lines never interleave
             time.sleep(120)
 
         if __name__ == "__main__":
