@@ -21,12 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-CPU_CASE = "cpu_case"
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", f"{CPU_CASE}: runs on the CPU even on a GPU machine (deselect with "
-                                       f"-m 'not {CPU_CASE}' there)")
+CPU_CASE = "cpu_case"  # registered in pyproject.toml
 
 
 def params(names, cpu: set) -> list:
