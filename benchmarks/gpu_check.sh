@@ -73,8 +73,13 @@ BUDGET=${CHECK_BUDGET_S:-480}
 OUT=${OUT:-$REPO/out/gpu_check}
 W=${CHECK_WORK:-${TMPDIR:-/tmp}/covseg_gpu_check}
 SITE=${CHECK_SITE:-${TMPDIR:-/tmp}/covseg_site}
+if [ -d "$W" ] && [ -n "$(ls -A "$W")" ] && [ ! -f "$W/meta.json" ]; then
+  echo "gpu_check.sh: CHECK_WORK=$W is not empty and not a gpu_check work folder: name an empty or new folder" >&2
+  exit 2
+fi
+# a call starts clean: the outputs of an earlier call came back with it (ingest_gpu.py takes both calls' outputs)
+rm -rf "$W/logs" "$W/pids" && rm -f "$W"/*.json "$W"/*.xml "$W/steps.tsv" "$W/console.log"
 mkdir -p "$OUT" "$W/logs" "$W/pids" || exit 2
-rm -f "$W"/logs/* "$W"/pids/* "$W/steps.tsv"
 if [ -z "${COVSEG_GIT_COMMIT:-}" ]; then
   COVSEG_GIT_COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 fi

@@ -1,6 +1,7 @@
 """Turn what a GPU check brought back into committed results and the tables of benchmarks/README.md.
 
     python3 benchmarks/ingest_gpu.py /work/.device/.../files_at     # the device tool's folder (or the .tar.gz)
+    python3 benchmarks/ingest_gpu.py FIRST RERUN                     # a call, then a CHECK_STEPS rerun of it
     python3 benchmarks/ingest_gpu.py OUT --no-write                  # print the tables only
 
 Reads gpu_check.tar.gz (benchmarks/gpu_check.sh's outputs) and writes, under ``--results-dir``:
@@ -8,6 +9,8 @@ Reads gpu_check.tar.gz (benchmarks/gpu_check.sh's outputs) and writes, under ``-
 cuda tests, memcheck, the build check, the compile smoke, the measured ceilings), ``ops_<gpu>.json`` and
 ``train_<gpu>.json`` (the pytest-benchmark JSON with that record added as ``covseg_gpu_check``); then
 replaces the block between the gpu-check markers of ``--readme`` with the tables (gpu_tables.py).
+Several sources (a call and its reruns, same commit) merge in order: a later call's file replaces an
+earlier one's (a rerun's complete bench_ops.json replaces a cut-short one), and the steps of all are listed.
 A result file of another commit is not replaced without ``--replace``; a dry run's output (CPU) is not
 written to the default results folder. Files are written atomically.
 """
@@ -104,6 +107,30 @@ def gpu_tag(device: str) -> str:
         return "cpu"
     match = re.search(r"([A-Z]\d{2,3})", device)
     return (match.group(1) if match else device.split()[-1]).lower()
+
+
+def merge(folders: list[Path], scratch: Path) -> Path:
+    """One folder with every call's files (a later call's replace an earlier one's) and all their steps."""
+    if len(folders) == 1:
+        return folders[0]
+    merged = scratch / "merged"
+    (merged / "logs").mkdir(parents=True)
+    steps_text, commits = "", set()
+    for index, folder in enumerate(folders, 1):
+        meta = _json(folder, "meta.json") or {}
+        commits.add(meta.get("commit"))
+        for path in folder.rglob("*"):
+            if path.is_file() and path.name != "steps.tsv":
+                target = merged / path.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+        for line in (folder / "steps.tsv").read_text().splitlines() if (folder / "steps.tsv").exists() else []:
+            name, rest = line.split("\t", 1)
+            steps_text += f"{name} (call {index})\t{rest}\n"
+    if len(commits) > 1:
+        raise IngestError(f"the calls ran different commits ({', '.join(sorted(map(str, commits)))}): ingest them apart")
+    (merged / "steps.tsv").write_text(steps_text)
+    return merged
 
 
 def collect(folder: Path) -> dict:
@@ -207,7 +234,8 @@ def update_readme(readme: Path, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="the device tool's files_at folder, $OUT, or gpu_check.tar.gz")
+    parser.add_argument("sources", type=Path, nargs="+",
+                        help="the device tool's files_at folder, $OUT, or gpu_check.tar.gz; several: a call and its reruns")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
     parser.add_argument("--no-write", action="store_true", help="print the tables; write nothing")
@@ -215,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            collected = collect(locate(args.source, Path(scratch)))
+            folders = []
+            for index, source in enumerate(args.sources):
+                (Path(scratch) / str(index)).mkdir()
+                folders.append(locate(source, Path(scratch) / str(index)))
+            collected = collect(merge(folders, Path(scratch)))
             block = tables(collected)
             print(block)
             if args.no_write:

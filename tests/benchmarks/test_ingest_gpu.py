@@ -205,3 +205,45 @@ def test_gpu_tag():
     assert ingest_gpu.gpu_tag("NVIDIA H100 80GB HBM3") == "h100"
     assert ingest_gpu.gpu_tag("cpu") == "cpu"
     assert os.path.basename(ingest_gpu.ARCHIVE) == "gpu_check.tar.gz"
+
+
+def test_a_rerun_replaces_the_files_it_remade_and_both_calls_steps_are_listed(tmp_path):
+    first = make_outputs(tmp_path / "first")
+    rerun_work = tmp_path / "rerun" / "work"
+    rerun_work.mkdir(parents=True)
+    faster = ops_json()
+    for bench in faster["benchmarks"]:
+        if bench["params"].get("provider") == "triton":
+            bench["stats"]["median"] = 5e-4  # the rerun measured 8× eager
+    (rerun_work / "bench_ops.json").write_text(json.dumps(faster))
+    (rerun_work / "meta.json").write_text(json.dumps({"commit": COMMIT, "dry_run": False}))
+    (rerun_work / "steps.tsv").write_text("bench-ops\tok\t0\t70\t150\n")
+    rerun = tmp_path / "rerun" / "out"
+    rerun.mkdir()
+    with tarfile.open(rerun / "gpu_check.tar.gz", "w:gz") as tar:
+        tar.add(rerun_work, arcname=".")
+    results, doc = tmp_path / "results", readme(tmp_path)
+    assert ingest_gpu.main([str(first), str(rerun), "--results-dir", str(results), "--readme", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| strip_conv (triton) | msa_l0 fwd+bwd nchw | 4.000 | 2.000 | 0.500 | 8.00× | 4.00× |" in text
+    assert "| env (call 1) | ok |" in text and "| bench-ops (call 2) | ok |" in text
+    assert json.loads((results / "gpu_check_h200.json").read_text())["covseg_gpu_check"]["device"] == "NVIDIA H200"
+
+
+def test_calls_of_different_commits_are_not_merged(tmp_path, capsys):
+    first = make_outputs(tmp_path / "a")
+    other = tmp_path / "b" / "work"
+    other.mkdir(parents=True)
+    (other / "meta.json").write_text(json.dumps({"commit": "feedface", "dry_run": False}))
+    (other / "steps.tsv").write_text("env\tok\t0\t4\t20\n")
+    assert ingest_gpu.main([str(first), str(other), "--no-write"]) == 2
+    assert "different commits" in capsys.readouterr().err
+
+
+def test_the_benchmarks_readme_has_the_block_ingest_replaces(tmp_path):
+    doc = tmp_path / "README.md"
+    original = (BENCH / "README.md").read_text()
+    doc.write_text(original)
+    ingest_gpu.update_readme(doc, "NEW TABLES\n")
+    head, tail = original.split(ingest_gpu.BEGIN)[0], original.split(ingest_gpu.END)[1]
+    assert doc.read_text() == f"{head}{ingest_gpu.BEGIN}\nNEW TABLES\n{ingest_gpu.END}{tail}"
