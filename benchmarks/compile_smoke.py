@@ -10,11 +10,12 @@ float64 on the same inputs by ‖out − ref‖ / ‖ref‖ (bf16 within 2e-2, f
 compiled a graph; on CUDA the profiler must see at least one of covseg's own Triton kernels launched
 (so a compiled graph that silently took the reference is a failure).
 
-On CPU Triton runs only under ``TRITON_INTERPRET=1``, where torch.compile cannot run Triton kernels:
-there the reference serves inside the compiled graph, with the ``aot_eager`` backend by default. That
+On CPU Triton runs only under ``TRITON_INTERPRET=1``, where torch.compile cannot run Triton kernels.
+Without it the reference serves inside the compiled graph, with the ``aot_eager`` backend by default: that
 checks what compiling needs of the op registrations (fake kernels, autograd, no graph break) and the
-comparison itself, not the kernels. Results go to ``--json`` after every case (a time limit keeps what
-finished). Exit status 1 if any case failed.
+comparison itself, not the kernels. ``--no-compile`` under ``TRITON_INTERPRET=1`` runs the same cases
+eagerly through the Triton kernels (fp32; strip_conv and the gram path take minutes in the interpreter).
+Results go to ``--json`` after every case (a time limit keeps what finished). Exit status 1 if any case failed.
 """
 from __future__ import annotations
 
@@ -148,8 +149,9 @@ def _forward_backward(fn, module, tensors, leaves):
     return out, grads
 
 
-def run_case(case: Case, device: str, dtype: torch.dtype, backend: str, forced: str | None,
+def run_case(case: Case, device: str, dtype: torch.dtype, backend: str | None, forced: str | None,
              ours: set[str]) -> dict:
+    """One case; ``backend`` None runs it eagerly (no torch.compile)."""
     from torch._dynamo.utils import counters
 
     result = {"op": case.name, "device": device, "dtype": str(dtype), "backend": backend, "forced": forced}
@@ -170,7 +172,7 @@ def run_case(case: Case, device: str, dtype: torch.dtype, backend: str, forced: 
 
         torch._dynamo.reset()
         graphs = counters["stats"]["unique_graphs"]
-        compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+        compiled = fn if backend is None else torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
         with use_backend(forced):
             _forward_backward(compiled, module, tensors, leaves)  # compile and warm up
             kernels = None
@@ -183,12 +185,12 @@ def run_case(case: Case, device: str, dtype: torch.dtype, backend: str, forced: 
                 kernels = sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
             else:
                 got, got_grads = _forward_backward(compiled, module, tensors, leaves)
-        result["graphs"] = counters["stats"]["unique_graphs"] - graphs
+        result["graphs"] = None if backend is None else counters["stats"]["unique_graphs"] - graphs
         result["out_error"] = _relative_error(got, want)
         result["grad_errors"] = [_relative_error(a, b) for a, b in zip(got_grads, want_grads)]
         result["tolerance"] = TOLERANCE[dtype]
         problems = []
-        if result["graphs"] < 1:
+        if backend is not None and result["graphs"] < 1:
             problems.append("Dynamo compiled no graph")
         worst = max([result["out_error"], *result["grad_errors"]])
         if not worst <= result["tolerance"]:
@@ -219,14 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--ops", help="comma-separated case names (default: all): " + ",".join(c.name for c in CASES))
+    parser.add_argument("--no-compile", action="store_true", help="run the cases eagerly (no torch.compile)")
     parser.add_argument("--json", help="write the results here (rewritten after every case)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here (use --device cpu)")
     cuda = args.device == "cuda"
-    backend = args.backend or ("inductor" if cuda else "aot_eager")
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpreting and not args.no_compile:
+        parser.error("torch.compile cannot run Triton kernels under TRITON_INTERPRET=1: add --no-compile")
+    backend = None if args.no_compile else (args.backend or ("inductor" if cuda else "aot_eager"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
-    forced = "triton" if cuda else None
+    forced = "triton" if cuda or interpreting else None
     wanted = args.ops.split(",") if args.ops else [c.name for c in CASES]
     unknown = sorted(set(wanted) - {c.name for c in CASES})
     if unknown:
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, args.json)
     failed = [r["op"] for r in report["cases"] if r["status"] != "passed"]
     print(f"compile-smoke: {len(report['cases']) - len(failed)} passed, {len(failed)} failed"
-          + (f" ({', '.join(failed)})" if failed else "") + f"; {dtype}, backend {backend}, "
-          + (f"the {forced} backend forced" if forced else "the reference serving (CPU)"))
+          + (f" ({', '.join(failed)})" if failed else "") + f"; {dtype}, backend {backend or 'none'}, "
+          + (f"the {forced} backend forced" if forced else "the reference serving (CPU)")
+          + ("" if backend else ", eager (no torch.compile)"))
     return 1 if failed else 0
 
 

@@ -122,3 +122,17 @@ def test_benchmark_order_puts_the_providers_of_one_case_together(tmp_path):
     providers = [i.split("-", 1)[0] for i in ids]
     assert providers == ["eager", "compile", "triton"] * 4
     assert len({i.split("-", 1)[1] for i in ids[:3]}) == 1  # one case, three providers
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", ["cbam", "channel_attention_flash", "cpp_kl_loss", "structure_loss"])
+def test_compile_smoke_cases_through_the_triton_kernels_under_the_interpreter(name):
+    """The smoke's cases and comparison with the Triton kernels themselves (eager: the interpreter cannot
+    run them under torch.compile); strip_conv and the gram path take minutes in the interpreter."""
+    from covseg_fast.ops import triton as triton_backend
+
+    if not triton_backend.interpreting():
+        pytest.skip("runs the Triton kernels on CPU: needs TRITON_INTERPRET=1 (the CI triton stage)")
+    result = compile_smoke.run_case(_case(name), "cpu", torch.float32, None, "triton", set())
+    assert result["status"] == "passed", result
+    assert result["graphs"] is None and result["out_error"] < 1e-3
