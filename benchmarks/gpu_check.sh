@@ -9,8 +9,8 @@
 #
 # Every step runs under its own cap (`timeout -s INT`: pytest-benchmark still writes the JSON of finished
 # cases) and inside a whole budget (CHECK_BUDGET_S, 480 s): a step gets min(its cap, what is left minus the
-# floors of the steps after it), and is skipped when that is below its own floor. A failed step is logged
-# and the later steps still run. Steps marked & run in the background, beside the steps that follow, and
+# floors of the steps after it), and is skipped when what is left cannot give it its own floor. A failed
+# step is logged and the later steps still run. Steps marked & run in the background, beside the steps that follow, and
 # are all joined before the timed steps (ceilings, benchmarks), which run alone on the GPU.
 #
 # step         cap  floor  estimate on the H200 (GPU_CHECK.md's figures, ±50 %)
