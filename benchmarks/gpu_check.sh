@@ -169,6 +169,7 @@ step() {  # step NAME COMMAND...: foreground (background when NAME is marked so)
   if [ -n "${BACKGROUND[$name]:-}" ]; then
     say "::: $name: started in the background (cap $cap s)"
     execute "$name" "$cap" "$@" &
+    DEVICE_LINE=  # the background copy took it
   else
     execute "$name" "$cap" "$@"
   fi

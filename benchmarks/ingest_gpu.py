@@ -102,8 +102,10 @@ def sanitizer_errors(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def gpu_tag(device: str) -> str:
-    if not device or device.startswith("cpu"):
+def gpu_tag(device: str | None) -> str:
+    if not device:
+        return "unknown"
+    if device.startswith("cpu"):
         return "cpu"
     match = re.search(r"([A-Z]\d{2,3})", device)
     return (match.group(1) if match else device.split()[-1]).lower()
@@ -144,6 +146,10 @@ def collect(folder: Path) -> dict:
                   memcheck=junit(folder / "memcheck.xml"), memcheck_sanitizer_errors=sanitizer_errors(folder),
                   smoke=_json(folder, "smoke.json"), ceilings=_json(folder, "ceilings.json"))
     benches = {name: _json(folder, f"bench_{name}.json") for name in ("ops", "train", "train_compile")}
+    if not record["device"]:  # the env step failed: the device as another step recorded it
+        seen = [(record["ceilings"] or {}).get("device"), (record["smoke"] or {}).get("device")]
+        seen += [b["benchmarks"][0]["extra_info"].get("device") for b in benches.values() if b and b.get("benchmarks")]
+        record["device"] = next((d for d in seen if d), None)
     return {"record": record, "benches": {k: v for k, v in benches.items() if v}}
 
 

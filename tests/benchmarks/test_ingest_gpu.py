@@ -203,7 +203,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
 def test_gpu_tag():
     assert ingest_gpu.gpu_tag("NVIDIA H200") == "h200"
     assert ingest_gpu.gpu_tag("NVIDIA H100 80GB HBM3") == "h100"
-    assert ingest_gpu.gpu_tag("cpu") == "cpu"
+    assert ingest_gpu.gpu_tag("cpu") == "cpu" and ingest_gpu.gpu_tag(None) == "unknown"
     assert os.path.basename(ingest_gpu.ARCHIVE) == "gpu_check.tar.gz"
 
 
@@ -247,3 +247,10 @@ def test_the_benchmarks_readme_has_the_block_ingest_replaces(tmp_path):
     ingest_gpu.update_readme(doc, "NEW TABLES\n")
     head, tail = original.split(ingest_gpu.BEGIN)[0], original.split(ingest_gpu.END)[1]
     assert doc.read_text() == f"{head}{ingest_gpu.BEGIN}\nNEW TABLES\n{ingest_gpu.END}{tail}"
+
+
+def test_the_device_comes_from_another_step_when_env_failed(tmp_path):
+    source = make_outputs(tmp_path)
+    folder = ingest_gpu.locate(source, tmp_path / "x")
+    (folder / "env.json").unlink()
+    assert ingest_gpu.collect(folder)["record"]["device"] == "NVIDIA H200"  # from ceilings.json
