@@ -27,7 +27,7 @@ import time
 import pytest
 import torch
 
-from conftest import measure_peak_memory, synchronize
+from conftest import measure_peak_memory, params, synchronize
 from covseg_fast.export import OnnxRuntimeRunner, export_onnx, reference_modules
 from covseg_fast.inference.backends import make_backend
 from covseg_fast.models import get_model
@@ -126,7 +126,7 @@ def artifacts(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[f"b{b}" for b in BATCHES])
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("shape_name", params(SHAPES, {"msa_unet_cpu", "refnet_cpu"}))
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_inference_backend(benchmark, record, artifacts, provider, shape_name, batch):
     reason = _skip_reason(provider, shape_name)

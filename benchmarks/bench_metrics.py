@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import params
 from covseg_fast.metrics import sweep_counts, sweep_scores
 
 SHAPES = {"semiseg_352x8": (8, 352, 352), "ct_512x4": (4, 512, 512)}
@@ -31,7 +32,7 @@ def histogram_sweep(p: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]
     return sweep_scores(*sweep_counts(p, g))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", params(DEVICES, {"cpu"}))
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("provider", ["loop", "histogram"])
 def test_sweep(benchmark, record, device, shape, provider):

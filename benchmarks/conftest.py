@@ -2,6 +2,10 @@
 
 Run: ``python -m pytest benchmarks/ops/bench_class_prob_pool.py --benchmark-json benchmarks/results/<name>.json``
 (benchmark files are named bench_*.py; pass the path explicitly).
+
+Cases that run on the CPU whatever the machine (CPU shapes, the C++ CPU kernel) carry the ``cpu_case``
+marker: ``-m "not cpu_case"`` leaves them out on a GPU machine (benchmarks/gpu_check.sh does).
+``COVSEG_BENCH_ROUNDS=N`` overrides every suite's timed rounds (e.g. 1 to warm caches quickly).
 """
 from __future__ import annotations
 
@@ -15,6 +19,42 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+CPU_CASE = "cpu_case"  # registered in pyproject.toml
+
+
+def params(names, cpu: set) -> list:
+    """Parametrize values for ``names``; those in ``cpu`` run on the CPU whatever the machine (marked)."""
+    mark = getattr(pytest.mark, CPU_CASE)
+    return [pytest.param(n, marks=mark, id=str(n)) if n in cpu else n for n in names]
+
+
+def bench_rounds(default: int) -> int:
+    """Timed rounds: ``default``, or ``COVSEG_BENCH_ROUNDS`` when set (a positive integer)."""
+    value = os.environ.get("COVSEG_BENCH_ROUNDS")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"COVSEG_BENCH_ROUNDS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Case-major order: the providers of one case (same shape, mode, ...) run one after another, in their
+    listed order, so a run stopped at a time limit leaves whole groups to compare. Files keep their order."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    first: dict = {}
+    keys = []
+    for index, item in enumerate(items):
+        callspec = getattr(item, "callspec", None)
+        if str(item.path).startswith(here) and callspec is not None and "provider" in callspec.params:
+            rest = tuple(sorted((k, str(v)) for k, v in callspec.params.items() if k != "provider"))
+            group = (str(item.path), item.originalname, rest)
+        else:
+            group = index
+        keys.append((first.setdefault(group, index), index))
+    items[:] = [item for _, item in sorted(zip(keys, items), key=lambda pair: pair[0])]
 
 
 def pytest_collect_file(parent, file_path):

@@ -49,11 +49,25 @@ def backend_table() -> dict:
     return table
 
 
+KERNEL_KEYS = ("CPU", "CUDA")
+
+
+def extension_kernels() -> dict:
+    """{op: [dispatch keys with a kernel]} for every op the compiled library defines (``covseg_ext::*``).
+
+    What is registered, not what the build configuration says: a library built without its CUDA sources
+    lists no "CUDA" here, and the CUDA tests of its ops would skip.
+    """
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("covseg_ext::"))
+    return {n: [k for k in KERNEL_KEYS if torch._C._dispatch_has_kernel_for_dispatch_key(n, k)] for n in names}
+
+
 def report() -> dict:
     return {
         "versions": versions(),
         "build": _ext.build_config() or {"note": "no build configuration recorded"},
-        "extension": {"loaded": _ext.loaded, "path": _ext.library_path, "reason": _ext.reason},
+        "extension": {"loaded": _ext.loaded, "path": _ext.library_path, "reason": _ext.reason,
+                      "kernels": extension_kernels()},
         "triton": {"import_error": triton_backend.import_error, "interpreter": triton_backend.interpreting()},
         "forced_backend": forced_backend(),
         "ops": backend_table(),
@@ -65,6 +79,8 @@ def format_report(info: dict) -> str:
     lines += [f"  {k}: {v}" for k, v in info["versions"].items() if k != "covseg_fast"]
     ext = info["extension"]
     lines.append(f"extension covseg_fast._C: {'loaded from ' + ext['path'] if ext['loaded'] else 'not loaded: ' + ext['reason']}")
+    for op_name, keys in ext["kernels"].items():
+        lines.append(f"  {op_name}: kernels for {', '.join(keys) or 'no device'}")
     build = info["build"]
     lines.append("build: " + ", ".join(f"{k}={v}" for k, v in build.items()))
     if info["forced_backend"]:

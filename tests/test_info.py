@@ -38,6 +38,17 @@ def test_cpu_backend_of_class_prob_pool_matches_extension_state():
     assert served == ("cpp" if _ext.loaded else "reference")
 
 
+def test_report_lists_the_kernels_the_library_registers():
+    kernels = report()["extension"]["kernels"]
+    if not _ext.loaded:
+        assert kernels == {}
+        return
+    keys = kernels["covseg_ext::class_prob_pool"]
+    assert "CPU" in keys
+    # a CUDA kernel is listed exactly when the build compiled the CUDA sources (what gpu_check.sh asserts)
+    assert ("CUDA" in keys) == bool(_ext.build_config().get("cuda"))
+
+
 def test_cli_info_json(capsys):
     assert cli_main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

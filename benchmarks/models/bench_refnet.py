@@ -3,7 +3,9 @@
 Providers: ``fused`` (fused ops: covseg::structure_loss via Triton, APM with fused=True),
 ``eager`` (pure-PyTorch references), ``compile`` (torch.compile of the eager model and loss).
 Shapes: ``b16_352`` (batch 16, 352×352, bf16 autocast, CUDA; the paper's training size) and
-``tiny_cpu`` (batch 2, 64×64, fp32, CPU; runs anywhere, a smoke test, not a speed claim).
+``tiny_cpu`` (batch 2, 64×64, fp32, CPU; runs anywhere, a smoke test, not a speed claim; a ``cpu_case``).
+The GPU shape runs in both layouts: ``channels_last`` (as the Trainer does on CUDA) and ``nchw``;
+``compile`` compiles afresh per case (``compile_guard.CompiledBaseline``).
 Modes: ``train`` (forward + 4 structure losses + edge loss + backward + Adam step) and ``infer``
 (eval forward, no grad).
 
@@ -16,7 +18,8 @@ import contextlib
 import pytest
 import torch
 
-from conftest import measure_peak_memory, synchronize
+from compile_guard import CompiledBaseline
+from conftest import CPU_CASE, bench_rounds, measure_peak_memory, synchronize
 from covseg_fast.losses import RefNetLoss
 from covseg_fast.models import get_model
 from covseg_fast.ops import use_backend
@@ -26,15 +29,20 @@ SHAPES = {
     "tiny_cpu": dict(batch=2, size=64, device="cpu", dtype=None, rounds=2),
 }
 PROVIDERS = ["fused", "eager", "compile"]
+# (shape, layout): the GPU shape in both layouts, the CPU one in NCHW
+CASES = [("b16_352", "channels_last"), ("b16_352", "nchw"),
+         pytest.param("tiny_cpu", "nchw", marks=getattr(pytest.mark, CPU_CASE), id="tiny_cpu-nchw")]
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def _setup(provider: str, shape: dict):
+def _setup(provider: str, shape: dict, layout: str = "nchw"):
     torch.manual_seed(0)
     device = shape["device"]
-    model = get_model("refnet", fused=provider == "fused").to(device)
+    fmt = LAYOUTS[layout]
+    model = get_model("refnet", fused=provider == "fused").to(device, memory_format=fmt)
     criterion = RefNetLoss(fused=provider == "fused")
     b, s = shape["batch"], shape["size"]
-    x = torch.randn(b, 3, s, s, device=device)
+    x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
     yy, xx = torch.meshgrid(torch.arange(s, device=device), torch.arange(s, device=device), indexing="ij")
     mask = (((yy - s / 2) ** 2 + (xx - s / 3) ** 2) < (s / 4) ** 2).float().expand(b, 1, s, s).contiguous()
     return model, criterion, x, {"mask": mask}
@@ -55,16 +63,16 @@ def _skip_reason(provider: str, shape: dict):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_train_step(benchmark, record, provider, shape_name):
+@pytest.mark.parametrize("shape_name,layout", CASES)
+def test_train_step(benchmark, record, provider, shape_name, layout):
     shape = SHAPES[shape_name]
     reason = _skip_reason(provider, shape)
     if reason:
         pytest.skip(reason)
-    model, criterion, x, batch = _setup(provider, shape)
+    model, criterion, x, batch = _setup(provider, shape, layout)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    forward = torch.compile(model) if provider == "compile" else model
+    forward = CompiledBaseline(model) if provider == "compile" else model
     backend = None if provider == "fused" else "reference"
     losses = []
 
@@ -79,24 +87,31 @@ def test_train_step(benchmark, record, provider, shape_name):
         synchronize(shape["device"])
 
     step()  # warm-up (compilation, autotuning)
+    compiled = isinstance(forward, CompiledBaseline)
+    if compiled:
+        forward.warmed()
     peak = measure_peak_memory(step, shape["device"])
-    benchmark.pedantic(step, rounds=shape["rounds"], iterations=1, warmup_rounds=1)
+    benchmark.group = f"refnet {shape_name} {layout} train"
+    benchmark.pedantic(step, rounds=bench_rounds(shape["rounds"]), iterations=1, warmup_rounds=1)
+    if compiled:
+        forward.check_timed()
     mean = benchmark.stats.stats.mean
-    record(provider=provider, shape=shape_name, mode="train", batch=shape["batch"], size=shape["size"],
-           images_per_s=shape["batch"] / mean, peak_bytes=peak)
+    record(provider=provider, shape=shape_name, layout=layout, mode="train", batch=shape["batch"],
+           size=shape["size"], dtype=str(shape["dtype"]), images_per_s=shape["batch"] / mean, peak_bytes=peak,
+           **(forward.info() if compiled else {}))
     assert all(torch.isfinite(v) for v in losses), "non-finite loss"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_inference(benchmark, record, provider, shape_name):
+@pytest.mark.parametrize("shape_name,layout", CASES)
+def test_inference(benchmark, record, provider, shape_name, layout):
     shape = SHAPES[shape_name]
     reason = _skip_reason(provider, shape)
     if reason:
         pytest.skip(reason)
-    model, _, x, _ = _setup(provider, shape)
+    model, _, x, _ = _setup(provider, shape, layout)
     model.eval()
-    forward = torch.compile(model) if provider == "compile" else model
+    forward = CompiledBaseline(model) if provider == "compile" else model
     backend = None if provider == "fused" else "reference"
     result = {}
 
@@ -106,11 +121,18 @@ def test_inference(benchmark, record, provider, shape_name):
         synchronize(shape["device"])
 
     infer()
+    compiled = isinstance(forward, CompiledBaseline)
+    if compiled:
+        forward.warmed()
     peak = measure_peak_memory(infer, shape["device"])
-    benchmark.pedantic(infer, rounds=shape["rounds"], iterations=1, warmup_rounds=1)
+    benchmark.group = f"refnet {shape_name} {layout} infer"
+    benchmark.pedantic(infer, rounds=bench_rounds(shape["rounds"]), iterations=1, warmup_rounds=1)
+    if compiled:
+        forward.check_timed()
     mean = benchmark.stats.stats.mean
-    record(provider=provider, shape=shape_name, mode="infer", batch=shape["batch"], size=shape["size"],
-           images_per_s=shape["batch"] / mean, peak_bytes=peak)
+    record(provider=provider, shape=shape_name, layout=layout, mode="infer", batch=shape["batch"],
+           size=shape["size"], dtype=str(shape["dtype"]), images_per_s=shape["batch"] / mean, peak_bytes=peak,
+           **(forward.info() if compiled else {}))
     out = result["out"]
     assert tuple(out.shape) == (shape["batch"], 1, shape["size"], shape["size"]) and torch.isfinite(out).all()
     with torch.no_grad(), _autocast(shape), use_backend("reference"):

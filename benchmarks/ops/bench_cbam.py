@@ -5,7 +5,9 @@ Run: ``OMP_NUM_THREADS=1 python -m pytest benchmarks/ops/bench_cbam.py --benchma
 reference ops unless Triton can run).
 
 The whole ``nn.CBAM`` block is timed (MLP reduction 16, train-mode BatchNorm for fwd+bwd, eval for fwd),
-bf16 on CUDA. ``fwd`` = inference forward under no_grad; ``fwd+bwd`` = forward + backward of sum(out·g).
+bf16 on CUDA, in both layouts (``nchw``; ``channels_last``, what CUDA training uses). ``fwd`` = inference
+forward under no_grad; ``fwd+bwd`` = forward + backward of sum(out·g). ``compile`` compiles afresh per case
+(``compile_guard.CompiledBaseline``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import copy
 import pytest
 import torch
 
-from conftest import measure_peak_memory, synchronize
+from compile_guard import CompiledBaseline
+from conftest import bench_rounds, measure_peak_memory, params, synchronize
 from shapes import MSA_LEVELS, REFNET_F5
 from covseg_fast.nn import CBAM
 
@@ -23,6 +26,7 @@ HAS_CUDA = torch.cuda.is_available()
 SHAPES = {**MSA_LEVELS, "refnet_f5": REFNET_F5, "cpu_tiny": (2, 32, 24, 24)}
 PROVIDERS = ["eager", "compile", "fused"]
 MODES = ["fwd", "fwd+bwd"]
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _case(shape_name: str):
@@ -41,20 +45,23 @@ def _models(channels: int, device: str, dtype: torch.dtype):
     return ref.to(device=device, dtype=dtype), fused.to(device=device, dtype=dtype)
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("shape_name", params(SHAPES, {"cpu_tiny"}))
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_cbam(benchmark, record, provider, shape_name, mode):
+def test_cbam(benchmark, record, provider, shape_name, mode, layout):
     device, dtype = _case(shape_name)
     b, c, h, w = SHAPES[shape_name]
-    benchmark.group = f"cbam {shape_name} {mode}"
+    benchmark.group = f"cbam {shape_name} {mode} {layout}"
     ref, fused = _models(c, device, dtype)
-    model = {"eager": ref, "compile": torch.compile(copy.deepcopy(ref)), "fused": fused}[provider]
+    module = {"eager": ref, "compile": copy.deepcopy(ref), "fused": fused}[provider]
     train = mode == "fwd+bwd"
-    model.train(train), ref.train(train)
+    module.train(train), ref.train(train)
+    model = CompiledBaseline(module) if provider == "compile" else module
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype)
-    g = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype)
+    fmt = LAYOUTS[layout]
+    x = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype, memory_format=fmt)
+    g = torch.randn((b, c, h, w), generator=gen).to(device=device, dtype=dtype, memory_format=fmt)
     xg = x.clone().requires_grad_(train)
 
     def step():
@@ -70,11 +77,16 @@ def test_cbam(benchmark, record, provider, shape_name, mode):
 
     for _ in range(3):  # warm-up: compile, autotune, cudnn
         step()
+    compiled = isinstance(model, CompiledBaseline)
+    if compiled:
+        model.warmed()
     peak = measure_peak_memory(step, device)
-    record(provider=provider, shape=shape_name, mode=mode, dtype=str(dtype), bytes_x=x.numel() * x.element_size(),
-           peak_memory_bytes=peak)
-    rounds = 5 if device == "cpu" else 30
+    rounds = bench_rounds(5 if device == "cpu" else 30)
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+    if compiled:
+        model.check_timed()
+    record(provider=provider, shape=shape_name, mode=mode, layout=layout, dtype=str(dtype),
+           bytes_x=x.numel() * x.element_size(), peak_memory_bytes=peak, **(model.info() if compiled else {}))
 
     # check the output after timing: train mode normalises with batch statistics and eval mode never updated
     # the running ones, so the providers' different step counts cannot make them differ
