@@ -53,7 +53,10 @@ def add_parser(sub) -> None:
     p.add_argument("--pseudo-data", help="pseudo-labelled slice folder: train on it first, then fine-tune on "
                                          "--data (Semi-Inf-Net)")
     p.add_argument("--pseudo-epochs", type=int, help="epochs of the pseudo-label stage (default: --epochs)")
-    p.add_argument("--out", required=True, help="output folder for last.pt, best.pt, history.json")
+    p.add_argument("--out", required=True,
+                   help="output folder: last.pt, best.pt, history.json (and split.json with --val-fraction); with "
+                        "--pseudo-data the pseudo-label stage writes them to OUT/pseudo/ and the fine-tune stage to "
+                        "OUT/finetune/ (the model to use is OUT/finetune/best.pt or last.pt)")
     p.add_argument("--preset", help="msa_unet, refnet or infnet (default: the model's paper preset)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -84,8 +87,15 @@ def add_parser(sub) -> None:
 
 
 def _summary(out: dict, label: str = "") -> str:
-    score = out["best_score"]
-    return (f"{label}{out['epochs']} epochs; best {out['score']} {score:.4f} at epoch {out['best_epoch']}; "
+    """One line: epochs, which epoch best.pt holds and why, and the checkpoint paths."""
+    name, score = out["score"], out["best_score"]
+    if name == "-train_loss":       # no validation data: best.pt is the epoch of lowest training loss
+        why = f"lowest training loss {-score:.4f}"
+    elif name.startswith("-"):      # a minimised validation metric (MAE) enters the score negated
+        why = f"lowest {name[1:]} {-score:.4f}"
+    else:
+        why = f"best {name} {score:.4f}"
+    return (f"{label}{out['epochs']} epochs; best.pt: epoch {out['best_epoch']} ({why}); "
             f"checkpoints: {out['best']} (best), {out['last']} (last)")
 
 
