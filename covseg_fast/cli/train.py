@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .data_source import VOLUME_LAYOUTS, add_source_options
+from .data_source import VOLUME_LAYOUTS, add_source_options, volume_window
 
 log = logging.getLogger("covseg.train")
 
@@ -99,6 +99,16 @@ def _summary(out: dict, label: str = "") -> str:
             f"checkpoints: {out['best']} (best), {out['last']} (last)")
 
 
+def _input_info(args) -> dict | None:
+    """What the checkpoint records about the input (evaluate --volumes and screen apply its window): CT volumes
+    always (the window they were trained with), slice images when --window says which HU window they show."""
+    if args.volumes is not None:
+        return {"source": "volumes", "window": list(volume_window(args)), "drop_empty": args.drop_empty}
+    if args.window is not None:
+        return {"source": "slices", "window": [float(v) for v in args.window]}
+    return None
+
+
 def _datasets(args, cfg, model_config: dict) -> tuple:
     """(train, val, pseudo) for the run; the train/val split is written to --split (default OUT/split.json).
 
@@ -120,7 +130,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
             if value:
                 raise ValueError(f"{flag} applies to slice folders (--data), not to --volumes")
         train, val, split = load_volume_datasets(args.volumes, cfg.input_size, args.val_fraction, split_path,
-                                                 cfg.seed, tuple(args.window), args.drop_empty, cfg.mask_resize,
+                                                 cfg.seed, volume_window(args), args.drop_empty, cfg.mask_resize,
                                                  cfg.augment)
         log.info("volumes: %d train / %d val slices; split by volume in %s", len(train),
                  len(val) if val is not None else 0, split_path)
@@ -136,7 +146,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
         return _slices_from_split(args, cfg, classes)
     train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
                                              args.pseudo_data, cfg.seed, cfg.mask_resize, cfg.augment,
-                                             args.multiclass, max(classes, 2))
+                                             args.multiclass, max(classes, 2), cfg.pseudo_intensity)
     if args.val_fraction:
         save_split(split_of(train, val, cfg.seed), split_path)
     return train, val, pseudo
@@ -144,7 +154,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
 
 def _slices_from_split(args, cfg, classes: int) -> tuple:
     from ..data.splits import load_split
-    from ..train.datasets import open_slice_folder
+    from ..train.datasets import open_pseudo_folder, open_slice_folder
 
     if args.val_data or args.val_fraction:
         raise ValueError(f"--split {args.split} exists and fixes the validation slices: drop --val-data/--val-fraction")
@@ -156,8 +166,8 @@ def _slices_from_split(args, cfg, classes: int) -> tuple:
                               augment=cfg.augment, **labelled)
     val = (open_slice_folder(args.data, cfg.input_size, ids=parts["val"], mask_resize=cfg.mask_resize, **labelled)
            if parts.get("val") else None)
-    pseudo = (open_slice_folder(args.pseudo_data, cfg.input_size, soft=True, seed=cfg.seed, augment=cfg.augment)
-              if args.pseudo_data else None)
+    pseudo = (open_pseudo_folder(args.pseudo_data, cfg.input_size, cfg.seed, cfg.augment, cfg.pseudo_intensity,
+                                 labelled=args.data) if args.pseudo_data else None)
     return train, val, pseudo
 
 
@@ -214,7 +224,7 @@ def run(args) -> int:
 
     info = D.init_distributed()
     common = dict(model_config=model_config, preset=cfg, device=args.device, criterion_config=loss_config,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, input_info=_input_info(args))
     try:
         if pseudo is not None:
             out = train_semi_supervised(model, pseudo, train, args.out, val_dataset=val,
@@ -223,11 +233,7 @@ def run(args) -> int:
             lines = [_summary(out["pseudo"], "pseudo-label stage: ") if "pseudo" in out else None,
                      _summary(out["finetune"], "fine-tune stage: ")]
         else:
-            # CT volumes: the checkpoint records the HU window, which evaluate and screen then apply
-            volumes = ({"source": "volumes", "window": list(args.window), "drop_empty": args.drop_empty}
-                       if args.volumes is not None else None)
-            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, input_info=volumes,
-                              **common)
+            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, **common)
             if args.resume:
                 trainer.resume(args.resume)
             lines = [_summary(trainer.fit(), f"{model}: ")]

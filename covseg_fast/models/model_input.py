@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from ..windows import LUNG_WINDOW
 from .registry import MODELS, CheckpointError, get_spec
-
-LUNG_WINDOW = (-1250.0, 250.0)
 
 
 @dataclasses.dataclass(frozen=True)

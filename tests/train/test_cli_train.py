@@ -184,3 +184,24 @@ def test_multiclass_maps_train_a_three_class_model(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(common + ["--config", "base=8", "num_classes=3"]) == 2
         assert "needs class-index maps: add --multiclass" in caplog.text
+
+
+def test_slice_training_records_the_window_its_images_show(folders):
+    """--window with --data is not applied to the (already windowed) images; it is recorded for screening."""
+    data, pseudo, tmp = folders
+    plain, windowed, semi = str(tmp / "plain"), str(tmp / "windowed"), str(tmp / "semi")
+    assert main(BASE + ["--data", data, "--out", plain, "--epochs", "1"]) == 0
+    assert main(BASE + ["--data", data, "--out", windowed, "--epochs", "1", "--window", "-1100", "250"]) == 0
+    assert "input" not in torch.load(os.path.join(plain, "last.pt"), weights_only=True)
+    assert torch.load(os.path.join(windowed, "last.pt"), weights_only=True)["input"] == {
+        "source": "slices", "window": [-1100.0, 250.0]}
+    # the images were not windowed again: the same seed gives exactly the same training
+    losses = [json.load(open(os.path.join(d, "history.json")))[0]["loss"] for d in (plain, windowed)]
+    assert losses[0] == losses[1]
+    # the semi-supervised stages record it too, and pseudo_intensity=match is a training setting
+    assert main(BASE + ["--data", data, "--out", semi, "--epochs", "1", "--window", "-1100", "250",
+                        "--pseudo-data", pseudo, "--pseudo-epochs", "1", "--set", "pseudo_intensity=match"]) == 0
+    for stage in ("pseudo", "finetune"):
+        ckpt = torch.load(os.path.join(semi, stage, "last.pt"), weights_only=True)
+        assert ckpt["input"] == {"source": "slices", "window": [-1100.0, 250.0]}
+        assert ckpt["train"]["config"]["pseudo_intensity"] == "match"
