@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from .data_source import VOLUME_LAYOUTS, add_source_options
-from .input_options import add_input_size_option, input_size_arg
+from .input_options import add_input_size_option, add_tta_option, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--images", default="Imgs", help="image sub-folder (default Imgs)")
     p.add_argument("--masks", default="GT", help="mask sub-folder (default GT)")
     add_input_size_option(p)
+    add_tta_option(p)
     p.set_defaults(run=run)
 
 
@@ -54,6 +55,7 @@ def run(args) -> int:
     from ..data.slices import DataError, SliceDataset
     from ..evaluate import Evaluator
     from ..models.model_input import resolve_input
+    from ..models.tta import with_tta
     from ..models.registry import CheckpointError, model_from_checkpoint, read_checkpoint
 
     if args.batch_size < 1:
@@ -84,10 +86,10 @@ def run(args) -> int:
             log.info("HU window %g … %g (%s)", *args.window, model_input.window_source)
         dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
                    else _volume_slices(args))
-        evaluator = Evaluator(model, device=device, protocol=args.protocol, batch_size=args.batch_size,
-                              input_size=model_input.size)
+        evaluator = Evaluator(with_tta(model, args.tta), device=device, protocol=args.protocol,
+                              batch_size=args.batch_size, input_size=model_input.size)
         meta = {"checkpoint": args.checkpoint, "data": args.data or args.volumes,
-                "input_size_source": model_input.size_source}
+                "input_size_source": model_input.size_source, "tta": args.tta}
         if args.volumes is not None:
             meta.update(window_hu=list(model_input.window), window_source=model_input.window_source)
         summary = evaluator.run(dataset, args.out, meta=meta)

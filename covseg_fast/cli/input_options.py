@@ -1,5 +1,6 @@
-"""``--input-size``: the one definition shared by the subcommands that feed a checkpoint's model
-(evaluate, screen, export, bench); by default they use the size the checkpoint was trained at."""
+"""How a checkpoint's model is fed, defined once for the subcommands that run it: ``--input-size``
+(evaluate, screen, export, bench; by default the size the checkpoint was trained at) and ``--tta``
+(evaluate, screen: test-time flip averaging)."""
 from __future__ import annotations
 
 
@@ -18,3 +19,9 @@ def input_size_arg(args):
     if len(size) > 2:
         raise ValueError(f"--input-size takes one value or H W, got {' '.join(map(str, size))}")
     return size[0] if len(size) == 1 else tuple(size)
+
+
+def add_tta_option(p) -> None:
+    p.add_argument("--tta", choices=["none", "hflip", "flips"], default="none",
+                   help="test-time flip averaging: hflip averages the probabilities of each slice and its left-right "
+                        "flip (2 passes), flips adds the up-down and double flip (4 passes); default none")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .input_options import add_input_size_option
+from .input_options import add_input_size_option, add_tta_option
 
 log = logging.getLogger("covseg.screen")
 
@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
                    "window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
     add_input_size_option(p)
+    add_tta_option(p)
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete, redo the rest")
@@ -130,6 +131,7 @@ def _run(args) -> int:
     from ..inference.backends import make_backend
     from ..inference.screener import ScreenConfig, Screener, default_writers
     from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
+    from ..models.tta import with_tta
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
     if args.merge_shards is not None:
@@ -177,13 +179,13 @@ def _run(args) -> int:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
         meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__,
-                "backend": args.backend, **model_input.as_record()}
+                "backend": args.backend, "tta": args.tta, **model_input.as_record()}
         try:
             runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"),
                                     batch_size=args.batch_size, size=model_input.size)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"--backend {args.backend}: {exc}") from None
-        return Screener(runnable, get_spec(name), cfg, meta)
+        return Screener(with_tta(runnable, args.tta), get_spec(name), cfg, meta)
 
     code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,
                                 shard=args.shard, allow_output_in_input=args.allow_output_in_input,
