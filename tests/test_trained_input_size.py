@@ -111,3 +111,43 @@ def test_bad_input_size_is_a_usage_error(trained, tmp_path, caplog):
     assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "m.onnx"), "--input-size", "1", "2",
                  "3"]) == 2
     assert not os.path.exists(tmp_path / "e") and not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_a_model_trained_on_transposed_slices_is_fed_transposed_slices(tmp_path, seen_sizes, monkeypatch):
+    """input.plane = transposed (COVID-SemiSeg's layout): screen feeds the transposed radiological slices, and
+    the mask still lands voxel for voxel on the input grid."""
+    from covseg_fast.inference.screener import ScreenConfig, Screener
+    from covseg_fast.io import read_case
+
+    seen = []
+    forward = tiny_model.TinyNet.forward
+    monkeypatch.setattr(tiny_model.TinyNet, "forward", lambda self, x: (seen.append(x.clone()), forward(self, x))[1])
+    hu = np.full((40, 40, 3), -900, np.int16)
+    hu[5:12, 20:35, :] = 40             # an off-centre, elongated bright block: its transpose differs
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 5.0, 1.0])), str(tmp_path / "ct.nii.gz"))
+    ckpt = tiny_model.make_checkpoint(str(tmp_path / "t.pt"), input_info={"source": "slices", "plane": "transposed"})
+    out = tmp_path / "out"
+    assert main(["screen", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--checkpoint", ckpt, "--no-progress",
+                 "--workers", "0", "--batch-size", "8"]) == 0
+    assert json.load(open(out / "ct.json"))["slice_plane"] == "transposed"
+    vol = read_case(str(tmp_path / "ct.nii.gz"), "nifti")
+    radiological, _ = Screener(torch.nn.Identity(), tiny_model.SPEC, ScreenConfig(out_dir=str(out))).to_model_slices(
+        vol.data)
+    assert torch.equal(torch.cat(seen), radiological.transpose(-2, -1))
+    # the tiny model is a per-pixel function: fed transposed or not, the mask mapped back must be the same
+    plain = tiny_model.make_checkpoint(str(tmp_path / "p.pt"))
+    assert main(["screen", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "plain"), "--checkpoint", plain,
+                 "--no-progress", "--workers", "0", "--batch-size", "8"]) == 0
+    mask = np.asarray(nib.load(str(out / "ct_infection.nii.gz")).dataobj)
+    assert mask[6:11, 21:34].all() and mask.sum() > 0
+    assert np.array_equal(mask, np.asarray(nib.load(str(tmp_path / "plain" / "ct_infection.nii.gz")).dataobj))
+
+
+def test_slice_plane_is_recorded_by_train(trained, tmp_path):
+    _, data, _ = trained
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", tiny_model.NAME, "--preset", "msa_unet", "--batch-size", "2", "--set",
+                 f"input_size={TRAINED}", "--epochs", "1", "--data", data, "--out", out, "--device", "cpu",
+                 "--no-progress", "--workers", "0", "--slice-plane", "transposed"]) == 0
+    assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["input"] == {"source": "slices",
+                                                                                   "plane": "transposed"}

@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from ..data.slices import DataError, SliceDataset
     from ..evaluate import Evaluator
-    from ..models.model_input import resolve_input
+    from ..models.model_input import plane_adapter, resolve_input
     from ..models.tta import with_tta
     from ..models.registry import CheckpointError, model_from_checkpoint, read_checkpoint
 
@@ -81,9 +81,11 @@ def run(args) -> int:
         return 2
     log.info("input %d×%d px (%s)", *model_input.size, model_input.size_source)
     try:
-        if args.volumes is not None:
+        if args.volumes is not None:   # axial slices of volumes are radiological: fed as the model was trained
             args.window = model_input.window
-            log.info("HU window %g … %g (%s)", *args.window, model_input.window_source)
+            model = plane_adapter(model, model_input.plane)
+            log.info("HU window %g … %g (%s); %s slices", *args.window, model_input.window_source,
+                     model_input.plane)
         dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
                    else _volume_slices(args))
         evaluator = Evaluator(with_tta(model, args.tta), device=device, protocol=args.protocol,
@@ -91,7 +93,8 @@ def run(args) -> int:
         meta = {"checkpoint": args.checkpoint, "data": args.data or args.volumes,
                 "input_size_source": model_input.size_source, "tta": args.tta}
         if args.volumes is not None:
-            meta.update(window_hu=list(model_input.window), window_source=model_input.window_source)
+            meta.update(window_hu=list(model_input.window), window_source=model_input.window_source,
+                        slice_plane=model_input.plane)
         summary = evaluator.run(dataset, args.out, meta=meta)
     except (DataError, OSError) as exc:
         log.error("%s", exc)

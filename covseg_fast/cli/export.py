@@ -72,8 +72,10 @@ def run(args) -> int:
     except (VolumeError, OSError) as exc:
         log.error("--check-volume %s: %s", args.check_volume, exc)
         return 2
+    if model_input.plane == "transposed":   # the graph takes the slices as the model was trained on them
+        real = real.transpose(-2, -1).contiguous()
     metadata = {"covseg_input_size": json.dumps(list(model_input.size)),
-                "covseg_window_hu": json.dumps(list(model_input.window))}
+                "covseg_window_hu": json.dumps(list(model_input.window)), "covseg_slice_plane": model_input.plane}
     report = export_onnx(model, onnx_path, size=model_input.size, opset=args.opset, dynamic_batch=not args.static,
                          dynamic_spatial=not args.static, metadata=metadata)
     verify_real_input(model, report, real, f"{real.shape[0]} slices of {os.path.basename(args.check_volume)}")

@@ -131,6 +131,7 @@ def _run(args) -> int:
     from ..inference.backends import make_backend
     from ..inference.screener import ScreenConfig, Screener, default_writers
     from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
+    from ..models.model_input import plane_adapter
     from ..models.tta import with_tta
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
@@ -161,8 +162,8 @@ def _run(args) -> int:
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     model_input = _model_input(args, payload, checkpoint)
-    log.info("input %d×%d px (%s); HU window %g … %g (%s)", *model_input.size, model_input.size_source,
-             *model_input.window, model_input.window_source)
+    log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
+             model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
     device = _device(args.device)
     out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
     cfg = ScreenConfig(out_dir=out_dir, window=model_input.window, input_size=model_input.size,
@@ -185,6 +186,7 @@ def _run(args) -> int:
                                     batch_size=args.batch_size, size=model_input.size)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"--backend {args.backend}: {exc}") from None
+        runnable = plane_adapter(runnable, model_input.plane)  # slices as the model was trained on them
         return Screener(with_tta(runnable, args.tta), get_spec(name), cfg, meta)
 
     code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,

@@ -47,6 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--multiclass", nargs="?", const="GT-multiclass", metavar="SUBDIR",
                    help="--data: train on class-index maps (default sub-folder GT-multiclass: 0 background, 1 GGO, "
                         "2 consolidation); needs a model built with --config num_classes=3")
+    p.add_argument("--slice-plane", choices=["radiological", "transposed"], default=None,
+                   help="--data: how the slice images' rows and columns run, recorded for screening: radiological "
+                        "(rows anterior→posterior, columns patient right→left, the display convention) or transposed "
+                        "(rows right→left, columns anterior→posterior, as COVID-SemiSeg stores them); default: "
+                        "radiological")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-data", help="validation slice folder")
     val.add_argument("--val-fraction", type=float, help="hold out this fraction of --data (seeded) for validation")
@@ -100,13 +105,17 @@ def _summary(out: dict, label: str = "") -> str:
 
 
 def _input_info(args) -> dict | None:
-    """What the checkpoint records about the input (evaluate --volumes and screen apply its window): CT volumes
-    always (the window they were trained with), slice images when --window says which HU window they show."""
+    """What the checkpoint records about the input (evaluate --volumes and screen apply it): CT volumes always
+    (the window they were trained with), slice images the HU window they show (--window) and how their rows
+    and columns run (--slice-plane)."""
     if args.volumes is not None:
         return {"source": "volumes", "window": list(volume_window(args)), "drop_empty": args.drop_empty}
+    info: dict = {"source": "slices"}
     if args.window is not None:
-        return {"source": "slices", "window": [float(v) for v in args.window]}
-    return None
+        info["window"] = [float(v) for v in args.window]
+    if args.slice_plane is not None:
+        info["plane"] = args.slice_plane
+    return info if len(info) > 1 else None
 
 
 def _datasets(args, cfg, model_config: dict) -> tuple:

@@ -11,12 +11,22 @@ all agree with `covseg crossval`, which scores folds at their training size:
   checkpoint (``input.window``: `covseg train --volumes`, or ``--window`` given with slice data to say
   which HU window the slice images correspond to), else the lung window -1250 … 250.
 
+- plane: how the training slices' rows and columns run. ``radiological`` (rows anterior → posterior,
+  columns patient right → left: the DICOM display convention, what `covseg screen` and the volume
+  datasets produce) or ``transposed`` (rows right → left, columns anterior → posterior: how the
+  COVID-SemiSeg slices are stored, docs/intensity_window.md). Recorded as ``input.plane`` (`covseg
+  train --data ... --slice-plane`); a model trained on transposed slices is fed transposed slices
+  (:func:`plane_adapter`), since a CNN trained in one orientation does not see the other one the same.
+
 Each value comes with where it came from, and reports record both.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
 
 from ..windows import LUNG_WINDOW
 from .registry import MODELS, CheckpointError, get_spec
@@ -30,11 +40,12 @@ class ModelInput:
     size_source: str
     window: tuple[float, float]
     window_source: str
+    plane: str = "radiological"
 
     def as_record(self) -> dict[str, Any]:
-        """Fields for reports: input_size_px, input_size_source, window_hu, window_source."""
+        """Fields for reports: input_size_px, input_size_source, window_hu, window_source, slice_plane."""
         return {"input_size_px": list(self.size), "input_size_source": self.size_source,
-                "window_hu": list(self.window), "window_source": self.window_source}
+                "window_hu": list(self.window), "window_source": self.window_source, "slice_plane": self.plane}
 
 
 def trained_size(payload: dict, path: str = "checkpoint") -> Optional[tuple[int, int]]:
@@ -70,6 +81,45 @@ def recorded_window(payload: dict, path: str = "checkpoint") -> Optional[tuple[f
     return low, high
 
 
+PLANES = ("radiological", "transposed")
+
+
+def recorded_plane(payload: dict, path: str = "checkpoint") -> str:
+    """The slice plane recorded in the checkpoint's ``input`` entry (default radiological).
+
+    Raises:
+        CheckpointError: an unknown plane.
+    """
+    plane = (payload.get("input") or {}).get("plane", "radiological")
+    if plane not in PLANES:
+        raise CheckpointError(f"{path}: recorded slice plane {plane!r} is not one of {', '.join(PLANES)}")
+    return plane
+
+
+class Transposed(nn.Module):
+    """Feed ``model`` the transposed slices (H ↔ W) and transpose its logits back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        for attr in ("covseg_name", "covseg_config"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.transpose(-2, -1))
+        if isinstance(out, dict):
+            out = out["out"]
+        return out.transpose(-2, -1)
+
+
+def plane_adapter(model: nn.Module, plane: str) -> nn.Module:
+    """``model`` for radiological slices, :class:`Transposed` for a model trained on transposed ones."""
+    if plane not in PLANES:
+        raise ValueError(f"unknown slice plane {plane!r}; choose one of {', '.join(PLANES)}")
+    return model if plane == "radiological" else Transposed(model)
+
+
 def resolve_input(payload: dict, path: str = "checkpoint", size: Optional[int | Sequence[int]] = None,
                   window: Optional[Sequence[float]] = None) -> ModelInput:
     """The :class:`ModelInput` of checkpoint ``payload`` (see the module docstring), with overrides.
@@ -103,4 +153,5 @@ def resolve_input(payload: dict, path: str = "checkpoint", size: Optional[int | 
             win, window_source = recorded_win, "recorded in the checkpoint"
         else:
             win, window_source = LUNG_WINDOW, "lung window default (none recorded in the checkpoint)"
-    return ModelInput(size=size_hw, size_source=size_source, window=win, window_source=window_source)
+    return ModelInput(size=size_hw, size_source=size_source, window=win, window_source=window_source,
+                      plane=recorded_plane(payload, path))
