@@ -66,7 +66,9 @@ def format_summary_markdown(summary: dict[str, Any]) -> str:
     """Markdown tables of a summary dict (as returned by :meth:`Evaluator.run`)."""
     t = summary["table"]
     lines = [f"# Evaluation: {summary.get('model', '?')} on {summary.get('data', '?')}", "",
-             f"protocol `{summary['protocol']}`, {summary['n_images']} images", "",
+             f"protocol `{summary['protocol']}`, {summary['n_images']} images, input "
+             f"{'×'.join(map(str, summary.get('input_size', ['?'])))} px"
+             + (f" ({summary['input_size_source']})" if summary.get("input_size_source") else ""), "",
              "| Dice | Sen | Spec | S_α | E_φ^mean | MAE |", "|---|---|---|---|---|---|",
              "| " + " | ".join(f"{t[k]:.4f}" for k in ("Dice", "Sen", "Spec", "S_alpha", "E_phi_mean", "MAE")) + " |",
              "", "Dice/Sen/Spec/E_φ: mean over 256 thresholds of the image-averaged curves (Inf-Net toolbox).", "",

@@ -124,8 +124,12 @@ def test_cli_errors(checkpoint, tmp_path, caplog):
     ds_root = str(tmp_path / "d")
     _synthetic(tmp_path / "d")
     out = str(tmp_path / "out")
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", ds_root, "--out", out]) == 1
+    # a checkpoint that is missing (or not given) is a usage error, exit 2, as in screen, export and bench
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--data", ds_root, "--out", out]) == 2
     assert "checkpoint not found" in caplog.text
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--data", ds_root, "--out", out])
+    assert exc.value.code == 2
     assert main(["evaluate", "--checkpoint", checkpoint, "--data", str(tmp_path / "nodata"), "--out", out]) == 1
     assert "image folder not found" in caplog.text
     assert main(["evaluate", "--checkpoint", checkpoint, "--data", ds_root, "--out", out, "--batch-size", "0"]) == 2

@@ -9,6 +9,8 @@ import json
 import logging
 import time
 
+from .input_options import add_input_size_option, input_size_arg
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
+    add_input_size_option(p, aliases=("--size",))
     p.add_argument("--iters", type=int, default=20, help="timed batches (after 3 warm-up batches)")
     p.add_argument("--json", help="also write the result to this JSON file")
     p.set_defaults(run=run)
@@ -47,23 +49,32 @@ def run(args) -> int:
 
     from ..atomic import atomic_write
     from ..inference.backends import make_backend
-    from ..models import CheckpointError, get_model, get_spec, load_model
+    from ..models import CheckpointError, get_model, get_spec
+    from ..models.model_input import resolve_input
+    from ..models.registry import model_from_checkpoint, read_checkpoint
 
     if args.batch_size < 1 or args.iters < 1:
         log.error("--batch-size and --iters must be ≥ 1")
         return 2
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model = load_model(args.checkpoint) if args.checkpoint else get_model(args.model, **_parse_config(args.config))
+        if args.checkpoint:
+            payload = read_checkpoint(args.checkpoint)
+            model = model_from_checkpoint(payload, args.checkpoint)
+        else:
+            model = get_model(args.model, **_parse_config(args.config))
+            payload = {"model": model.covseg_name}  # no training record: the registered size
+        model_input = resolve_input(payload, args.checkpoint or args.model, size=input_size_arg(args))
     except (CheckpointError, KeyError, ValueError, TypeError) as exc:
         log.error("%s", exc)
         return 2
     spec = get_spec(model.covseg_name)
-    h, w = args.size or spec.input_size
+    h, w = model_input.size
     x = torch.rand(args.batch_size, spec.in_channels, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     with tempfile.TemporaryDirectory() as cache:
         try:
-            runnable = make_backend(model.to(device), args.backend, device, cache).to(device)
+            runnable = make_backend(model.to(device), args.backend, device, cache, batch_size=args.batch_size,
+                                    size=(h, w)).to(device)
         except (ValueError, RuntimeError) as exc:
             log.error("--backend %s: %s", args.backend, exc)
             return 2
@@ -87,6 +98,7 @@ def run(args) -> int:
     result = {"model": model.covseg_name, "config": model.covseg_config, "backend": args.backend, "device": device,
               "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
               "threads": torch.get_num_threads(), "batch_size": args.batch_size, "input": [spec.in_channels, h, w],
+              "input_size_source": model_input.size_source,
               "ms_per_batch": seconds * 1e3, "images_per_s": args.batch_size / seconds,
               "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
               "torch": torch.__version__}

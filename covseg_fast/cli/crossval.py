@@ -11,7 +11,7 @@ import logging
 import os
 
 from ..atomic import atomic_write
-from .data_source import VOLUME_LAYOUTS, add_source_options
+from .data_source import VOLUME_LAYOUTS, add_source_options, volume_window
 from .train import _key_values
 
 log = logging.getLogger("covseg.crossval")
@@ -140,8 +140,8 @@ def run(args) -> int:
     try:
         if args.volumes is None and args.drop_empty:
             raise ValueError("--drop-empty applies to --volumes")
-        source = (VolumeFolderSource(args.volumes, args.window, args.drop_empty) if args.volumes is not None
-                  else SliceFolderSource(args.data))
+        source = (VolumeFolderSource(args.volumes, volume_window(args), args.drop_empty) if args.volumes is not None
+                  else SliceFolderSource(args.data, window=args.window))
         configs = _per_model(args.config, "--config", args.models)
         per_model = _per_model(args.set_for, "--set-for", args.models)
         common = _key_values(args.settings, "--set")

@@ -6,7 +6,12 @@ VOLUME_LAYOUTS = ("Ma et al. COVID-19-CT-Seg_20cases + Infection_Mask, MosMedDat
                   "MedSeg tr_im/tr_mask or rp_im/rp_msk")
 
 
-LUNG_WINDOW = (-1250.0, 250.0)
+from ..windows import LUNG_WINDOW
+
+
+def volume_window(args) -> tuple[float, float]:
+    """``--window`` as (low, high), else the lung window (the default for CT volumes)."""
+    return LUNG_WINDOW if args.window is None else (float(args.window[0]), float(args.window[1]))
 
 
 def add_source_options(p, data_help: str, volumes_help: str, drop_empty_help: str, scoring: bool = False) -> None:
@@ -20,7 +25,8 @@ def add_source_options(p, data_help: str, volumes_help: str, drop_empty_help: st
                        help="--volumes: HU window mapped to [0, 1] (default: the window the checkpoint was "
                             "trained with, recorded by covseg train --volumes; else -1250 250, the lung window)")
     else:
-        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=LUNG_WINDOW,
-                       help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window; it is "
-                            "recorded in the checkpoint, and evaluate and screen apply it)")
+        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+                       help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window); --data: "
+                            "the HU window the slice images correspond to (not applied to them). Either way it is "
+                            "recorded in the checkpoint, and evaluate --volumes and screen apply it")
     p.add_argument("--drop-empty", action="store_true", help=drop_empty_help)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from .data_source import LUNG_WINDOW, VOLUME_LAYOUTS, add_source_options
+from .data_source import VOLUME_LAYOUTS, add_source_options
+from .input_options import add_input_size_option, add_tta_option, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--images", default="Imgs", help="image sub-folder (default Imgs)")
     p.add_argument("--masks", default="GT", help="mask sub-folder (default GT)")
+    add_input_size_option(p)
+    add_tta_option(p)
     p.set_defaults(run=run)
 
 
@@ -51,7 +54,9 @@ def run(args) -> int:
 
     from ..data.slices import DataError, SliceDataset
     from ..evaluate import Evaluator
-    from ..models.registry import CheckpointError, load_model, recorded_window
+    from ..models.model_input import plane_adapter, resolve_input
+    from ..models.tta import with_tta
+    from ..models.registry import CheckpointError, model_from_checkpoint, read_checkpoint
 
     if args.batch_size < 1:
         log.error("--batch-size must be ≥ 1, got %d", args.batch_size)
@@ -65,18 +70,33 @@ def run(args) -> int:
         log.error("--device %s: CUDA is not available on this machine", args.device)
         return 2
     try:
-        model = load_model(args.checkpoint, map_location="cpu")
-        if args.volumes is not None and args.window is None:
-            recorded = recorded_window(args.checkpoint)
-            args.window = recorded or LUNG_WINDOW
-            log.info("HU window %g … %g (%s)", *args.window,
-                     "recorded in the checkpoint" if recorded else "the lung window: none recorded in the checkpoint")
+        payload = read_checkpoint(args.checkpoint, map_location="cpu")
+        model = model_from_checkpoint(payload, args.checkpoint)
+        model_input = resolve_input(payload, args.checkpoint, size=input_size_arg(args), window=args.window)
+    except CheckpointError as exc:   # a checkpoint that cannot be used is a usage error, as in screen/export
+        log.error("%s", exc)
+        return 2
+    except ValueError as exc:        # a bad --input-size
+        log.error("%s", exc)
+        return 2
+    log.info("input %d×%d px (%s)", *model_input.size, model_input.size_source)
+    try:
+        if args.volumes is not None:   # axial slices of volumes are radiological: fed as the model was trained
+            args.window = model_input.window
+            model = plane_adapter(model, model_input.plane)
+            log.info("HU window %g … %g (%s); %s slices", *args.window, model_input.window_source,
+                     model_input.plane)
         dataset = (SliceDataset(args.data, images=args.images, masks=args.masks) if args.data is not None
                    else _volume_slices(args))
-        evaluator = Evaluator(model, device=device, protocol=args.protocol, batch_size=args.batch_size)
-        summary = evaluator.run(dataset, args.out, meta={"checkpoint": args.checkpoint,
-                                                         "data": args.data or args.volumes})
-    except (CheckpointError, DataError, OSError) as exc:
+        evaluator = Evaluator(with_tta(model, args.tta), device=device, protocol=args.protocol,
+                              batch_size=args.batch_size, input_size=model_input.size)
+        meta = {"checkpoint": args.checkpoint, "data": args.data or args.volumes,
+                "input_size_source": model_input.size_source, "tta": args.tta}
+        if args.volumes is not None:
+            meta.update(window_hu=list(model_input.window), window_source=model_input.window_source,
+                        slice_plane=model_input.plane)
+        summary = evaluator.run(dataset, args.out, meta=meta)
+    except (DataError, OSError) as exc:
         log.error("%s", exc)
         return 1
     except ValueError as exc:       # a bad --split / --part

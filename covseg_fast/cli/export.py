@@ -1,8 +1,11 @@
 """`covseg export`: a checkpoint to ONNX (and on to a TensorRT engine)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+
+from .input_options import add_input_size_option, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
     p.add_argument("--out", required=True, help="output file (.onnx or .engine)")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example/engine input size")
+    add_input_size_option(p, aliases=("--size",))
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
     p.add_argument("--check-volume", default=DEMO_VOLUME, metavar="CT",
                    help="CT volume (NIfTI or DICOM folder) whose slices, prepared as `covseg screen` does, check "
@@ -35,7 +38,9 @@ def run(args) -> int:
     from ..export.onnx_export import verify_real_input
     from ..export.real_input import screening_slices
     from ..io import VolumeError
-    from ..models import CheckpointError, get_spec, load_model
+    from ..models import CheckpointError, get_spec
+    from ..models.model_input import resolve_input
+    from ..models.registry import model_from_checkpoint, read_checkpoint
 
     onnx_path = args.out if args.format == "onnx" else os.path.splitext(args.out)[0] + ".onnx"
     if onnx_path == args.out and args.format == "tensorrt":
@@ -53,25 +58,33 @@ def run(args) -> int:
         log.error("need 1 ≤ --opt-batch ≤ --max-batch, got %s and %s", opt_batch, args.max_batch)
         return 2
     try:
-        model = load_model(args.checkpoint, expect=args.model)
-    except CheckpointError as exc:
+        payload = read_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(payload, args.checkpoint, expect=args.model)
+        model_input = resolve_input(payload, args.checkpoint, size=input_size_arg(args))
+    except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    log.info("input %d×%d px (%s); checked with HU window %g … %g (%s)", *model_input.size,
+             model_input.size_source, *model_input.window, model_input.window_source)
     try:
-        real = screening_slices(model.covseg_name, args.check_volume, args.check_slices,
-                                size=args.size if args.static else None)
+        real = screening_slices(model.covseg_name, args.check_volume, args.check_slices, size=model_input.size,
+                                window=model_input.window)
     except (VolumeError, OSError) as exc:
         log.error("--check-volume %s: %s", args.check_volume, exc)
         return 2
-    report = export_onnx(model, onnx_path, size=args.size, opset=args.opset, dynamic_batch=not args.static,
-                         dynamic_spatial=not args.static)
+    if model_input.plane == "transposed":   # the graph takes the slices as the model was trained on them
+        real = real.transpose(-2, -1).contiguous()
+    metadata = {"covseg_input_size": json.dumps(list(model_input.size)),
+                "covseg_window_hu": json.dumps(list(model_input.window)), "covseg_slice_plane": model_input.plane}
+    report = export_onnx(model, onnx_path, size=model_input.size, opset=args.opset, dynamic_batch=not args.static,
+                         dynamic_spatial=not args.static, metadata=metadata)
     verify_real_input(model, report, real, f"{real.shape[0]} slices of {os.path.basename(args.check_volume)}")
     print(report.summary())
     if args.format == "tensorrt":
         from ..export.tensorrt_engine import build_engine
 
         spec = get_spec(model.covseg_name)
-        h, w = args.size or spec.input_size
+        h, w = model_input.size
         batches = dict(min_batch=1, opt_batch=opt_batch, max_batch=args.max_batch)
         if args.static:  # the graph's batch is fixed: the profile can only be that batch
             batches = dict.fromkeys(batches, report.input_shape[0])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .input_options import add_input_size_option, add_tta_option
+
 log = logging.getLogger("covseg.screen")
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -36,6 +38,8 @@ def add_parser(sub) -> None:
                    "(default: the window the checkpoint was trained with on CT volumes, else -1250,250, the lung "
                    "window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
+    add_input_size_option(p)
+    add_tta_option(p)
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete, redo the rest")
@@ -67,20 +71,18 @@ def _parse_window(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _window(args, checkpoint: str) -> tuple[float, float]:
-    """--window, else the window the checkpoint recorded (covseg train --volumes), else the lung window."""
+def _model_input(args, payload: dict, checkpoint: str):
+    """Input size and HU window: --input-size/--window, else what the checkpoint recorded (models.model_input)."""
     from ..inference.batch import UsageError
-    from ..models.registry import CheckpointError, recorded_window
+    from ..models.model_input import resolve_input
+    from ..models.registry import CheckpointError
+    from .input_options import input_size_arg
 
-    if args.window is not None:
-        return _parse_window(args.window)
     try:
-        recorded = recorded_window(checkpoint)
-    except CheckpointError as exc:
+        return resolve_input(payload, checkpoint, size=input_size_arg(args),
+                             window=None if args.window is None else _parse_window(args.window))
+    except (CheckpointError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if recorded is not None:
-        log.info("HU window %g … %g, recorded in %s", *recorded, checkpoint)
-    return recorded or (-1250.0, 250.0)
 
 
 def _device(text: str) -> str:
@@ -128,7 +130,9 @@ def _run(args) -> int:
     from ..inference.batch import UsageError, screen_batch
     from ..inference.backends import make_backend
     from ..inference.screener import ScreenConfig, Screener, default_writers
-    from ..models.registry import MODELS, CheckpointError, get_spec, load_model
+    from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
+    from ..models.model_input import plane_adapter
+    from ..models.tta import with_tta
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
     if args.merge_shards is not None:
@@ -153,10 +157,17 @@ def _run(args) -> int:
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
-    window = _window(args, checkpoint)
+    try:
+        payload = read_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    model_input = _model_input(args, payload, checkpoint)
+    log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
+             model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
     device = _device(args.device)
     out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
-    cfg = ScreenConfig(out_dir=out_dir, window=window, threshold=args.threshold, batch_size=args.batch_size,
+    cfg = ScreenConfig(out_dir=out_dir, window=model_input.window, input_size=model_input.size,
+                       threshold=args.threshold, batch_size=args.batch_size,
                        workers=args.workers, device=device, save_masks=not args.no_masks,
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
                        progress=not args.no_progress,
@@ -164,17 +175,19 @@ def _run(args) -> int:
 
     def factory() -> Screener:
         try:
-            model = load_model(checkpoint, expect=args.model)
+            model = model_from_checkpoint(payload, checkpoint, expect=args.model)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
         meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__,
-                "backend": args.backend}
+                "backend": args.backend, "tta": args.tta, **model_input.as_record()}
         try:
-            runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"))
+            runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"),
+                                    batch_size=args.batch_size, size=model_input.size)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"--backend {args.backend}: {exc}") from None
-        return Screener(runnable, get_spec(name), cfg, meta)
+        runnable = plane_adapter(runnable, model_input.plane)  # slices as the model was trained on them
+        return Screener(with_tta(runnable, args.tta), get_spec(name), cfg, meta)
 
     code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,
                                 shard=args.shard, allow_output_in_input=args.allow_output_in_input,

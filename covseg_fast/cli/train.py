@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .data_source import VOLUME_LAYOUTS, add_source_options
+from .data_source import VOLUME_LAYOUTS, add_source_options, volume_window
 
 log = logging.getLogger("covseg.train")
 
@@ -47,13 +47,21 @@ def add_parser(sub) -> None:
     p.add_argument("--multiclass", nargs="?", const="GT-multiclass", metavar="SUBDIR",
                    help="--data: train on class-index maps (default sub-folder GT-multiclass: 0 background, 1 GGO, "
                         "2 consolidation); needs a model built with --config num_classes=3")
+    p.add_argument("--slice-plane", choices=["radiological", "transposed"], default=None,
+                   help="--data: how the slice images' rows and columns run, recorded for screening: radiological "
+                        "(rows anterior→posterior, columns patient right→left, the display convention) or transposed "
+                        "(rows right→left, columns anterior→posterior, as COVID-SemiSeg stores them); default: "
+                        "radiological")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-data", help="validation slice folder")
     val.add_argument("--val-fraction", type=float, help="hold out this fraction of --data (seeded) for validation")
     p.add_argument("--pseudo-data", help="pseudo-labelled slice folder: train on it first, then fine-tune on "
                                          "--data (Semi-Inf-Net)")
     p.add_argument("--pseudo-epochs", type=int, help="epochs of the pseudo-label stage (default: --epochs)")
-    p.add_argument("--out", required=True, help="output folder for last.pt, best.pt, history.json")
+    p.add_argument("--out", required=True,
+                   help="output folder: last.pt, best.pt, history.json (and split.json with --val-fraction); with "
+                        "--pseudo-data the pseudo-label stage writes them to OUT/pseudo/ and the fine-tune stage to "
+                        "OUT/finetune/ (the model to use is OUT/finetune/best.pt or last.pt)")
     p.add_argument("--preset", help="msa_unet, refnet or infnet (default: the model's paper preset)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -84,9 +92,30 @@ def add_parser(sub) -> None:
 
 
 def _summary(out: dict, label: str = "") -> str:
-    score = out["best_score"]
-    return (f"{label}{out['epochs']} epochs; best {out['score']} {score:.4f} at epoch {out['best_epoch']}; "
+    """One line: epochs, which epoch best.pt holds and why, and the checkpoint paths."""
+    name, score = out["score"], out["best_score"]
+    if name == "-train_loss":       # no validation data: best.pt is the epoch of lowest training loss
+        why = f"lowest training loss {-score:.4f}"
+    elif name.startswith("-"):      # a minimised validation metric (MAE) enters the score negated
+        why = f"lowest {name[1:]} {-score:.4f}"
+    else:
+        why = f"best {name} {score:.4f}"
+    return (f"{label}{out['epochs']} epochs; best.pt: epoch {out['best_epoch']} ({why}); "
             f"checkpoints: {out['best']} (best), {out['last']} (last)")
+
+
+def _input_info(args) -> dict | None:
+    """What the checkpoint records about the input (evaluate --volumes and screen apply it): CT volumes always
+    (the window they were trained with), slice images the HU window they show (--window) and how their rows
+    and columns run (--slice-plane)."""
+    if args.volumes is not None:
+        return {"source": "volumes", "window": list(volume_window(args)), "drop_empty": args.drop_empty}
+    info: dict = {"source": "slices"}
+    if args.window is not None:
+        info["window"] = [float(v) for v in args.window]
+    if args.slice_plane is not None:
+        info["plane"] = args.slice_plane
+    return info if len(info) > 1 else None
 
 
 def _datasets(args, cfg, model_config: dict) -> tuple:
@@ -110,7 +139,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
             if value:
                 raise ValueError(f"{flag} applies to slice folders (--data), not to --volumes")
         train, val, split = load_volume_datasets(args.volumes, cfg.input_size, args.val_fraction, split_path,
-                                                 cfg.seed, tuple(args.window), args.drop_empty, cfg.mask_resize,
+                                                 cfg.seed, volume_window(args), args.drop_empty, cfg.mask_resize,
                                                  cfg.augment)
         log.info("volumes: %d train / %d val slices; split by volume in %s", len(train),
                  len(val) if val is not None else 0, split_path)
@@ -126,7 +155,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
         return _slices_from_split(args, cfg, classes)
     train, val, pseudo = load_slice_datasets(args.data, cfg.input_size, args.val_data, args.val_fraction,
                                              args.pseudo_data, cfg.seed, cfg.mask_resize, cfg.augment,
-                                             args.multiclass, max(classes, 2))
+                                             args.multiclass, max(classes, 2), cfg.pseudo_intensity)
     if args.val_fraction:
         save_split(split_of(train, val, cfg.seed), split_path)
     return train, val, pseudo
@@ -134,7 +163,7 @@ def _datasets(args, cfg, model_config: dict) -> tuple:
 
 def _slices_from_split(args, cfg, classes: int) -> tuple:
     from ..data.splits import load_split
-    from ..train.datasets import open_slice_folder
+    from ..train.datasets import open_pseudo_folder, open_slice_folder
 
     if args.val_data or args.val_fraction:
         raise ValueError(f"--split {args.split} exists and fixes the validation slices: drop --val-data/--val-fraction")
@@ -146,8 +175,8 @@ def _slices_from_split(args, cfg, classes: int) -> tuple:
                               augment=cfg.augment, **labelled)
     val = (open_slice_folder(args.data, cfg.input_size, ids=parts["val"], mask_resize=cfg.mask_resize, **labelled)
            if parts.get("val") else None)
-    pseudo = (open_slice_folder(args.pseudo_data, cfg.input_size, soft=True, seed=cfg.seed, augment=cfg.augment)
-              if args.pseudo_data else None)
+    pseudo = (open_pseudo_folder(args.pseudo_data, cfg.input_size, cfg.seed, cfg.augment, cfg.pseudo_intensity,
+                                 labelled=args.data) if args.pseudo_data else None)
     return train, val, pseudo
 
 
@@ -204,7 +233,7 @@ def run(args) -> int:
 
     info = D.init_distributed()
     common = dict(model_config=model_config, preset=cfg, device=args.device, criterion_config=loss_config,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, input_info=_input_info(args))
     try:
         if pseudo is not None:
             out = train_semi_supervised(model, pseudo, train, args.out, val_dataset=val,
@@ -213,11 +242,7 @@ def run(args) -> int:
             lines = [_summary(out["pseudo"], "pseudo-label stage: ") if "pseudo" in out else None,
                      _summary(out["finetune"], "fine-tune stage: ")]
         else:
-            # CT volumes: the checkpoint records the HU window, which evaluate and screen then apply
-            volumes = ({"source": "volumes", "window": list(args.window), "drop_empty": args.drop_empty}
-                       if args.volumes is not None else None)
-            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, input_info=volumes,
-                              **common)
+            trainer = Trainer(model, train_dataset=train, val_dataset=val, out_dir=args.out, **common)
             if args.resume:
                 trainer.resume(args.resume)
             lines = [_summary(trainer.fit(), f"{model}: ")]

@@ -131,6 +131,8 @@ class SliceDataset(torch.utils.data.Dataset):
         ids: restrict to these stems (in this order).
         transform: ``transform(item, generator) -> item`` (see :mod:`.transforms`).
         seed: with a seed, the generator handed to ``transform`` depends only on (seed, epoch, index).
+        intensity_maps: id → (scale, offset): the image's grey levels g become clip(scale·g + offset, 0, 1)
+            as they are read (:func:`covseg_fast.data.intensity.matching_maps`); ids not in it are kept.
     Raises:
         DataError: missing/empty folder, an image without mask (or edge/multiclass map).
     """
@@ -138,8 +140,10 @@ class SliceDataset(torch.utils.data.Dataset):
     def __init__(self, root: str, images: str = "Imgs", masks: Optional[str] = "GT", edges: Optional[str] = None,
                  multiclass: Optional[str] = None, soft_masks: bool = False, num_classes: int = 3,
                  ids: Optional[Sequence[str]] = None,
-                 transform: Optional[Callable[..., dict]] = None, seed: Optional[int] = None) -> None:
+                 transform: Optional[Callable[..., dict]] = None, seed: Optional[int] = None,
+                 intensity_maps: Optional[dict[str, tuple[float, float]]] = None) -> None:
         self.root = root
+        self.intensity_maps = dict(intensity_maps or {})
         self.soft_masks = soft_masks
         self.num_classes = num_classes
         self.transform = transform
@@ -185,8 +189,11 @@ class SliceDataset(torch.utils.data.Dataset):
         s = self.samples[index]
         image = read_grey(s["image"])
         h, w = image.shape
-        item: dict[str, Any] = {"id": s["id"], "orig_size": (h, w),
-                                "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None]}
+        grey = image.astype(np.float32) / 255.0
+        if s["id"] in self.intensity_maps:
+            scale, offset = self.intensity_maps[s["id"]]
+            grey = np.clip(grey * np.float32(scale) + np.float32(offset), 0.0, 1.0)
+        item: dict[str, Any] = {"id": s["id"], "orig_size": (h, w), "image": torch.from_numpy(grey)[None]}
 
         def same_size(arr: np.ndarray, path: str) -> np.ndarray:
             if arr.shape[:2] != (h, w):

@@ -31,13 +31,12 @@ import torch
 
 from ._seeding import item_generator
 from .slices import DataError
+from ..windows import LUNG_WINDOW as DEFAULT_WINDOW
 
 log = logging.getLogger(__name__)
 
 __all__ = ["VolumeCase", "VolumeSliceDataset", "find_cases", "load_canonical", "window_hu", "axial_slice",
            "DEFAULT_WINDOW"]
-
-DEFAULT_WINDOW = (-1250.0, 250.0)
 
 
 @dataclasses.dataclass(frozen=True)

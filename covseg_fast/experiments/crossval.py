@@ -230,7 +230,7 @@ class CrossValidation:
         and k trainings on the same 1600 slices would cost k times the time for the same weights.
         An interrupted stage continues from its last.pt; a finished one is read from done.json."""
         from ..train import Trainer
-        from ..train.datasets import open_slice_folder
+        from ..train.datasets import open_pseudo_folder
         from ..train.trainer import LAST
 
         where = os.path.join(self.out, "runs", arm.label, f"seed{seed}", "pseudo")
@@ -239,7 +239,8 @@ class CrossValidation:
             with open(done) as fh:
                 return json.load(fh)
         cfg = arm.pseudo_config(seed)
-        pseudo = open_slice_folder(arm.pseudo_data, cfg.input_size, soft=True, seed=seed, augment=cfg.augment)
+        pseudo = open_pseudo_folder(arm.pseudo_data, cfg.input_size, seed, cfg.augment, cfg.pseudo_intensity,
+                                    labelled=self.source.path)
         trainer = Trainer(arm.model, model_config=arm.model_config, preset=cfg, train_dataset=pseudo,
                           out_dir=where, device=self.device, progress=self.progress)
         if os.path.exists(os.path.join(where, LAST)):

@@ -21,12 +21,13 @@ class SliceFolderSource:
     unit = "slice"
     flag = "--data"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, window: Optional[Sequence[float]] = None) -> None:
         from ..train.datasets import open_slice_folder
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"--data: no such folder: {path}")
         self.path = path
+        self.window = None if window is None else (float(window[0]), float(window[1]))  # what the images show
         self.case_ids: list[str] = list(open_slice_folder(path, 32).ids)
         self.groups: Optional[dict[str, str]] = None
 
@@ -46,7 +47,8 @@ class SliceFolderSource:
         return {"unit": self.unit, "data": self.path, "n_cases": len(self.case_ids)}
 
     def input_info(self) -> Optional[dict[str, Any]]:
-        return None
+        """Stored in the fold checkpoints: the HU window the slice images show, when --window said it."""
+        return None if self.window is None else {"source": "slices", "window": list(self.window)}
 
 
 class VolumeFolderSource:

@@ -97,7 +97,7 @@ def _dynamic_shapes(model: nn.Module, dynamic_batch: bool, dynamic_spatial: bool
 
 def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]] = None, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, dynamic_spatial: bool = True, verify: bool = True,
-                extra_inputs: Sequence[torch.Tensor] = ()) -> OnnxExportReport:
+                extra_inputs: Sequence[torch.Tensor] = (), metadata: Optional[dict[str, str]] = None) -> OnnxExportReport:
     """Export ``model`` (built by get_model/load_model) to ``out_path`` and verify it.
 
     Args:
@@ -105,6 +105,7 @@ def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]
         opset: ONNX opset (≥ 18).
         dynamic_batch / dynamic_spatial: make batch and H, W (multiples of the model's size multiple) dynamic.
         verify: run onnxruntime on random inputs (and ``extra_inputs``, e.g. real slices) and compare.
+        metadata: more ONNX metadata entries (e.g. the input size and HU window the model is fed).
     Raises:
         ValueError: opset < 18 or a model without registry name.
         RuntimeError: the exported file fails ``onnx.checker``.
@@ -134,7 +135,7 @@ def export_onnx(model: nn.Module, out_path: str, *, size: Optional[Sequence[int]
                               verbose=False)
         proto = onnx.load(tmp)   # loads the external weights too
         meta = {"covseg_model": model.covseg_name, "covseg_config": json.dumps(model.covseg_config),
-                "covseg_version": __version__}
+                "covseg_version": __version__, **(metadata or {})}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

@@ -5,18 +5,18 @@ import os
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 DEMO_CT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo_ct.nii.gz")
 
 
 def screening_slices(model_name: str, path: str = DEMO_CT, count: int = 8,
-                     size: Optional[Sequence[int]] = None) -> torch.Tensor:
+                     size: Optional[Sequence[int]] = None,
+                     window: Optional[Sequence[float]] = None) -> torch.Tensor:
     """``count`` evenly spaced axial slices of the CT at ``path`` as the model's input (count, C, H, W).
 
-    The volume is read and prepared by the screener's own code (canonical orientation, lung window, resize to
-    the model's input size, normalisation); ``size`` then resizes the prepared slices (bilinear) for a graph
-    exported at another fixed size.
+    The volume is read and prepared by the screener's own code (canonical orientation, HU ``window``
+    (default: the lung window), resize to ``size`` (default: the model's registered input size),
+    normalisation), as `covseg screen` feeds the model.
 
     Raises:
         VolumeError: the file cannot be read as a CT volume.
@@ -28,11 +28,12 @@ def screening_slices(model_name: str, path: str = DEMO_CT, count: int = 8,
     volume = read_case(path, "dicom" if os.path.isdir(path) else "nifti")
     spec = get_spec(model_name)
     # The screener's device stage; its model is never called here.
-    screener = Screener(torch.nn.Identity(), spec, ScreenConfig(out_dir=os.devnull, device="cpu", writers=1))
+    config = ScreenConfig(out_dir=os.devnull, device="cpu", writers=1,
+                          input_size=None if size is None else (int(size[0]), int(size[1])))
+    if window is not None:
+        config.window = (float(window[0]), float(window[1]))
+    screener = Screener(torch.nn.Identity(), spec, config)
     slices, _ = screener.to_model_slices(volume.data)
     z = slices.shape[0]
     picks = torch.linspace(0, z - 1, min(count, z)).round().long().unique()
-    x = slices[picks].float().contiguous()
-    if size is not None and tuple(size) != tuple(x.shape[2:]):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    return x
+    return slices[picks].float().contiguous()

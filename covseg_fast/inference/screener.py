@@ -60,6 +60,7 @@ class ScreenConfig:
 
     out_dir: str
     window: tuple[float, float] = (-1250.0, 250.0)
+    input_size: Optional[tuple[int, int]] = None  # (H, W) the model is fed; None: the model's registered size
     threshold: float = 0.5
     batch_size: int = 16
     workers: int = 2
@@ -138,7 +139,7 @@ class Screener:
         lo, hi = self.cfg.window
         grey = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0).unsqueeze(1)
         plane = (grey.shape[2], grey.shape[3])
-        size = tuple(self.spec.input_size)
+        size = tuple(self.cfg.input_size or self.spec.input_size)
         if plane != size:
             down = plane[0] > size[0] or plane[1] > size[1]
             grey = F.interpolate(grey, size=size, mode="bilinear", align_corners=False, antialias=down)

@@ -121,23 +121,6 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return payload
 
 
-def recorded_window(path: str) -> Optional[tuple[float, float]]:
-    """The HU window a checkpoint's model was trained with on CT volumes (its ``input`` entry, written by
-    ``covseg train --volumes``), or None (trained on slice images, or an older checkpoint).
-
-    Raises:
-        CheckpointError: missing or unreadable file, or a malformed window.
-    """
-    window = (read_checkpoint(path).get("input") or {}).get("window")
-    if window is None:
-        return None
-    try:
-        low, high = (float(v) for v in window)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: recorded HU window {window!r} is not [low, high]") from exc
-    return low, high
-
-
 def load_model(path: str, map_location: str | torch.device = "cpu", expect: Optional[str] = None) -> nn.Module:
     """Rebuild the model recorded in checkpoint ``path`` and load its weights (strict).
 
@@ -145,9 +128,17 @@ def load_model(path: str, map_location: str | torch.device = "cpu", expect: Opti
         CheckpointError: missing or corrupt file, unknown model, a different model than ``expect``,
             or weights that do not fit the recorded configuration.
     """
+    return model_from_checkpoint(read_checkpoint(path, map_location), path, expect)
+
+
+def model_from_checkpoint(payload: dict, path: str = "checkpoint", expect: Optional[str] = None) -> nn.Module:
+    """The model of an already read checkpoint ``payload`` (:func:`read_checkpoint`), weights loaded (strict).
+
+    Consumers that also need the checkpoint's input settings (:mod:`.model_input`) read the file once and
+    call this. Raises CheckpointError as :func:`load_model`.
+    """
     if expect is not None and expect not in MODELS:
         raise CheckpointError(f"unknown model {expect!r}; known models: {', '.join(sorted(MODELS))}")
-    payload = read_checkpoint(path, map_location)
     name = payload["model"]
     if expect is not None and name != expect:
         raise CheckpointError(f"{path}: checkpoint holds model {name!r}, not {expect!r}")

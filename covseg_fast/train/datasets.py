@@ -2,6 +2,7 @@
 (imported only when needed), a seeded validation split, and checkpoint-derived settings for resume."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -10,6 +11,8 @@ from torch.utils.data import Dataset, Subset
 
 from ..models.registry import read_checkpoint
 from .presets import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class DataModuleMissing(RuntimeError):
@@ -66,7 +69,8 @@ def training_transform(size: int, mask_resize: str = "nearest", augment: str = "
 
 def open_slice_folder(path: str, size: int, soft: bool = False, seed: int = 0,
                       ids: Optional[list[str]] = None, mask_resize: str = "nearest", augment: str = "none",
-                      multiclass: Optional[str] = None, num_classes: int = 3) -> Dataset:
+                      multiclass: Optional[str] = None, num_classes: int = 3,
+                      intensity_maps: Optional[dict[str, tuple[float, float]]] = None) -> Dataset:
     """A slice folder at ``size``×``size`` (only the stems ``ids`` when given), as ``covseg train`` reads it.
 
     Edge maps are used when the folder has them (Ref-Net's edge supervision). Soft pseudo-labels are
@@ -79,13 +83,45 @@ def open_slice_folder(path: str, size: int, soft: bool = False, seed: int = 0,
     edges = "Edge" if os.path.isdir(os.path.join(path, "Edge")) else None
     transform = training_transform(size, "bilinear" if soft else mask_resize, augment)
     return cls(path, edges=edges, soft_masks=soft, ids=ids, transform=transform, seed=seed,
-               multiclass=multiclass, num_classes=num_classes)
+               multiclass=multiclass, num_classes=num_classes, intensity_maps=intensity_maps)
+
+
+def open_pseudo_folder(path: str, size: int, seed: int, augment: str, intensity: str = "as_is",
+                       labelled: Optional[str] = None) -> Dataset:
+    """The pseudo-labelled folder as the pseudo-label stage reads it: soft labels (resized bilinear),
+    ``augment``; with ``intensity="match"`` each pseudo-labelled volume's grey levels are mapped onto the
+    intensity landmarks of the labelled folder ``labelled`` (its images, not its labels, are read)."""
+    maps = None
+    if intensity == "match":
+        if labelled is None:
+            raise ValueError("pseudo_intensity=match needs the labelled slice folder to match to")
+        maps = pseudo_intensity_maps(path, labelled)
+    return open_slice_folder(path, size, soft=True, seed=seed, augment=augment, intensity_maps=maps)
+
+
+def pseudo_intensity_maps(pseudo: str, labelled: str) -> dict[str, tuple[float, float]]:
+    """id → (scale, offset) matching each volume of the ``pseudo`` folder to the ``labelled`` folder's
+    median intensity landmarks (:mod:`covseg_fast.data.intensity`)."""
+    from ..data.intensity import image_landmarks, matching_maps, median_landmarks
+    from ..data.slices import read_grey
+
+    cls = slice_dataset_class()
+
+    def marks(root: str, soft: bool) -> dict[str, tuple[float, float]]:
+        return {s["id"]: image_landmarks(read_grey(s["image"])) for s in cls(root, soft_masks=soft).samples}
+
+    reference = median_landmarks(marks(labelled, False))
+    maps = matching_maps(marks(pseudo, True), reference)
+    log.info("pseudo-label images matched to the intensity landmarks of %s (lung %.3f, soft tissue %.3f): "
+             "%d volumes, grey-level scale %.2f … %.2f", labelled, *reference,
+             len({v for v in maps.values()}), min(v[0] for v in maps.values()), max(v[0] for v in maps.values()))
+    return maps
 
 
 def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, val_fraction: Optional[float] = None,
                         pseudo_data: Optional[str] = None, seed: int = 0, mask_resize: str = "nearest",
-                        augment: str = "none", multiclass: Optional[str] = None, num_classes: int = 3
-                        ) -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
+                        augment: str = "none", multiclass: Optional[str] = None, num_classes: int = 3,
+                        pseudo_intensity: str = "as_is") -> tuple[Dataset, Optional[Dataset], Optional[Dataset]]:
     """(train, val or None, pseudo or None) slice datasets at ``size``×``size``.
 
     The training (and pseudo-label) folders get ``mask_resize`` and ``augment``; a ``val_data`` folder is
@@ -106,7 +142,7 @@ def load_slice_datasets(data: str, size: int, val_data: Optional[str] = None, va
         if augment != "none":  # the held-out items must not be augmented: a second, plain view of them
             plain = open_slice_folder(data, size, seed=seed, mask_resize=mask_resize, **labelled)
             val = Subset(plain, val.indices)
-    pseudo = (open_slice_folder(pseudo_data, size, soft=True, seed=seed, augment=augment)
+    pseudo = (open_pseudo_folder(pseudo_data, size, seed, augment, pseudo_intensity, labelled=data)
               if pseudo_data else None)
     return train, val, pseudo
 

@@ -21,6 +21,7 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 CLIP_MODES = ("value", "norm")
 MASK_RESIZES = ("nearest", "bilinear")
 AUGMENTATIONS = ("none", "flip", "flip_rot90", "flip_rotate")
+PSEUDO_INTENSITIES = ("as_is", "match")
 # validation metrics that can choose the best checkpoint (train/validate.py computes them all)
 VAL_METRICS = ("dice", "iou", "infnet_dice", "sen", "spec", "e_phi", "s_alpha", "mae", "precision", "recall",
                "specificity", "miou")
@@ -45,6 +46,9 @@ class TrainConfig:
     (Inf-Net protocol); "precision", "recall", "specificity", "miou" at 0.5.
     ``augment``: random transforms of the training items, drawn from (seed, epoch, index): "none" (both
     papers), "flip" (horizontal), "flip_rot90" (and k·90° rotations), "flip_rotate" (and ±15°).
+    ``pseudo_intensity``: the pseudo-label stage's images "as_is", or "match": each pseudo-labelled
+    volume's grey levels mapped linearly so its lung and soft-tissue landmarks match the labelled
+    images' (:mod:`covseg_fast.data.intensity`; their windows differ, docs/intensity_window.md).
     """
 
     optimizer: str = "adam"
@@ -72,11 +76,12 @@ class TrainConfig:
     val_metric: str = "dice"
     mask_resize: str = "nearest"
     augment: str = "none"
+    pseudo_intensity: str = "as_is"
 
     def __post_init__(self) -> None:
         for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("clip_mode", CLIP_MODES),
                               ("val_metric", VAL_METRICS), ("mask_resize", MASK_RESIZES),
-                              ("augment", AUGMENTATIONS)):
+                              ("augment", AUGMENTATIONS), ("pseudo_intensity", PSEUDO_INTENSITIES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.input_size < 1:

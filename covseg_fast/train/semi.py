@@ -22,7 +22,8 @@ def train_semi_supervised(model_name: str, pseudo_dataset: Dataset, labelled_dat
                           pseudo_overrides: Optional[Mapping[str, Any]] = None,
                           val_dataset: Optional[Dataset] = None, device: str | torch.device | None = None,
                           criterion_config: Optional[Mapping[str, Any]] = None, progress: bool = True,
-                          resume_stage: Optional[str] = None) -> dict[str, Any]:
+                          resume_stage: Optional[str] = None,
+                          input_info: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Stage 1 on ``pseudo_dataset`` (soft masks) into ``out_dir/pseudo``, then stage 2 on
     ``labelled_dataset`` into ``out_dir/finetune`` initialised from stage 1's last weights (fresh
     optimiser, schedule and epoch count).
@@ -33,7 +34,8 @@ def train_semi_supervised(model_name: str, pseudo_dataset: Dataset, labelled_dat
     Returns {"pseudo": summary, "finetune": summary}.
     """
     common = dict(model_name=model_name, model_config=model_config, preset=preset, val_dataset=val_dataset,
-                  device=device, criterion_config=criterion_config, progress=progress)
+                  device=device, criterion_config=criterion_config, progress=progress,
+                  input_info=dict(input_info) if input_info is not None else None)
     stage1_dir, stage2_dir = os.path.join(out_dir, "pseudo"), os.path.join(out_dir, "finetune")
     stage1_last = os.path.join(stage1_dir, LAST)
     summaries: dict[str, Any] = {}

@@ -39,6 +39,7 @@ from .validate import VAL_KEYS, validation_metric_sums
 log = logging.getLogger(__name__)
 
 LAST, BEST, HISTORY = "last.pt", "best.pt", "history.json"
+PROGRESS_NOTE_S = 60.0  # how often an epoch without a progress bar logs how far it is
 
 
 def default_device() -> torch.device:
@@ -232,6 +233,8 @@ class Trainer:
         steps, images, t0 = 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        # without a bar (crossval, --no-progress, logs) a long epoch still says how far it is
+        next_note = t0 + PROGRESS_NOTE_S if bar.disable and self.dist.is_main else math.inf
         for i, batch in enumerate(bar):
             check_batch(batch)
             batch = to_device(batch, self.device)
@@ -246,6 +249,9 @@ class Trainer:
                                              f"{self.global_step}")
                 rate = images * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
+            if time.perf_counter() >= next_note and i < len(loader) - 1:
+                self._note_progress(epoch, i + 1, len(loader), loss_sum.item() / steps, time.perf_counter() - t0)
+                next_note = time.perf_counter() + PROGRESS_NOTE_S
         bar.close()
         D.broadcast_buffers(self.model)
         if steps == 0:
@@ -255,6 +261,12 @@ class Trainer:
         seconds = time.perf_counter() - t0
         return {"loss": totals[0].item() / totals[1].item(), "images": int(totals[2].item()),
                 "images_per_s": totals[2].item() / max(seconds, 1e-9), "seconds": seconds}
+
+    def _note_progress(self, epoch: int, done: int, total: int, loss: float, seconds: float) -> None:
+        left = seconds / done * (total - done)
+        log.info("epoch %d/%d: %d/%d batches, loss %.4f, %.1f img/s, about %.0f min left in this epoch",
+                 epoch + 1, self.cfg.epochs, done, total, loss,
+                 done * self.cfg.batch_size * self.dist.world_size / max(seconds, 1e-9), left / 60)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

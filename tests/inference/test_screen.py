@@ -474,7 +474,7 @@ def test_window_defaults_to_the_one_the_checkpoint_was_trained_with(tmp_path, ca
     trained = make_checkpoint(str(tmp_path / "vol.pt"), input_info={"source": "volumes", "window": [-1000, 200]})
     assert screen(inp, "-o", out, "--checkpoint", trained) == 0
     assert json.load(open(out / "a.json"))["window_hu"] == [-1000.0, 200.0]
-    assert "HU window -1000 … 200, recorded in" in caplog.text
+    assert "HU window -1000 … 200 (recorded in the checkpoint)" in caplog.text
     assert screen(inp, "-o", tmp_path / "o2", "--checkpoint", trained, "--window=-1250,250") == 0   # the flag wins
     assert json.load(open(tmp_path / "o2" / "a.json"))["window_hu"] == [-1250.0, 250.0]
     bad = make_checkpoint(str(tmp_path / "bad.pt"), input_info={"window": "lung"})

@@ -3,6 +3,7 @@ semi-supervised stages, exit codes and messages."""
 import json
 import logging
 import os
+import re
 import sys
 
 import pytest
@@ -33,7 +34,8 @@ def test_train_then_resume(folders, capsys):
     assert main(BASE + ["--data", data, "--val-fraction", "0.34", "--out", out, "--epochs", "2",
                         "--config", "width=3", "--seed", "5", "--augment", "flip", "--mask-resize", "bilinear"]) == 0
     printed = capsys.readouterr().out
-    assert "2 epochs; best val_dice" in printed and os.path.join(out, "best.pt") in printed
+    assert "2 epochs; best.pt: epoch " in printed and "(best val_dice " in printed
+    assert os.path.join(out, "best.pt") in printed
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert ckpt["config"] == {"width": 3} and ckpt["train"]["epoch"] == 2
     assert ckpt["train"]["config"]["seed"] == 5 and ckpt["train"]["config"]["optimizer"] == "rmsprop"
@@ -58,6 +60,8 @@ def test_pseudo_then_finetune(folders, capsys):
                         "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "pseudo-label stage: 2 epochs" in printed and "fine-tune stage: 1 epochs" in printed
+    # no validation data: best.pt is the epoch of lowest training loss, said in words
+    assert re.search(r"fine-tune stage: 1 epochs; best\.pt: epoch 1 \(lowest training loss \d+\.\d{4}\)", printed)
     assert os.path.isfile(os.path.join(out, "pseudo", "last.pt"))
     assert os.path.isfile(os.path.join(out, "finetune", "best.pt"))
 
@@ -106,7 +110,7 @@ def test_one_epoch_of_each_real_model(tmp_path, capsys, model, extra):
     assert main(["train", "--model", model, "--data", data, "--val-fraction", "0.25", "--out", out,
                  "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--no-progress", "--workers", "0"]
                 + extra) == 0
-    assert "1 epochs; best val_dice" in capsys.readouterr().out
+    assert "1 epochs; best.pt: epoch " in capsys.readouterr().out
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert ckpt["model"] == model and ckpt["train"]["epoch"] == 1
     history = ckpt["train"]["history"]
@@ -180,3 +184,24 @@ def test_multiclass_maps_train_a_three_class_model(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(common + ["--config", "base=8", "num_classes=3"]) == 2
         assert "needs class-index maps: add --multiclass" in caplog.text
+
+
+def test_slice_training_records_the_window_its_images_show(folders):
+    """--window with --data is not applied to the (already windowed) images; it is recorded for screening."""
+    data, pseudo, tmp = folders
+    plain, windowed, semi = str(tmp / "plain"), str(tmp / "windowed"), str(tmp / "semi")
+    assert main(BASE + ["--data", data, "--out", plain, "--epochs", "1"]) == 0
+    assert main(BASE + ["--data", data, "--out", windowed, "--epochs", "1", "--window", "-1100", "250"]) == 0
+    assert "input" not in torch.load(os.path.join(plain, "last.pt"), weights_only=True)
+    assert torch.load(os.path.join(windowed, "last.pt"), weights_only=True)["input"] == {
+        "source": "slices", "window": [-1100.0, 250.0]}
+    # the images were not windowed again: the same seed gives exactly the same training
+    losses = [json.load(open(os.path.join(d, "history.json")))[0]["loss"] for d in (plain, windowed)]
+    assert losses[0] == losses[1]
+    # the semi-supervised stages record it too, and pseudo_intensity=match is a training setting
+    assert main(BASE + ["--data", data, "--out", semi, "--epochs", "1", "--window", "-1100", "250",
+                        "--pseudo-data", pseudo, "--pseudo-epochs", "1", "--set", "pseudo_intensity=match"]) == 0
+    for stage in ("pseudo", "finetune"):
+        ckpt = torch.load(os.path.join(semi, stage, "last.pt"), weights_only=True)
+        assert ckpt["input"] == {"source": "slices", "window": [-1100.0, 250.0]}
+        assert ckpt["train"]["config"]["pseudo_intensity"] == "match"

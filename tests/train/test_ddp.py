@@ -61,7 +61,7 @@ def test_cli_under_torchrun(tmp_path):
                            "--epochs", "2", "--batch-size", "2", "--set", "input_size=32", "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("2 epochs; best val_dice") == 1        # the summary comes from rank 0 only
+    assert proc.stdout.count("2 epochs; best.pt: epoch ") == 1        # the summary comes from rank 0 only
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["train"]["world_size"] == 2 and ckpt["train"]["epoch"] == 2
 

@@ -190,3 +190,17 @@ def test_cuda_bf16_channels_last_and_resume(tmp_path):
                 BlobDataset(8), BlobDataset(4, flip=False), str(tmp_path / "a"), device="cuda", progress=False)
     r.resume(str(tmp_path / "a" / "last.pt")).fit()
     assert r.epoch == 3 and len(r.history) == 3
+
+
+def test_an_epoch_without_a_bar_logs_how_far_it_is(tmp_path, monkeypatch, caplog):
+    """A long epoch (the 1600-slice pseudo-label stage ran 22 min) without a progress bar still reports."""
+    import logging
+
+    from covseg_fast.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PROGRESS_NOTE_S", 0.0)  # every batch is "long enough"
+    caplog.set_level(logging.INFO, logger="covseg_fast.train.trainer")
+    _fit(tmp_path, epochs=1, batch_size=2, scales=[1.0])
+    notes = [r.getMessage() for r in caplog.records if "batches, loss" in r.getMessage()]
+    assert notes and notes[0].startswith("epoch 1/1: 1/4 batches, loss ")
+    assert all("min left in this epoch" in n for n in notes) and len(notes) == 3  # not after the last batch
