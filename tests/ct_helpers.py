@@ -35,12 +35,12 @@ def axis_affine(codes: str, spacing=(0.8, 0.7, 2.5), origin=(10.0, -20.0, 30.0))
     return aff
 
 
-def oblique_affine(degrees: float = 12.0) -> np.ndarray:
+def oblique_affine(degrees: float = 12.0, spacing=(0.8, 0.7, 2.5)) -> np.ndarray:
     """An LPS affine rotated by ``degrees`` about the z and x axes (an oblique acquisition)."""
     a, b = np.deg2rad(degrees), np.deg2rad(degrees / 2)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    aff = axis_affine("LPS")
+    aff = axis_affine("LPS", spacing)
     aff[:3, :3] = rz @ rx @ aff[:3, :3]
     return aff
 
