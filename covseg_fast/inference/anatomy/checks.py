@@ -67,7 +67,8 @@ def lung_checks(right: np.ndarray, left: np.ndarray, center_x: np.ndarray,
     cut = [name for name, k in (("first (lowest)", 0), ("last (highest)", both.shape[2] - 1))
            if sections[k] >= CUT_FRACTION * sections.max()]
     if cut:
-        failed.append(f"the {' and the '.join(cut)} slice cuts through the lungs: the scan stops inside them")
+        which = f"the {cut[0]} slice cuts" if len(cut) == 1 else "the first (lowest) and last (highest) slices cut"
+        failed.append(f"{which} through the lungs: the scan stops inside them")
     x = np.arange(both.shape[0])
     for name, side, sign in (("right", right, 1), ("left", left, -1)):
         counts = side.sum(axis=(1, 2))
