@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from .components import INPLANE_SQUARE, largest_component
+from .components import INPLANE_SQUARE, fill_holes_2d, largest_component
 
 TISSUE_MIN_HU = -500.0
 COARSE_MM = 3.0
@@ -99,7 +99,7 @@ def hull_mask(plane: np.ndarray) -> np.ndarray | None:
 def fill_open_holes(plane: np.ndarray) -> np.ndarray:
     """A 2-D body slice with its holes filled, and (when the body reaches the image edge) also the regions open to
     the edge that lie mostly (≥ ``OPEN_HOLE_IN_HULL``) inside the body's convex hull: lungs of a cropped scan."""
-    filled = ndimage.binary_fill_holes(plane)
+    filled = fill_holes_2d(plane.copy())
     if not (plane[0].any() or plane[-1].any() or plane[:, 0].any() or plane[:, -1].any()):
         return filled
     hull = hull_mask(plane)

@@ -57,13 +57,13 @@ def compute_anatomy(data: np.ndarray, spacing: tuple[float, float, float], voxel
     checks.update(airway_ml=round(lungs.airway_ml, 3), gas_ml=round(lungs.gas_ml, 3),
                   below_lung_ml=round(lungs.below_lung_ml, 3), margin_mm=MARGIN_MM)
     labels = lungs.right.view(np.uint8).copy()  # 1 right lung
-    labels[lungs.left] = LEFT_LUNG
+    np.putmask(labels, lungs.left, LEFT_LUNG)
+    lung = lungs.right | lungs.left
     lungs.right = lungs.left = None
-    margin = ball_dilation(labels > 0, MARGIN_MM, spacing)
-    margin[labels > 0] = False
-    labels[margin] = RIGHT_MARGIN
-    for k in np.flatnonzero(margin.any(axis=(0, 1))):  # the margin left of the cut is the left lung's
-        left_cols = slice(0, int(np.floor(lungs.cut[k])) + 1)
-        plane = labels[left_cols, :, k]
-        plane[margin[left_cols, :, k]] = LEFT_MARGIN
+    margin = ball_dilation(lung, MARGIN_MM, spacing)
+    margin &= ~lung
+    del lung
+    np.putmask(labels, margin, RIGHT_MARGIN)
+    margin &= np.arange(labels.shape[0])[:, None, None] <= lungs.cut[None, None, :]  # left of the cut: the left lung's
+    np.putmask(labels, margin, LEFT_MARGIN)
     return Anatomy(labels=labels, checks=checks)
