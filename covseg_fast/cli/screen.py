@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: --window=-1250,250 "
                    "(default: the window the checkpoint was trained with on CT volumes, else -1250,250, the lung "
                    "window)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (one-channel "
+                   "models; a multi-class model gives each voxel its most probable class)")
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete, redo the rest")

@@ -91,9 +91,11 @@ def hull_mask(plane: np.ndarray) -> np.ndarray | None:
         hull = ConvexHull(pts)
     except QhullError:  # all on a line
         return None
-    i, j = np.indices(plane.shape)
-    eq = hull.equations
-    return np.all(i[..., None] * eq[:, 0] + j[..., None] * eq[:, 1] + eq[:, 2] <= 0.5, axis=-1)
+    i, j = np.indices(plane.shape, dtype=np.float32)
+    inside = np.ones(plane.shape, dtype=bool)
+    for a, b, c in hull.equations:  # a half-plane per facet: 2-D temporaries only
+        inside &= i * a + j * b + c <= 0.5
+    return inside
 
 
 def fill_open_holes(plane: np.ndarray) -> np.ndarray:
