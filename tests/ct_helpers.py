@@ -35,12 +35,12 @@ def axis_affine(codes: str, spacing=(0.8, 0.7, 2.5), origin=(10.0, -20.0, 30.0))
     return aff
 
 
-def oblique_affine(degrees: float = 12.0) -> np.ndarray:
+def oblique_affine(degrees: float = 12.0, spacing=(0.8, 0.7, 2.5)) -> np.ndarray:
     """An LPS affine rotated by ``degrees`` about the z and x axes (an oblique acquisition)."""
     a, b = np.deg2rad(degrees), np.deg2rad(degrees / 2)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    aff = axis_affine("LPS")
+    aff = axis_affine("LPS", spacing)
     aff[:3, :3] = rz @ rx @ aff[:3, :3]
     return aff
 
@@ -154,3 +154,83 @@ def write_bad_inputs(folder: str) -> dict[str, str]:
     os.symlink(os.path.join(folder, "does_not_exist.nii.gz"), os.path.join(folder, "unreadable.nii.gz"))
     expect["unreadable"] = "not found"
     return expect
+
+
+def chest_phantom(shape=(96, 96, 60), spacing=(4.0, 4.0, 5.0), *, table: bool = True, padding: float = -2048.0,
+                  gas: bool = True, trachea: bool = True, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """A chest CT in HU on the canonical grid (x → patient right, y → anterior, z up) and its truth masks.
+
+    Body ellipse (40 HU; 330 × 230 mm) with a vertebra; two lungs (ellipsoids of aerated lung: -860 HU
+    with vessels; the left one shortened by the heart), about 3.5 L; a trachea (air) from the top slice
+    down to the carina at z = 230 mm, and two main bronchi into the lungs; stomach gas (-1000 HU) under the
+    left lung base and bowel with lung-like mottled content (-800 HU) under the right one; a hollow scanner
+    table (1-voxel shell of 300 HU around 16 mm of air, 240 mm wide) touching the back through a 1-voxel
+    pad; ``padding`` outside the circular field of view. Truth: ``right``, ``left``, ``airway``, ``stomach``,
+    ``bowel``, ``table_air`` (bool, same shape).
+    """
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = shape
+    sx, sy, sz = spacing
+    x = (np.arange(nx) - (nx - 1) / 2) * sx
+    y = (np.arange(ny) - (ny - 1) / 2) * sy
+    z = np.arange(nz) * sz
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+
+    def ellipsoid(c, r):
+        return ((X - c[0]) / r[0]) ** 2 + ((Y - c[1]) / r[1]) ** 2 + ((Z - c[2]) / r[2]) ** 2 < 1
+
+    def tube(p0, p1, radius):  # voxels within ``radius`` of the segment p0-p1
+        p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+        d = p1 - p0
+        t = np.clip(((X - p0[0]) * d[0] + (Y - p0[1]) * d[1] + (Z - p0[2]) * d[2]) / (d @ d), 0, 1)
+        return (X - p0[0] - t * d[0]) ** 2 + (Y - p0[1] - t * d[1]) ** 2 + (Z - p0[2] - t * d[2]) ** 2 < radius ** 2
+
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body = (X / 165) ** 2 + ((Y - 10) / 115) ** 2 < 1
+    hu[body] = 40.0
+    hu[(X ** 2 + (Y + 70) ** 2) < 15 ** 2] = 400.0  # vertebra
+    heart = ellipsoid((-25, 25, 120), (60, 50, 55))
+    right = ellipsoid((75, 5, 175), (55, 75, 115))
+    left = ellipsoid((-75, 5, 180), (50, 70, 110)) & ~heart
+    lungs = right | left
+    hu[lungs] = -860.0 + rng.normal(0, 40, size=int(lungs.sum()))
+    vessels = lungs & (rng.random(shape) < 0.03)
+    hu[vessels] = 0.0
+    truth = {"right": right, "left": left}
+    airway = np.zeros(shape, dtype=bool)
+    if trachea:
+        airway = tube((0, 25, 230), (0, 25, z[-1] + sz), 9.0)
+        for side in (1, -1):
+            airway |= tube((0, 25, 230), (side * 45, 12, 195), 6.0)
+        airway &= ~lungs
+        hu[airway] = -1000.0
+    truth["airway"] = airway
+    stomach = ellipsoid((-60, 20, 35), (40, 30, 15)) if gas else np.zeros(shape, bool)
+    bowel = ellipsoid((50, -10, 25), (30, 25, 15)) if gas else np.zeros(shape, bool)
+    hu[stomach] = -1000.0
+    hu[bowel] = -800.0 + rng.normal(0, 40, size=int(bowel.sum()))
+    truth.update(stomach=stomach, bowel=bowel)
+    table_air = np.zeros(shape, dtype=bool)
+    if table:
+        jb = int(np.flatnonzero(body[nx // 2, :, 0])[0])       # the body's lowest row at the centre line
+        i0, i1 = np.searchsorted(x, -120), np.searchsorted(x, 120)
+        hu[i0:i1, jb - 1, :] = 0.0                             # pad
+        hu[i0:i1, jb - 7:jb - 1, :] = 300.0                    # shell ...
+        hu[i0 + 1:i1 - 1, jb - 6:jb - 2, :] = -1000.0          # ... around the air inside
+        table_air[i0 + 1:i1 - 1, jb - 6:jb - 2, :] = True
+    truth["table_air"] = table_air
+    hu += rng.normal(0, 10, size=shape).astype(np.float32)
+    fov = (X ** 2 + Y ** 2) > (min(nx * sx, ny * sy) / 2) ** 2
+    hu[fov] = padding
+    return hu.astype(np.float32), truth
+
+
+def reoriented(ras: np.ndarray, spacing, codes: str, origin=(-150.0, -160.0, -300.0)) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical (RAS) array stored with axes ``codes`` (e.g. "LAS", "LPS", "PSL"): (stored array, its affine)."""
+    from nibabel import orientations as nio
+
+    ras_aff = np.diag([*spacing, 1.0])
+    ras_aff[:3, 3] = origin
+    ornt = nio.ornt_transform(nio.axcodes2ornt("RAS"), nio.axcodes2ornt(tuple(codes)))
+    stored = nio.apply_orientation(ras, ornt)
+    return np.ascontiguousarray(stored), ras_aff @ nio.inv_ornt_aff(ornt, ras.shape)

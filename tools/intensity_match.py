@@ -46,11 +46,13 @@ def _mode(values: np.ndarray, lo: float, hi: float, bins: int) -> float:
 
 def volume_landmarks(path: str) -> tuple[float, float, float]:
     """(lung HU mode, soft-tissue HU mode, lung mL) of a CT volume."""
-    from covseg_fast.inference.lung import lung_mask
+    from covseg_fast.inference.anatomy import compute_anatomy
+    from covseg_fast.inference.anatomy.case import LEFT_LUNG, RIGHT_LUNG
     from covseg_fast.io import read_case
 
     vol = read_case(path, "nifti")
-    lung = lung_mask(vol.data)
+    labels = compute_anatomy(vol.data, vol.spacing, vol.voxel_ml).labels
+    lung = (labels == RIGHT_LUNG) | (labels == LEFT_LUNG)
     core = binary_erosion(lung, iterations=1)
     tissue = vol.data[(vol.data > -200) & (vol.data < 200)]
     return (_mode(vol.data[core], -1100, -400, 350), _mode(tissue, -200, 200, 400),

@@ -1,6 +1,6 @@
 """`covseg screen`: batch screening of CT volumes (NIfTI files, DICOM series, folders, globs, lists).
 
-Exit codes: 0 all cases ok, 1 some cases failed (see failures.csv), 2 usage error.
+Exit codes: 0 every case screened (status ok or warning), 1 some cases failed (see failures.csv), 2 usage error.
 """
 from __future__ import annotations
 
@@ -37,15 +37,24 @@ def add_parser(sub) -> None:
                    help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: --window=-1250,250 "
                    "(default: the window the checkpoint was trained with on CT volumes, else -1250,250, the lung "
                    "window)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (one-channel "
+                   "models; a multi-class model gives each voxel its most probable class)")
     add_input_size_option(p)
     add_tta_option(p)
     p.add_argument("--shard", default=None, help="K/N: process every N-th case from K (0-based); default from "
                    "torchrun's RANK/WORLD_SIZE")
     p.add_argument("--resume", action="store_true", help="skip cases whose outputs are complete, redo the rest")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
-    p.add_argument("--no-masks", action="store_true", help="do not write <case>_infection.nii.gz")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz (the "
+                   "model's infection probability everywhere, not restricted to the lungs)")
+    p.add_argument("--save-unrestricted-mask", action="store_true", help="also write "
+                   "<case>_infection_unrestricted.nii.gz: the model's mask before it is restricted to the lungs")
+    p.add_argument("--save-lung-mask", action="store_true", help="also write <case>_lungmask.nii.gz (1 right lung, "
+                   "2 left lung)")
+    p.add_argument("--save-label-map", action="store_true", help="also write <case>_labelmap.nii.gz (0 background, "
+                   "1 right lung, 2 left lung, 3 infection; a multi-class model: 2 + class, 3 GGO, 4 consolidation)")
+    p.add_argument("--no-masks", action="store_true", help="do not write <case>_infection.nii.gz (the infection "
+                   "within the lungs and a 5 mm margin)")
     p.add_argument("--no-montage", action="store_true", help="do not write the PNG overlay montage")
     p.add_argument("--report-format", choices=["json", "csv", "both"], default="both",
                    help="batch summary format (per-case JSON and failures.csv are always written)")
@@ -129,6 +138,7 @@ def _run(args) -> int:
     from .. import __version__
     from ..inference.batch import UsageError, screen_batch
     from ..inference.backends import make_backend
+    from ..inference.model_info import model_record
     from ..inference.screener import ScreenConfig, Screener, default_writers
     from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
     from ..models.model_input import plane_adapter
@@ -170,6 +180,8 @@ def _run(args) -> int:
                        threshold=args.threshold, batch_size=args.batch_size,
                        workers=args.workers, device=device, save_masks=not args.no_masks,
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
+                       save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
+                       save_label_map=args.save_label_map,
                        progress=not args.no_progress,
                        writers=default_writers() if args.writers is None else args.writers)
 
@@ -179,8 +191,8 @@ def _run(args) -> int:
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
-        meta = {"model": name, "checkpoint": os.path.abspath(checkpoint), "covseg_version": __version__,
-                "backend": args.backend, "tta": args.tta, **model_input.as_record()}
+        meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": args.backend,
+                "tta": args.tta, **model_input.as_record()}
         try:
             runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"),
                                     batch_size=args.batch_size, size=model_input.size)
@@ -194,10 +206,11 @@ def _run(args) -> int:
                                 report_format=args.report_format)
     for f in res.failures:
         log.error("failed: %s: %s", f["path"], f["reason"])
-    log.info("done: %d ok, %d failed, %d already complete; %d slices in %.1f s (%.2f volumes/s, %.1f slices/s); "
-             "outputs in %s", s["ok"], s["failed"], s["skipped_complete"], s["slices"], s["wall_s"],
+    log.info("done: %d ok, %d with warnings (burden not trustworthy: see their warnings), %d failed, %d already "
+             "complete; %d slices in %.1f s (%.2f volumes/s, %.1f slices/s); outputs in %s", s["ok"], s["warning"],
+             s["failed"], s["skipped_complete"], s["slices"], s["wall_s"],
              s["volumes_per_s"], s["slices_per_s"], os.path.abspath(s["output_dir"]))
-    if s["ok"] or s["failed"]:
+    if s["screened"] or s["failed"]:
         log.info("%s", s["stage_line"])
     return code
 

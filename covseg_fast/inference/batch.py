@@ -7,7 +7,7 @@ import time
 
 from ..io import Case, discover
 from .outputs import is_own_output
-from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, write_csv, written_by_screen
+from .report import FAILURE_COLUMNS, summary_columns, write_csv, written_by_screen
 from .screener import ScreenConfig, Screener, ScreenResult
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
     """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
 
-    ``summary`` holds counts, wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
+    ``summary`` holds counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
     per stage, the inference loop's starved/back-pressure/drain waits, the bottleneck), ``bottleneck``
     and ``stage_line`` (the one-line account `covseg screen` prints).
 
@@ -147,18 +147,21 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     t0 = time.perf_counter()
     res = screener.run(todo) if todo else ScreenResult()
     wall = time.perf_counter() - t0
-    rows = sorted([dict(r, status="complete (resumed)") for r in done] + res.records,
+    # a case completed earlier keeps its record and status; "resumed" says it was not screened again
+    rows = sorted([dict(r, resumed=True) for r in done] + [dict(r, resumed=False) for r in res.records],
                   key=lambda r: r["case_id"])
     for r in rows:
         r.setdefault("mask", r.get("outputs", {}).get("mask", ""))
     if report_format in ("csv", "both"):
-        write_csv(os.path.join(config.out_dir, f"summary{suffix}.csv"), rows, SUMMARY_COLUMNS)
+        write_csv(os.path.join(config.out_dir, f"summary{suffix}.csv"), rows, summary_columns(rows))
     if report_format in ("json", "both"):
         from .report import write_json
 
         write_json(os.path.join(config.out_dir, f"summary{suffix}.json"), {"cases": rows, "failures": res.failures})
     write_csv(os.path.join(config.out_dir, f"failures{suffix}.csv"), res.failures, FAILURE_COLUMNS)
-    summary = {"ok": len(res.records), "failed": len(res.failures), "skipped_complete": len(done),
+    warned = sum(r.get("status") == "warning" for r in res.records)
+    summary = {"screened": len(res.records), "ok": len(res.records) - warned, "warning": warned,
+               "failed": len(res.failures), "skipped_complete": len(done),
                "slices": res.slices, "wall_s": wall,
                "volumes_per_s": len(res.records) / wall if wall > 0 else 0.0,
                "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir,

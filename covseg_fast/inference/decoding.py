@@ -1,4 +1,4 @@
-"""Decoding stage of `covseg screen`: worker processes read cases and compute their lung masks.
+"""Decoding stage of `covseg screen`: worker processes read cases and compute their anatomy (body, lungs).
 
 Cases are decoded ``workers`` at a time, a bounded number ahead of the consumer, and come back in
 input order. A worker that dies without a result (the out-of-memory killer, a segfault in a DICOM
@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from ..io import Case, read_case
-from .lung import lung_mask
+from .anatomy import compute_anatomy
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,12 @@ PARENT_POLL_S = 1.0
 
 
 def decode_case(case: Case) -> dict:
-    """Worker stage: read one case and compute its lung mask. Never raises: errors become a reason."""
+    """Worker stage: read one case and compute its anatomy (:mod:`.anatomy`). Never raises: errors become a reason."""
     t0 = time.perf_counter()
     try:
         vol = read_case(case.path, case.kind)
-        lung = lung_mask(vol.data)
-        return {"case": case, "volume": vol, "lung": lung, "decode_s": time.perf_counter() - t0}
+        anatomy = compute_anatomy(vol.data, vol.spacing, vol.voxel_ml)
+        return {"case": case, "volume": vol, "anatomy": anatomy, "decode_s": time.perf_counter() - t0}
     except Exception as exc:  # one bad input must never stop the batch
         return {"case": case, "error": reason(exc), "decode_s": time.perf_counter() - t0}
 
@@ -112,7 +112,7 @@ def _context():
 def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
     """Decoded cases (see :func:`decode_case`) in input order; ``workers`` ≤ 0 decodes in this process.
 
-    Each yielded dict holds ``case`` and either ``volume``/``lung`` or ``error`` (one line).
+    Each yielded dict holds ``case`` and either ``volume``/``anatomy`` or ``error`` (one line).
     """
     if workers <= 0:
         for c in cases:

@@ -1,4 +1,4 @@
-"""Per-case outputs of `covseg screen`: names, completeness, statistics, JSON and PNG montage."""
+"""Per-case outputs of `covseg screen`: names, completeness, and writing them (masks, JSON, montage)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,12 @@ import numpy as np
 from ..atomic import atomic_save
 from ..io.volume import Volume
 from ..io.writer import save_mask, save_probabilities
-from .lung import volume_ml
+from .anatomy import Anatomy
+from .burden import case_statistics, restrict
+from .montage import DISCLAIMER, write_montage
 from .report import read_json, write_json
+
+COMPLETE_STATUSES = ("ok", "warning")  # a case with either status is done: --resume skips it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,21 +26,30 @@ class OutputPlan:
     masks: bool = True
     probabilities: bool = False
     montage: bool = True
+    unrestricted: bool = False
+    lung_mask: bool = False
+    label_map: bool = False
 
     def paths(self, case_id: str) -> dict[str, str]:
         """Output kind → path for ``case_id`` (the JSON is written last and marks completion)."""
         p = {}
         if self.masks:
             p["mask"] = os.path.join(self.out_dir, f"{case_id}_infection.nii.gz")
+        if self.unrestricted:
+            p["unrestricted_mask"] = os.path.join(self.out_dir, f"{case_id}_infection_unrestricted.nii.gz")
         if self.probabilities:
             p["probabilities"] = os.path.join(self.out_dir, f"{case_id}_probabilities.nii.gz")
+        if self.lung_mask:
+            p["lung_mask"] = os.path.join(self.out_dir, f"{case_id}_lungmask.nii.gz")
+        if self.label_map:
+            p["label_map"] = os.path.join(self.out_dir, f"{case_id}_labelmap.nii.gz")
         if self.montage:
             p["montage"] = os.path.join(self.out_dir, f"{case_id}_overlay.png")
         p["json"] = os.path.join(self.out_dir, f"{case_id}.json")
         return p
 
     def complete(self, case_id: str, path: str | None = None) -> dict | None:
-        """The case's JSON record when all its outputs exist and the JSON says ok, else None.
+        """The case's JSON record when all its outputs exist and the JSON's status is ok or warning, else None.
 
         With ``path`` (the input), the record must also be of an input with that file name: outputs
         left under the same id by another input (e.g. before ids were disambiguated) do not count.
@@ -46,7 +59,7 @@ class OutputPlan:
         if not all(os.path.isfile(p) for p in paths.values()):
             return None
         rec = read_json(paths["json"])
-        if rec is None or rec.get("status") != "ok":
+        if rec is None or rec.get("status") not in COMPLETE_STATUSES:
             return None
         if path is not None and _name(str(rec.get("path", ""))) != _name(path):
             return None
@@ -92,11 +105,13 @@ def _name(path: str) -> str:
 
 
 # screen's own per-case NIfTI outputs, and their temporaries (atomic_save: .<name>.<random>.nii.gz)
-OWN_NIFTI = re.compile(r".+_(infection|probabilities)\.nii\.gz|\..+_(infection|probabilities)\.nii\.gz\.\w+\.nii\.gz")
+_KINDS = "infection|infection_unrestricted|probabilities|lungmask|labelmap"
+OWN_NIFTI = re.compile(rf".+_({_KINDS})\.nii\.gz|\..+_({_KINDS})\.nii\.gz\.\w+\.nii\.gz")
 
 
 def is_own_output(path: str, out_dir: str) -> bool:
-    """True for a mask or probability file (or its temporary) that `covseg screen` writes in ``out_dir``.
+    """True for a mask, probability, lung-mask or label-map file (or its temporary) that `covseg screen` writes in
+    ``out_dir``.
 
     Such files are never screened as inputs, even when ``out_dir`` lies in the input tree.
     """
@@ -105,69 +120,48 @@ def is_own_output(path: str, out_dir: str) -> bool:
     return OWN_NIFTI.fullmatch(os.path.basename(path)) is not None
 
 
-def case_statistics(mask: np.ndarray, lung: np.ndarray, volume: Volume) -> dict:
-    """Infected volume, lung volume and burden (% of lung) from canonical-grid masks."""
-    vml = volume.voxel_ml
-    lung_ml = volume_ml(lung, vml)
-    inf_ml = volume_ml(mask, vml)
-    in_lung = volume_ml(mask & lung, vml)
-    return {"lung_ml": round(lung_ml, 3), "infected_ml": round(inf_ml, 3),
-            "infected_in_lung_ml": round(in_lung, 3),
-            "burden_pct": round(100.0 * in_lung / lung_ml, 4) if lung_ml > 0 else None}
+def label_map(infection: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) uint8: 0 background, 1 right lung, 2 left lung, 2 + c where infection class c (binary: 3)."""
+    out = lung.copy()
+    found = infection > 0
+    out[found] = 2 + infection[found]
+    return out
 
 
-def display_slice(plane: np.ndarray) -> np.ndarray:
-    """Canonical axial plane (X→R, Y→A) → radiological display (rows posterior-ward, columns to the left)."""
-    return plane[::-1, ::-1].T
+def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarray, anatomy: Anatomy,
+               prob: np.ndarray | None, record: dict, window: tuple[float, float], names: tuple[str, ...] = ()) -> dict:
+    """Write all outputs of one case (JSON last) and return the completed record.
 
-
-def write_montage(path: str, volume: Volume, mask: np.ndarray, lung: np.ndarray,
-                  window: tuple[float, float], n: int = 6, tile: int = 256) -> None:
-    """PNG of ``n`` axial slices (spread over the lung) in radiological view, mask in red."""
-    from PIL import Image
-
-    z = volume.data.shape[2]
-    with_lung = np.flatnonzero(lung.any(axis=(0, 1)))
-    span = with_lung if with_lung.size else np.arange(z)
-    ks = np.unique(span[np.linspace(0, span.size - 1, min(n, span.size)).round().astype(int)])
-    lo, hi = window
-    sx, sy = volume.spacing[0], volume.spacing[1]
-    tiles = []
-    for k in ks:
-        grey = np.clip((display_slice(volume.data[:, :, k]) - lo) / (hi - lo), 0, 1) * 255
-        m = display_slice(mask[:, :, k])
-        rgb = np.repeat(grey[..., None], 3, axis=2)
-        rgb[m] = 0.5 * rgb[m] + 0.5 * np.array([255.0, 0.0, 0.0])
-        img = Image.fromarray(rgb.astype(np.uint8))
-        h_mm, w_mm = img.height * sy, img.width * sx
-        scale = tile / max(h_mm, w_mm)
-        img = img.resize((max(1, round(w_mm * scale)), max(1, round(h_mm * scale))), Image.BILINEAR)
-        canvas = Image.new("RGB", (tile, tile))
-        canvas.paste(img, ((tile - img.width) // 2, (tile - img.height) // 2))
-        tiles.append(canvas)
-    cols = min(3, len(tiles))
-    rows = (len(tiles) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * tile, rows * tile))
-    for i, t in enumerate(tiles):
-        sheet.paste(t, ((i % cols) * tile, (i // cols) * tile))
-    atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))
-
-
-def write_case(plan: OutputPlan, case_id: str, volume: Volume, mask: np.ndarray, lung: np.ndarray,
-               prob: np.ndarray | None, record: dict, window: tuple[float, float]) -> dict:
-    """Write all outputs of one case (JSON last) and return the completed record."""
+    ``classes``: the model's (X, Y, Z) uint8 classes (binary: 0/1) on the canonical grid, unrestricted; the
+    infection mask written and every volume reported are restricted to the lungs and their margin
+    (:mod:`.burden`). The status is ``warning`` when the volume has warnings or the lung checks failed.
+    """
     paths = plan.paths(case_id)
     src = os.path.realpath(volume.path)
     for p in paths.values():
         if os.path.realpath(p) == src:
             raise RuntimeError(f"output {p} would overwrite the input")
+    infection, excluded = restrict(classes, anatomy)
+    if "unrestricted_mask" in paths:
+        save_mask(paths["unrestricted_mask"], classes, volume)
     if "mask" in paths:
-        save_mask(paths["mask"], mask, volume)
+        save_mask(paths["mask"], infection, volume)
     if "probabilities" in paths and prob is not None:
         save_probabilities(paths["probabilities"], prob, volume)
+    lung = anatomy.lung_labels()
+    if "lung_mask" in paths:
+        save_mask(paths["lung_mask"], lung, volume)
+    if "label_map" in paths:
+        save_mask(paths["label_map"], label_map(infection, lung), volume)
+    checks = anatomy.checks
+    warnings = list(record.get("warnings", [])) + list(checks["failed"])
+    record = dict(record, status="warning" if warnings else "ok", **case_statistics(
+        infection, anatomy, volume.voxel_ml, excluded, names))
+    record.update(burden_trustworthy=not warnings, lung_checks_passed=bool(checks["passed"]), lung_checks=checks,
+                  warnings=warnings, note=DISCLAIMER)
     if "montage" in paths:
-        write_montage(paths["montage"], volume, mask, lung, window)
-    record = dict(record, **case_statistics(mask, lung, volume))
+        write_montage(paths["montage"], volume, infection, lung, window, case_id=case_id,
+                      model=str(record.get("model", "")), names=names, trusted=not warnings)
     record["outputs"] = {k: os.path.basename(v) for k, v in paths.items()}
     write_json(paths["json"], record)
     return record

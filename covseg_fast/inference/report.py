@@ -9,8 +9,16 @@ from typing import Any, Iterable
 
 from ..atomic import atomic_write
 
-SUMMARY_COLUMNS = ["case_id", "status", "path", "slices", "lung_ml", "infected_ml", "infected_in_lung_ml",
-                   "burden_pct", "time_s", "warnings", "mask"]
+# units in the names: _ml millilitres, _pct percent, _mm millimetres, _hu Hounsfield units, _s seconds
+# (every field: README "Reading the results")
+SUMMARY_COLUMNS = ["case_id", "status", "resumed", "path", "slices",
+                   "lung_ml", "lung_right_ml", "lung_left_ml",
+                   "infected_ml", "infected_right_ml", "infected_left_ml",
+                   "burden_pct", "burden_right_pct", "burden_left_pct", "burden_trustworthy",
+                   "excluded_outside_lung_ml", "lung_checks_passed", "warnings",
+                   "model", "model_parameters", "training_data", "licence", "device", "backend",
+                   "decision", "threshold", "window_hu", "time_s", "mask", "note"]
+CLASS_COLUMN_AFTER = "excluded_outside_lung_ml"  # per-class columns of multi-class models go after this one
 FAILURE_COLUMNS = ["case_id", "path", "reason"]
 
 
@@ -32,6 +40,17 @@ def written_by_screen(path: str, case_id: str | None = None) -> bool:
     if obj is None:
         return False
     return obj.get("case_id") == case_id if case_id is not None else "cases" in obj and "failures" in obj
+
+
+def summary_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """:data:`SUMMARY_COLUMNS`, with the per-class columns of multi-class records or CSV rows (``<class>_ml``,
+    ``<class>_burden_pct``, in first-seen order) after :data:`CLASS_COLUMN_AFTER`."""
+    extra: list[str] = []
+    for r in rows:
+        extra += [k for k in r if k not in SUMMARY_COLUMNS and k not in extra and
+                  (k.endswith("_ml") or k.endswith("_burden_pct"))]
+    at = SUMMARY_COLUMNS.index(CLASS_COLUMN_AFTER) + 1
+    return SUMMARY_COLUMNS[:at] + extra + SUMMARY_COLUMNS[at:]
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -71,10 +90,15 @@ def read_csv(path: str) -> list[dict[str, str]]:
 
 
 def _cell(v: Any) -> Any:
+    """A CSV cell: empty for None (never the text "None"), true/false, 4 decimals, lists joined by "; "."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, (list, tuple)):
-        return "; ".join(str(x) for x in v)
+        return "; ".join("" if x is None else str(x) for x in v)
     return " ".join(str(v).split())
 
 

@@ -3,15 +3,18 @@
 Stages (each overlaps the others):
 
 1. decode — worker processes (:mod:`.decoding`, ``workers`` of them, a bounded look-ahead) read NIfTI/DICOM
-   into a canonical :class:`~covseg_fast.io.Volume` and compute the lung mask; a worker that dies (out of
+   into a canonical :class:`~covseg_fast.io.Volume` and compute its anatomy (body, right/left lung, the
+   margin where infection counts, plausibility checks: :mod:`.anatomy`); a worker that dies (out of
    memory, a decoder crash) is replaced and only the case that kills it again, alone, fails;
 2. device — the HU volume goes to the device (pinned memory, non-blocking copy on CUDA), where the slices
    are put in display orientation, windowed, resized to the model's input size and normalised;
 3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
-   CUDA); probabilities return to per-case buffers on the device; a finished case is resized back to
-   its slice size, thresholded and mapped back to its canonical grid;
+   CUDA); probabilities (sigmoid of one logit channel, or softmax over K classes) return to per-case
+   buffers on the device; a finished case is resized back to its slice size, thresholded (one channel) or
+   given its most probable class (K channels), and mapped back to its canonical grid;
 4. write — ``writers`` background threads (gzip/zlib and PNG encoding release the GIL) each write whole
-   cases: the mask on the input grid (input affine), optional probabilities, the PNG montage and the
+   cases: the infection restricted to the lungs and their margin (:mod:`.burden`) on the input grid (input
+   affine), optional probabilities, unrestricted mask, lung mask and label map, the PNG montage and the
    JSON record (last: it marks the case complete). Records and failures are returned in input order.
 
 A failing case (unreadable, corrupt, not 3-D, NaN, ...) is recorded with a one-line reason and the batch
@@ -38,11 +41,13 @@ import torch.nn.functional as F
 
 from ..io import Case
 from ..models.registry import ModelSpec, prepare_input
+from .burden import class_names
 from .decoding import decoded_in_order, reason as _reason
 from .outputs import OutputPlan, write_case
 from .stage_times import StageTimes
 
 log = logging.getLogger(__name__)
+POST_CHUNK = 32  # slices resized back and classified at a time
 
 
 def default_writers() -> int:
@@ -68,12 +73,16 @@ class ScreenConfig:
     writers: int = dataclasses.field(default_factory=default_writers)
     save_masks: bool = True
     save_probabilities: bool = False
+    save_unrestricted_mask: bool = False
+    save_lung_mask: bool = False
+    save_label_map: bool = False
     montage: bool = True
     progress: bool = True
 
     def plan(self) -> OutputPlan:
         return OutputPlan(self.out_dir, masks=self.save_masks, probabilities=self.save_probabilities,
-                          montage=self.montage)
+                          montage=self.montage, unrestricted=self.save_unrestricted_mask,
+                          lung_mask=self.save_lung_mask, label_map=self.save_label_map)
 
 
 @dataclasses.dataclass
@@ -102,15 +111,15 @@ class _Pending:
         self.item = item
         self.slices = slices            # (Z, C, H, W) model input
         self.plane = plane              # display-plane size (rows, cols) to resize back to
-        self.prob = torch.empty((slices.shape[0], 1, slices.shape[2], slices.shape[3]),
-                                dtype=torch.float32, device=slices.device)
+        self.prob: Optional[torch.Tensor] = None  # (Z, K, H, W): K (1 or the classes) known from the first batch
         self.sent = 0                   # slices handed to a batch
         self.done = 0                   # slices with probabilities
         self.t_device = time.perf_counter()
 
 
 class Screener:
-    """Screen cases with a registered model (eval ``model(x)`` → logits (B, 1, H, W)).
+    """Screen cases with a registered model (eval ``model(x)`` → logits (B, K, H, W): K = 1 one sigmoid channel,
+    K ≥ 2 softmax classes, 0 background; e.g. ``covseg train --multiclass``: 1 GGO, 2 consolidation).
 
     Args:
         model: the network (moved to ``config.device`` and put in eval mode here).
@@ -146,20 +155,42 @@ class Screener:
             grey = grey.clamp_(0.0, 1.0)
         return prepare_input(grey, self.spec), plane
 
-    def from_model_probs(self, prob: torch.Tensor, plane: tuple[int, int]) -> np.ndarray:
-        """(Z, 1, H, W) probabilities → (X, Y, Z) float32 numpy on the canonical grid."""
-        if tuple(prob.shape[2:]) != tuple(plane):
-            prob = F.interpolate(prob, size=plane, mode="bilinear", align_corners=False)
-        p = prob[:, 0].permute(2, 1, 0).flip(0, 1)
-        return p.float().cpu().numpy()
+    def from_model_probs(self, prob: torch.Tensor, plane: tuple[int, int]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(Z, K, H, W) probabilities → (classes, probability) on the canonical grid (X, Y, Z).
+
+        ``classes`` uint8: K = 1: 1 where the probability ≥ the threshold; K > 1: the most probable class
+        (0 background). ``probability`` float32 of infection (K > 1: 1 - P(background)), only with
+        ``save_probabilities`` (else None). Resized back ``POST_CHUNK`` slices at a time, so no full-size
+        K-channel float copy is made.
+        """
+        z, k = prob.shape[0], prob.shape[1]
+        classes = torch.empty((z, *plane), dtype=torch.uint8)
+        keep = torch.empty((z, *plane), dtype=torch.float32) if self.cfg.save_probabilities else None
+        for s in range(0, z, POST_CHUNK):
+            p = prob[s:s + POST_CHUNK]
+            if tuple(p.shape[2:]) != tuple(plane):
+                p = F.interpolate(p, size=plane, mode="bilinear", align_corners=False)
+            if k == 1:
+                cls = p[:, 0] >= self.cfg.threshold
+                infection = p[:, 0]
+            else:
+                cls = p.argmax(dim=1)
+                infection = 1.0 - p[:, 0]
+            classes[s:s + POST_CHUNK] = cls.to(torch.uint8).cpu()
+            if keep is not None:
+                keep[s:s + POST_CHUNK] = infection.float().cpu()
+        to_canonical = lambda t: np.ascontiguousarray(t.permute(2, 1, 0).flip(0, 1).numpy())  # noqa: E731
+        return to_canonical(classes), (to_canonical(keep) if keep is not None else None)
 
     @torch.inference_mode()
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) model input → (B, K, H, W) probabilities: sigmoid for K = 1, softmax over K > 1 classes."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(x)
         if isinstance(logits, dict):
             logits = logits["out"]
-        return torch.sigmoid(logits.float())
+        logits = logits.float()
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:
@@ -198,7 +229,7 @@ class Screener:
     def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar) -> None:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
-            res.failures.append({"case_id": case.case_id, "path": case.path, "reason": reason})
+            res.failures.append({"case_id": case.case_id, "status": "failed", "path": case.path, "reason": reason})
             if bar is not None:
                 bar.update(1)
 
@@ -236,6 +267,9 @@ class Screener:
             else:
                 off = 0
                 for st, start, take in owners:
+                    if st.prob is None:
+                        st.prob = torch.empty((st.slices.shape[0], *probs.shape[1:]), dtype=torch.float32,
+                                              device=probs.device)
                     st.prob[start:start + take] = probs[off:off + take]
                     off += take
                     st.done += take
@@ -278,14 +312,14 @@ class Screener:
             return
         t_post = time.perf_counter()
         try:  # resize back, copy to the host, threshold: e.g. out of memory on a huge volume fails this case
-            prob = self.from_model_probs(st.prob, st.plane)
-            item["mask"] = prob >= self.cfg.threshold
+            item["num_classes"] = int(st.prob.shape[1])
+            item["classes"], prob = self.from_model_probs(st.prob, st.plane)
         except Exception as exc:
             st.slices = st.prob = None
             res.stages.postprocess_s += time.perf_counter() - t_post
             self._fail(res, lock, item["case"], f"postprocessing failed: {_reason(exc)}", bar)
             return
-        item["prob"] = prob if self.cfg.save_probabilities else None  # queued cases hold only what is written
+        item["prob"] = prob  # None unless written: queued cases hold only what is written
         t_put = time.perf_counter()
         res.stages.postprocess_s += t_put - t_post
         item["infer_s"] = t_put - item["t_dequeued"]
@@ -302,18 +336,24 @@ class Screener:
             case = item["case"]
             try:
                 vol = item["volume"]
+                names = class_names(item["num_classes"])
                 record = {"case_id": case.case_id, "status": "ok", "path": case.path, "format": vol.fmt,
                           "shape": list(vol.source_shape), "spacing_mm": [round(s, 6) for s in vol.spacing],
-                          "slices": int(vol.data.shape[2]), "threshold": self.cfg.threshold,
-                          "window_hu": list(self.cfg.window), **self.meta, "warnings": list(vol.warnings)}
+                          "slices": int(vol.data.shape[2]), **self.meta, "device": str(self.device),
+                          "decision": "argmax" if names else "threshold",
+                          "threshold": None if names else self.cfg.threshold, "window_hu": list(self.cfg.window),
+                          "warnings": list(vol.warnings)}
+                if names:
+                    record["classes"] = list(names)
                 for w in vol.warnings:
                     log.warning("%s: %s", case.case_id, w)
-                prob = item["prob"]
                 record["decode_s"] = round(item["decode_s"], 4)
                 record["infer_s"] = round(item["infer_s"], 4)
                 record["time_s"] = round(item["decode_s"] + item["infer_s"] + (time.perf_counter() - t_w), 4)
-                rec = write_case(self.plan, case.case_id, vol, item["mask"], item["lung"], prob, record,
-                                 self.cfg.window)
+                rec = write_case(self.plan, case.case_id, vol, item["classes"], item["anatomy"], item["prob"],
+                                 record, self.cfg.window, names)
+                for w in rec["lung_checks"]["failed"]:
+                    log.warning("%s: %s", case.case_id, w)
                 with lock:
                     res.records.append(rec)
                     res.slices += rec["slices"]

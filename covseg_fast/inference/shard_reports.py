@@ -12,7 +12,7 @@ import os
 import re
 
 from .batch import UsageError, refuse_foreign_reports
-from .report import FAILURE_COLUMNS, SUMMARY_COLUMNS, read_csv, read_json, write_csv, write_json
+from .report import FAILURE_COLUMNS, read_csv, read_json, summary_columns, write_csv, write_json
 
 SHARD_REPORT = re.compile(r"(?P<kind>summary|failures)_shard(?P<k>\d+)of(?P<n>\d+)\.(?P<ext>csv|json)")
 
@@ -68,7 +68,7 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
             records += shard_json.get("cases", [])
     by_id = lambda r: r["case_id"]  # noqa: E731
     if csv_all:
-        write_csv(os.path.join(out_dir, "summary.csv"), sorted(cases, key=by_id), SUMMARY_COLUMNS)
+        write_csv(os.path.join(out_dir, "summary.csv"), sorted(cases, key=by_id), summary_columns(cases))
     if json_all:
         write_json(os.path.join(out_dir, "summary.json"),
                    {"cases": sorted(records, key=by_id), "failures": sorted(failures, key=by_id), "shards": n})

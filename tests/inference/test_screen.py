@@ -14,6 +14,7 @@ import pytest
 from covseg_fast.cli import screen as screen_cli
 from covseg_fast.cli.main import main
 from covseg_fast.inference import decoding
+from covseg_fast.inference.anatomy.margin import ball_dilation
 from tests.ct_helpers import (axis_affine, oblique_affine, phantom, save_dicom_series, save_nifti,
                               write_bad_inputs)
 from tests.inference.tiny_model import make_checkpoint
@@ -41,13 +42,16 @@ def _marked(shape, seed):
     return np.round(phantom(shape, seed))
 
 
-ORIENT = {"LPS": (axis_affine("LPS"), (64, 64, 6)), "RAS": (axis_affine("RAS"), (64, 64, 6)),
-          "LAS": (axis_affine("LAS"), (64, 64, 6)), "PSL": (axis_affine("PSL"), (64, 6, 64)),
-          "oblique": (oblique_affine(12.0), (64, 64, 6))}
+# chest-sized voxels (6 × 5.5 mm in-plane, 10 mm slices) so the phantom's lungs are found (≈ 1.5 L)
+BIG = {"LPS": (6.0, 5.5, 10.0), "PSL": (5.5, 10.0, 6.0)}
+ORIENT = {"LPS": (axis_affine("LPS", BIG["LPS"]), (64, 64, 6)), "RAS": (axis_affine("RAS", BIG["LPS"]), (64, 64, 6)),
+          "LAS": (axis_affine("LAS", BIG["LPS"]), (64, 64, 6)), "PSL": (axis_affine("PSL", BIG["PSL"]), (64, 6, 64)),
+          "oblique": (oblique_affine(12.0, BIG["LPS"]), (64, 64, 6))}
 
 
 def test_orientation_round_trip_through_the_pipeline(tmp_path, ckpt):
-    """Mask voxel (i, j, k) = image voxel (i, j, k) for LPS, RAS, LAS, permuted and oblique inputs."""
+    """Mask voxel (i, j, k) = image voxel (i, j, k) for LPS, RAS, LAS, permuted and oblique inputs: the model's
+    unrestricted mask, the lung mask, and the written mask = the unrestricted one within 5 mm of the lungs."""
     inp = tmp_path / "in"
     inp.mkdir()
     src = {}
@@ -58,17 +62,34 @@ def test_orientation_round_trip_through_the_pipeline(tmp_path, ckpt):
         src[name] = (data, aff)
         save_nifti(str(inp / f"{name}.nii.gz"), data, aff)
     # batch size 4 with 6-slice volumes: batches hold slices of two volumes
-    assert screen(inp, "-o", tmp_path / "out", "--checkpoint", ckpt, "--batch-size", 4) == 0
+    assert screen(inp, "-o", tmp_path / "out", "--checkpoint", ckpt, "--batch-size", 4, "--save-unrestricted-mask",
+                  "--save-lung-mask", "--save-label-map") == 0
     for name, (data, aff) in src.items():
-        m = nib.load(str(tmp_path / "out" / f"{name}_infection.nii.gz"))
-        np.testing.assert_allclose(m.affine, aff, atol=1e-5)
-        assert m.shape == data.shape
-        np.testing.assert_array_equal(np.asarray(m.dataobj) > 0, data > THRESH_HU, err_msg=name)
-        rec = json.load(open(tmp_path / "out" / f"{name}.json"))
-        assert rec["status"] == "ok" and rec["slices"] == 6 and rec["model"] == "tiny_screen_test"
+        out = tmp_path / "out"
+        raw = nib.load(str(out / f"{name}_infection_unrestricted.nii.gz"))
+        m, lung = nib.load(str(out / f"{name}_infection.nii.gz")), nib.load(str(out / f"{name}_lungmask.nii.gz"))
+        for img in (raw, m, lung):
+            np.testing.assert_allclose(img.affine, aff, atol=1e-5)
+            assert img.shape == data.shape
+        raw, m, lung = (np.asarray(i.dataobj) for i in (raw, m, lung))
+        np.testing.assert_array_equal(raw > 0, data > THRESH_HU, err_msg=name)
+        truth = np.abs(data + 850) < 40  # the phantom's lungs
+        assert ((lung > 0) == truth).mean() > 0.98, name
+        allowed = ball_dilation(lung > 0, 5.0, nib.affines.voxel_sizes(aff)) | (lung > 0)
+        np.testing.assert_array_equal(m > 0, (raw > 0) & allowed, err_msg=name)
+        labels = np.asarray(nib.load(str(out / f"{name}_labelmap.nii.gz")).dataobj)
+        np.testing.assert_array_equal(labels == 3, m > 0)
+        np.testing.assert_array_equal(np.where(labels == 3, 0, labels), np.where(m > 0, 0, lung))
+        rec = json.load(open(out / f"{name}.json"))
+        # 6 slices of 10 mm cannot hold whole lungs: screened, with a warning that says why
+        assert rec["status"] == "warning" and rec["slices"] == 6 and rec["model"] == "tiny_screen_test"
+        assert any("span 60 mm" in w for w in rec["warnings"]) and rec["burden_trustworthy"] is False
         vox = abs(np.linalg.det(aff[:3, :3])) / 1000
-        assert rec["infected_ml"] == pytest.approx((data > THRESH_HU).sum() * vox, rel=1e-4)
-        assert 0 < rec["lung_ml"] and 0 <= rec["burden_pct"] <= 100
+        assert rec["infected_ml"] == pytest.approx((m > 0).sum() * vox, rel=1e-4)
+        assert rec["excluded_outside_lung_ml"] == pytest.approx(((raw > 0) & ~allowed).sum() * vox, rel=1e-4)
+        assert rec["lung_checks"]["lung_mask_ml"] == pytest.approx((lung > 0).sum() * vox, rel=1e-4)
+        assert rec["lung_right_ml"] + rec["lung_left_ml"] == pytest.approx(rec["lung_ml"], abs=0.01)
+        assert 1000 < rec["lung_ml"] and 0 <= rec["burden_pct"] <= 100
 
 
 def test_bad_inputs_do_not_stop_the_batch(tmp_path, ckpt, caplog):
@@ -130,8 +151,10 @@ def test_resume_after_a_killed_run(tmp_path, ckpt):
         assert os.stat(out / f).st_mtime_ns == before[f]  # complete case untouched
     rows = _rows(out / "summary.csv")
     assert sorted(r["case_id"] for r in rows) == ["a", "b", "c"]
-    assert {r["case_id"]: r["status"] for r in rows}["a"] == "complete (resumed)"
-    assert json.load(open(out / "b.json"))["status"] == "ok"
+    # a keeps its status (these 3-slice phantoms are too small for whole lungs: "warning"), and says it was resumed
+    assert {r["case_id"]: (r["status"], r["resumed"]) for r in rows} == {
+        "a": ("warning", "true"), "b": ("warning", "false"), "c": ("warning", "false")}
+    assert json.load(open(out / "b.json"))["status"] == "warning"
     # --overwrite redoes everything
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--overwrite") == 0
     assert os.stat(out / "a.json").st_mtime_ns != before["a.json"]
@@ -187,7 +210,7 @@ def test_a_dying_decoding_worker_fails_only_its_case(tmp_path, ckpt, monkeypatch
     # --resume tries c3 again, fails it the same way, keeps the rest
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 1
     assert [f["case_id"] for f in _rows(out / "failures.csv")] == ["c3"]
-    assert {r["status"] for r in _rows(out / "summary.csv")} == {"complete (resumed)"}
+    assert {r["resumed"] for r in _rows(out / "summary.csv")} == {"true"}
     monkeypatch.setattr(decoding, "decode_case", _REAL_DECODE)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--resume") == 0
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == names
@@ -307,7 +330,7 @@ def test_write_failure_with_parallel_writers(tmp_path, ckpt, monkeypatch):
     monkeypatch.setattr(writer.nib, "save", real)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume", "--writers", 3) == 0
     rows = _rows(out / "summary.csv")
-    assert [r["case_id"] for r in rows] == names and sum(r["status"] == "ok" for r in rows) == 1
+    assert [r["case_id"] for r in rows] == names and sum(r["resumed"] == "false" for r in rows) == 1
 
 
 def test_stage_accounting_in_summary_and_cli(tmp_path, ckpt, caplog):
@@ -320,7 +343,8 @@ def test_stage_accounting_in_summary_and_cli(tmp_path, ckpt, caplog):
     cfg = ScreenConfig(out_dir=str(tmp_path / "out"), workers=1, writers=2, progress=False)
     model = load_model(ckpt)
     code, res, s = screen_batch([str(inp)], lambda: Screener(model, get_spec(model.covseg_name), cfg), cfg)
-    assert code == 0 and s["ok"] == 3 and [r["case_id"] for r in res.records] == ["a", "b", "c"]
+    assert code == 0 and [r["case_id"] for r in res.records] == ["a", "b", "c"]
+    assert (s["screened"], s["ok"], s["warning"]) == (3, 0, 3)  # phantoms too small for whole lungs
     st = s["stages"]
     for k in ("decode_s", "device_s", "inference_s", "postprocess_s", "write_s", "starved_s",
               "backpressure_s", "drain_s"):
@@ -378,7 +402,7 @@ def test_output_holding_the_inputs_is_refused(tmp_path, ckpt, caplog):
     caplog.set_level("INFO")
     assert screen(scans, "-o", scans, "--checkpoint", ckpt, "--allow-output-in-input", "--save-probabilities",
                   "--resume") == 0
-    assert [r["status"] for r in _rows(scans / "summary.csv")] == ["complete (resumed)"] * 3
+    assert [r["resumed"] for r in _rows(scans / "summary.csv")] == ["true"] * 3
     assert "skipping 7 file(s)" in caplog.text  # 3 masks, 3 probabilities, 1 temporary
     assert not (scans / ".a_infection.nii.gz.x1y2z3.nii.gz").exists()
 
@@ -434,14 +458,14 @@ def test_case_names_never_collide(tmp_path, ckpt):
     assert sorted(r["case_id"] for r in _rows(out / "summary.csv")) == sorted(want)
     assert len(json.load(open(out / "summary.json"))["cases"]) == len(want)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
-    assert {r["status"] for r in _rows(out / "summary.csv")} == {"complete (resumed)"}
+    assert {r["resumed"] for r in _rows(out / "summary.csv")} == {"true"}
     # a record left under an id by ANOTHER input (e.g. before ids were disambiguated) is not complete
     rec = json.load(open(out / "coll_nii.json"))
     rec["path"] = str(inp / "coll.nii.gz")
     (out / "coll_nii.json").write_text(json.dumps(rec))
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
-    status = {r["case_id"]: r["status"] for r in _rows(out / "summary.csv")}
-    assert status.pop("coll_nii") == "ok" and set(status.values()) == {"complete (resumed)"}
+    resumed = {r["case_id"]: r["resumed"] for r in _rows(out / "summary.csv")}
+    assert resumed.pop("coll_nii") == "false" and set(resumed.values()) == {"true"}
 
 
 def test_shards_partition_the_cases(tmp_path, ckpt, monkeypatch):
@@ -575,10 +599,13 @@ def test_no_masks_and_json_report(tmp_path, ckpt):
     report = json.load(open(out / "summary.json"))
     assert [r["case_id"] for r in report["cases"]] == ["a", "b", "c"] and report["failures"] == []
     rec = json.load(open(out / "a.json"))
-    assert "mask" not in rec["outputs"] and rec["infected_ml"] > 0 and report["cases"][0]["mask"] == ""
+    assert "mask" not in rec["outputs"] and report["cases"][0]["mask"] == ""
+    # 32×32×3 voxels of 0.8 mm hold no lung: nothing is counted, what the model marked is reported as excluded
+    assert rec["infected_ml"] == 0 and rec["excluded_outside_lung_ml"] > 0 and rec["burden_pct"] is None
+    assert "no lung found" in rec["warnings"][0] and rec["status"] == "warning"
     # --resume knows complete cases by the outputs of this plan (no masks expected)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--no-masks", "--report-format", "json", "--resume") == 0
-    assert {r["status"] for r in json.load(open(out / "summary.json"))["cases"]} == {"complete (resumed)"}
+    assert {r["resumed"] for r in json.load(open(out / "summary.json"))["cases"]} == {True}
 
 
 def test_demo_volume_end_to_end_with_worker_processes(tmp_path, ckpt):
@@ -586,24 +613,37 @@ def test_demo_volume_end_to_end_with_worker_processes(tmp_path, ckpt):
     src = nib.load(demo)
     out = tmp_path / "out"
     rc = main(["screen", "--demo", "--checkpoint", ckpt, "-o", str(out), "--workers", "1", "--no-progress",
-               "--save-probabilities", "--batch-size", "24"])
+               "--save-probabilities", "--batch-size", "24", "--save-unrestricted-mask", "--save-lung-mask"])
     assert rc == 0
     m = nib.load(str(out / "demo_ct_infection.nii.gz"))
     assert m.shape == src.shape == (128, 128, 64)
     np.testing.assert_allclose(m.affine, src.affine, atol=1e-5)
     hu = np.asanyarray(src.dataobj)
     mask = np.asarray(m.dataobj) > 0
-    # the tiny model marks bright tissue: the mask agrees with HU > -425 except at edges blurred by the
+    raw = np.asarray(nib.load(str(out / "demo_ct_infection_unrestricted.nii.gz")).dataobj) > 0
+    # the tiny model marks bright tissue: its mask agrees with HU > -425 except at edges blurred by the
     # 128 → 64 → 128 in-plane resampling to the tiny model's input size
-    assert (mask == (hu > THRESH_HU)).mean() > 0.95
+    assert (raw == (hu > THRESH_HU)).mean() > 0.95
+    # the mask written is the model's within 5 mm of the lungs: no infection voxel outside
+    lung = np.asarray(nib.load(str(out / "demo_ct_lungmask.nii.gz")).dataobj) > 0
+    allowed = ball_dilation(lung, 5.0, nib.affines.voxel_sizes(src.affine)) | lung
+    assert not (mask & ~allowed).any()
+    np.testing.assert_array_equal(mask, raw & allowed)
     p = nib.load(str(out / "demo_ct_probabilities.nii.gz")).get_fdata()
-    np.testing.assert_array_equal(p >= 0.5 - 1 / 255, mask | (p >= 0.5 - 1 / 255))
+    np.testing.assert_array_equal(p >= 0.5 - 1 / 255, raw | (p >= 0.5 - 1 / 255))  # probabilities: unrestricted
     rec = json.load(open(out / "demo_ct.json"))
-    assert 2000 < rec["lung_ml"] < 9000 and rec["slices"] == 64 and rec["covseg_version"]
-    assert rec["window_hu"] == [-1250.0, 250.0] and rec["threshold"] == 0.5
+    assert rec["status"] == "ok" and rec["lung_checks"]["passed"] and rec["warnings"] == []
+    vox = abs(np.linalg.det(src.affine[:3, :3])) / 1000
+    assert 4500 < rec["lung_checks"]["lung_mask_ml"] < 6500 and rec["slices"] == 64 and rec["covseg_version"]
+    assert rec["lung_checks"]["lung_mask_ml"] == pytest.approx(lung.sum() * vox, abs=0.01)
+    # lung volume: the lung mask plus the counted infection in its margin (lung the air threshold missed)
+    assert rec["lung_ml"] == pytest.approx((lung | mask).sum() * vox, abs=0.01)
+    assert rec["infected_ml"] == pytest.approx(mask.sum() * vox, abs=0.01)
+    assert rec["window_hu"] == [-1250.0, 250.0] and rec["threshold"] == 0.5 and rec["device"] == "cpu"
+    assert rec["note"] == "research use, not a medical device"
     from PIL import Image
 
-    assert Image.open(out / "demo_ct_overlay.png").size == (768, 512)
+    assert Image.open(out / "demo_ct_overlay.png").size == (768, 44 + 512 + 24)  # header, 2 × 3 tiles, legend
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == ["demo_ct"]
 
 
