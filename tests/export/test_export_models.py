@@ -136,7 +136,7 @@ def test_demo_checkpoint_exports_through_the_cli(tmp_path, capsys):
     assert "max |Δ probability|" in printed and "all ops supported" in printed
     assert "opset 18: TensorRT ≥ 10.0" in printed
     # parity on real input: slices of the packaged demo CT, prepared as `covseg screen` does
-    real = re.search(r"on 8 slices of demo_ct\.nii\.gz \(8, 3, 256, 256\): max \|Δ probability\| = (\S+), "
+    real = re.search(r"on 8 slices of demo_ct\.nii\.gz \(8, 3, 128, 128\): max \|Δ probability\| = (\S+), "
                      r"max \|Δ logit\| = (\S+)", printed)
     assert real, printed
     assert float(real.group(1)) <= PROBABILITY_TOLERANCE
