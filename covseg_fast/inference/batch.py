@@ -80,7 +80,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
         folder.lock()  # an existing folder: before anything else looks at it
         todo, done = folder.plan_cases(mine, resume, overwrite)
         folder.refuse_foreign_reports()
-        folder.preflight(todo)
+        folder.check_free_space(todo)
         # the model (checkpoint checks included) before the output folder: a usage error leaves nothing behind
         screener = screener_factory() if todo else None
         removed = folder.prepare([c.case_id for c in mine])  # this shard's cases only

@@ -3,11 +3,12 @@ which cases it still needs, who may use it now, and the batch reports it ends wi
 
 A run goes through :class:`OutputFolder` in this order (``screen_batch`` only calls it):
 
-1. :meth:`~OutputFolder.check_location`: not a file, not overlapping the inputs (unless allowed);
+1. :meth:`~OutputFolder.check_location`: not a file, not overlapping the inputs (unless allowed), and
+   writable (the folder, or the folder it will be created in), checked without writing anything;
 2. :meth:`~OutputFolder.lock` when the folder already exists (a second run exits 2, naming the first);
 3. :meth:`~OutputFolder.plan_cases`: complete cases (``--resume``), files screen would replace but did not
    write, outputs present without ``--resume``/``--overwrite``; :meth:`~OutputFolder.refuse_foreign_reports`;
-4. :meth:`~OutputFolder.preflight`: writable and enough free space, checked without writing anything;
+4. :meth:`~OutputFolder.check_free_space`: enough for the cases still to screen;
 5. (the model loads) :meth:`~OutputFolder.prepare`: create the folder, lock it if new, remove the
    temporaries a killed run left (its cases' outputs and the batch reports);
 6. :meth:`~OutputFolder.write_reports`: all batch reports at once, all or nothing
@@ -244,9 +245,12 @@ class OutputFolder:
         self.suffix = "" if n == 1 else f"_shard{k}of{n}"
         self.report_format = report_format
         self._lock = OutputLock(self.path, self.suffix)
+        self._writable_at = self.path
 
     def check_location(self, roots: list[str], cases: list[Case], allow: bool) -> None:
+        """Where the folder is may be used: see :func:`check_output_dir` and :func:`check_writable`."""
         check_output_dir(self.path, roots, cases, allow)
+        self._writable_at = check_writable(self.path)
 
     def lock(self) -> None:
         """Take the folder's lock if the folder exists (a new folder is locked by :meth:`prepare`)."""
@@ -279,10 +283,9 @@ class OutputFolder:
     def refuse_foreign_reports(self) -> None:
         refuse_foreign_reports(self.path, self.suffix, self.report_format)
 
-    def preflight(self, todo: list[Case]) -> None:
-        """Writable and enough free space for ``todo``'s outputs; writes nothing. Raises UsageError."""
-        folder = check_writable(self.path)
-        check_free_space(folder, needed_bytes(self.plan, todo))
+    def check_free_space(self, todo: list[Case]) -> None:
+        """Enough free space for ``todo``'s outputs (after :meth:`check_location`). Raises UsageError."""
+        check_free_space(self._writable_at, needed_bytes(self.plan, todo))
 
     def prepare(self, case_ids: list[str]) -> int:
         """Create the folder, lock it, remove what a killed run left for these cases and the reports;

@@ -19,8 +19,9 @@ from .volume import VolumeError
 NIFTI1_MAGIC = (b"n+1\0", b"ni1\0")   # at bytes 344:348 of a 348-byte header
 NIFTI2_MAGIC = (b"n+2\0", b"ni2\0")   # at bytes 4:8 of a 540-byte header
 HEADER_BYTES = 540 + 4                # enough for either header and the 4-byte extension flag
-# nibabel's level-30 report that only concerns SPM's memory mapping; the file reads fine
-HARMLESS = ("not divisible by 16",)
+# nibabel reports checked here with better messages (its "vox offset ... not divisible by 16" only concerns
+# SPM's memory mapping: the file reads fine)
+OWN_CHECKS = ("sizeof_hdr", "pixdim", "vox offset")
 
 
 def parse_header(head: bytes):
@@ -41,14 +42,24 @@ def parse_header(head: bytes):
         raise VolumeError("NIfTI header of a .hdr/.img pair (magic 'ni1'/'ni2'): a .nii file must hold its voxels "
                           "(magic 'n+1'); convert the pair to .nii")
     try:
-        hdr = klass(head[:size], check=False)
+        hdr = klass(head[:size], endianness=_endianness(head), check=False)
     except Exception as exc:  # nibabel: WrapStructError, HeaderDataError
         raise VolumeError(f"not a readable NIfTI header ({type(exc).__name__}: {exc})") from None
     problems = _problems(hdr, klass)
     if problems:
-        raise VolumeError("damaged NIfTI header: " + "; ".join(problems) + " (nothing is repaired: fix or "
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise VolumeError("damaged NIfTI header: " + "; ".join(problems[:3]) + more + " (nothing is repaired: fix or "
                           "re-export the file)")
     return hdr
+
+
+def _endianness(head: bytes) -> str | None:
+    """Byte order from sizeof_hdr when it is 348 or 540 either way round; else None (nibabel guesses from dim[0],
+    which a damaged dim[0] would turn around, garbling every field)."""
+    for order in ("<", ">"):
+        if int.from_bytes(head[:4], "little" if order == "<" else "big") in (348, 540):
+            return order
+    return None
 
 
 def _problems(hdr, klass) -> list[str]:
@@ -67,11 +78,14 @@ def _problems(hdr, klass) -> list[str]:
         out.append(f"non-finite voxel size pixdim[1:4] = {_fmt(pix)}")
     elif np.any(pix <= 0):
         out.append(f"voxel size pixdim[1:4] = {_fmt(pix)} must be positive")
+    offset = float(hdr["vox_offset"])
+    if not np.isfinite(offset) or offset < klass.sizeof_hdr + 4:  # nibabel accepts 0: voxels read from the header
+        out.append(f"vox_offset {offset:g} points inside the header (the voxels start at byte "
+                   f"{klass.sizeof_hdr + 4} or later in a .nii)")
     reports = BatteryRunner(klass._get_checks()).check_only(hdr)
     for rep in reports:
         msg = rep.problem_msg
-        if rep.problem_level >= 30 and msg and not msg.startswith(("sizeof_hdr", "pixdim")) \
-                and not any(h in msg for h in HARMLESS):
+        if rep.problem_level >= 30 and msg and not msg.startswith(OWN_CHECKS):
             out.append(msg)
     return out
 
