@@ -48,17 +48,3 @@ def as_unprivileged(fn, *args):
         raise AssertionError(f"as nobody:\n{value}")
     return value
 
-
-@pytest.fixture()
-def open_tmp():
-    """A temporary folder every user may enter (pytest's tmp_path lies under root's private folder)."""
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="covseg_test_")
-    os.chmod(path, 0o755)
-    yield path
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o755)
-    shutil.rmtree(path, ignore_errors=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 import zlib
 
 import nibabel as nib

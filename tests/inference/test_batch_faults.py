@@ -9,7 +9,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from covseg_fast.inference.decoding import _pid_alive
 from tests.broken_corpus import write_corpus
 from tests.ct_helpers import axis_affine, phantom, save_dicom_series, save_nifti
 from tests.inference.tiny_model import make_checkpoint
@@ -100,20 +100,9 @@ def _good_cases(folder, n, shape=(24, 24, 5)):
     return names + ["good_dicom"]
 
 
-@pytest.fixture()
-def base():
-    """A folder every user may enter (pytest's tmp_path is root's only)."""
-    path = tempfile.mkdtemp(prefix="covseg_faults_")
-    os.chmod(path, 0o755)
-    yield path
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o755)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_broken_corpus_mixed_with_good_volumes_in_one_batch(base):
+def test_broken_corpus_mixed_with_good_volumes_in_one_batch(open_tmp):
+    base = open_tmp  # every user may enter it (pytest's tmp_path is root's only)
     inp, out = os.path.join(base, "in"), os.path.join(base, "out")
     corpus = write_corpus(inp)
     good = _good_cases(inp, 4) + sorted(corpus.good)
@@ -171,14 +160,6 @@ def _readable_outputs(out):
     return names
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _children(pid):
     kids = []
     for entry in os.listdir("/proc"):
@@ -214,7 +195,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         assert "Traceback" not in err, err[-2000:]
         _readable_outputs(out)  # a kill leaves old or new files, never a half-written one
     time.sleep(1.5)  # the decoding workers of a killed run exit within a second (parent-death signal, watchdog)
-    assert workers and not [w for w in workers if _alive(w)], "decoding workers outlived a killed run"
+    assert workers and not [w for w in workers if _pid_alive(w)], "decoding workers outlived a killed run"
     code, _, err, _ = run_screen(args + ["--resume"], timeout_s=180)
     assert code == 1 and "Traceback" not in err, err[-2000:]
     names = _readable_outputs(out)

@@ -21,7 +21,7 @@ from covseg_fast.inference.output_lock import OutputLock
 from covseg_fast.models import registry
 from tests.ct_helpers import axis_affine, phantom, save_nifti
 from tests.inference.tiny_model import make_checkpoint
-from tests.privileges import as_unprivileged, open_tmp  # noqa: F401  (open_tmp: a fixture)
+from tests.privileges import as_unprivileged
 
 
 @pytest.fixture(scope="module")

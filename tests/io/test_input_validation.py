@@ -16,7 +16,7 @@ from covseg_fast.io import VolumeError, discover, read_dicom_series, read_nifti
 from covseg_fast.io.nifti import _scaled_float32
 from tests.broken_corpus import write_corpus
 from tests.ct_helpers import axis_affine, phantom, save_nifti
-from tests.privileges import as_unprivileged, open_tmp  # noqa: F401  (open_tmp: a fixture)
+from tests.privileges import as_unprivileged
 
 
 def _decode_all(cases):
