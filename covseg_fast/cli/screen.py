@@ -139,8 +139,8 @@ def run(args) -> int:
     except ScreenInterrupted as exc:
         log.error("%s", exc)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        log.error("interrupted before screening started; nothing was screened")
+    except KeyboardInterrupt:  # before or after the screening loop (which reports how far it got itself)
+        log.error("interrupted; rerun with --resume (complete cases are kept)")
         return EXIT_INTERRUPTED
 
 

@@ -197,9 +197,10 @@ class Screener:
             w.start()
         interrupted = False
         decoded = decoded_in_order(cases, self.cfg.workers, self.cfg.decode_timeout_s)
+        logs = contextlib.ExitStack()  # until the bar closes: the writers log while they drain, too
+        logs.enter_context(_logs_through(bar))
         try:
-            with _logs_through(bar):
-                self._produce(decoded, res, lock, write_q, bar)
+            self._produce(decoded, res, lock, write_q, bar)
         except KeyboardInterrupt:
             interrupted = True
             _drop_queued(write_q)
@@ -214,6 +215,7 @@ class Screener:
             res.wall_s = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
+            logs.close()
         order = {c.case_id: i for i, c in enumerate(cases)}
         if interrupted:
             raise ScreenInterrupted(len(res.records) + len(res.failures), len(cases), res)
