@@ -18,6 +18,8 @@ from tests.broken_corpus import write_corpus
 from tests.ct_helpers import axis_affine, phantom, save_nifti
 from tests.privileges import as_unprivileged
 
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, sockets and file modes of POSIX systems")
+
 
 def _decode_all(cases):
     out = {}
