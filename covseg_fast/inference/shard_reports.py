@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 
-from .batch import UsageError, refuse_foreign_reports
-from .report import FAILURE_COLUMNS, read_csv, read_json, summary_columns, write_csv, write_json
+from .errors import UsageError
+from .output_folder import refuse_foreign_reports, write_reports_atomically
+from .report import FAILURE_COLUMNS, csv_text, json_text, read_csv, read_json, summary_columns
 
 SHARD_REPORT = re.compile(r"(?P<kind>summary|failures)_shard(?P<k>\d+)of(?P<n>\d+)\.(?P<ext>csv|json)")
 
@@ -21,6 +22,7 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
     """Merge the shard reports in ``out_dir``; returns (exit code: 1 if any case failed, counts).
 
     Raises:
+        ReportWriteError: the merged reports could not be written (the previous ones are intact).
         UsageError: no shard reports, several shard counts, missing shards, a case in two shards, or a
             summary/failures file in ``out_dir`` that screen did not write (it would be replaced).
     """
@@ -67,11 +69,13 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
         if shard_json is not None:
             records += shard_json.get("cases", [])
     by_id = lambda r: r["case_id"]  # noqa: E731
+    files = {}
     if csv_all:
-        write_csv(os.path.join(out_dir, "summary.csv"), sorted(cases, key=by_id), summary_columns(cases))
+        files["summary.csv"] = csv_text(sorted(cases, key=by_id), summary_columns(cases))
     if json_all:
-        write_json(os.path.join(out_dir, "summary.json"),
-                   {"cases": sorted(records, key=by_id), "failures": sorted(failures, key=by_id), "shards": n})
-    write_csv(os.path.join(out_dir, "failures.csv"), sorted(failures, key=by_id), FAILURE_COLUMNS)
+        files["summary.json"] = json_text({"cases": sorted(records, key=by_id),
+                                           "failures": sorted(failures, key=by_id), "shards": n})
+    files["failures.csv"] = csv_text(sorted(failures, key=by_id), FAILURE_COLUMNS)
+    write_reports_atomically(out_dir, files)  # all or nothing: ReportWriteError keeps the previous ones
     ok = len(cases) if csv_all else len(records)
     return (1 if failures else 0), {"shards": n, "cases": ok, "failed": len(failures), "output_dir": out_dir}

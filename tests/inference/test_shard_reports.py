@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from covseg_fast.inference.batch import UsageError
+from covseg_fast.inference.errors import UsageError
 from covseg_fast.inference.report import FAILURE_COLUMNS, SUMMARY_COLUMNS, read_csv, write_csv, write_json
 from covseg_fast.inference.shard_reports import merge_shard_reports
 

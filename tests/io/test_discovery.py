@@ -31,10 +31,35 @@ def test_directory_glob_list_and_ids(tmp_path):
     g, _ = discover([str(tmp_path / "site2" / "*.nii*")])
     assert [c.case_id for c in g] == ["p1", "p2"]
     lst = tmp_path / "list.txt"
-    lst.write_text("# cases\nsite2/p2.nii\n\nsite2/series7\nmissing.nii.gz\n")
+    lst.write_text("# cases\nsite2/p2.nii\n\nsite2/series7\n")
     l, _ = discover([str(lst)])
-    assert [(c.case_id, c.kind) for c in l] == [("missing", "missing"), ("p2", "nifti"), ("series7", "dicom")]
+    assert [(c.case_id, c.kind) for c in l] == [("p2", "nifti"), ("series7", "dicom")]
     assert discover([str(tmp_path)])[0] == cases  # stable
+
+
+def test_missing_inputs_are_a_usage_error(tmp_path):
+    """Issue 24: a path that does not exist (given, or in a list file) stops the run before anything is
+    written; it used to become a failed case after the output folder was made."""
+    _tree(tmp_path)
+    lst = tmp_path / "list.txt"
+    lst.write_text("site2/p2.nii\nmissing.nii.gz\n")
+    with pytest.raises(DiscoveryError, match=r"input not found: .*missing.nii.gz; check the path"):
+        discover([str(lst)])
+    with pytest.raises(DiscoveryError, match=r"inputs not found: .*nope1, .*nope2"):
+        discover([str(tmp_path / "site1"), str(tmp_path / "nope1"), str(tmp_path / "nope2")])
+
+
+def test_empty_folder_fifo_and_link_loop_become_failed_cases(tmp_path):
+    """An empty input folder is a case that fails with the reason; a FIFO or a link loop with a NIfTI name is
+    a case its reader fails at once (discovery never opens it: opening a FIFO blocks)."""
+    _tree(tmp_path)
+    (tmp_path / "empty").mkdir()
+    os.mkfifo(tmp_path / "site1" / "pipe.nii.gz")
+    os.symlink("loop.nii.gz", tmp_path / "site1" / "loop.nii.gz")
+    cases, _ = discover([str(tmp_path / "site1"), str(tmp_path / "empty"), str(tmp_path / "site1" / "pipe.nii.gz")])
+    got = {c.case_id: (c.kind, c.problem) for c in cases}
+    assert got == {"empty": ("invalid", "folder holds no NIfTI files (.nii, .nii.gz) or DICOM series"),
+                   "loop": ("nifti", ""), "p1": ("nifti", ""), "pipe": ("nifti", "")}
 
 
 def test_nothing_found_is_a_usage_error(tmp_path):

@@ -1,0 +1,16 @@
+"""The errors `covseg screen` maps to exit codes (the CLI only maps them; see README "Troubleshooting")."""
+from __future__ import annotations
+
+EXIT_OK = 0           # every case screened
+EXIT_FAILED_CASES = 1  # some cases failed (failures.csv says why)
+EXIT_USAGE = 2        # bad options or inputs, output folder refused or in use: nothing was screened
+EXIT_OUTPUT = 3       # the batch reports could not be written (disk full, I/O error); previous reports kept
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+class UsageError(ValueError):
+    """A command-line usage problem (exit code 2)."""
+
+
+class ReportWriteError(OSError):
+    """The batch reports could not be written; the previous ones are intact (exit code 3)."""
