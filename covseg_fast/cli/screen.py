@@ -2,7 +2,8 @@
 
 Exit codes: 0 every case screened (status ok or warning), 1 some cases failed (see failures.csv), 2 usage
 error (nothing screened: bad options, missing inputs, a bad checkpoint, an output folder refused, full or in
-use), 3 the batch reports could not be written (disk full, I/O error; the previous reports are kept), 130
+use; or decoding worker processes that die as soon as they start: rerun with --workers 0), 3 the batch
+reports could not be written (disk full, I/O error; the previous reports are kept), 130
 interrupted (Ctrl-C; rerun with --resume).
 """
 from __future__ import annotations
@@ -36,9 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
-    p.add_argument("--decode-timeout", type=float, default=DEFAULT_DECODE_TIMEOUT_S, metavar="SECONDS",
-                   help="fail a case whose decoding (reading + lung mask) takes longer, stop its stuck worker "
-                   f"and go on (default {DEFAULT_DECODE_TIMEOUT_S:g}; 0: no limit; needs --workers ≥ 1)")
+    p.add_argument("--decode-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case whose decoding (reading + anatomy) takes longer, stop its stuck worker "
+                   f"and go on (default {DEFAULT_DECODE_TIMEOUT_S:g}; 0: no limit; needs --workers ≥ 1: with --workers 0 "
+                   "a case decodes in the main process, which nothing can stop)")
     p.add_argument("--writers", type=int, default=None,
                    help="writer threads (masks, probabilities, montages, JSON; gzip and PNG encoding run in "
                    "parallel); default min(4, CPUs)")
@@ -136,12 +138,13 @@ def _device(text: str) -> str:
 
 def run(args) -> int:
     from ..io import DiscoveryError
-    from ..inference.errors import EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, ReportWriteError, UsageError
+    from ..inference.errors import (EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, ReportWriteError, UsageError,
+                                    WorkersUnavailable)
     from ..inference.screener import ScreenInterrupted
 
     try:
         return _run(args)
-    except (UsageError, DiscoveryError) as exc:
+    except (UsageError, DiscoveryError, WorkersUnavailable) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except ReportWriteError as exc:
@@ -187,8 +190,12 @@ def _run(args) -> int:
         raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
     if args.batch_size < 1 or args.workers < 0 or (args.writers is not None and args.writers < 1):
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
-    if not args.decode_timeout >= 0:
+    decode_timeout = DEFAULT_DECODE_TIMEOUT_S if args.decode_timeout is None else args.decode_timeout
+    if not decode_timeout >= 0:
         raise UsageError(f"--decode-timeout must be ≥ 0 seconds (0: no limit), got {args.decode_timeout}")
+    if args.decode_timeout and args.workers == 0:
+        log.warning("--decode-timeout does not apply with --workers 0 (decoding in the main process cannot be "
+                    "stopped): a stuck decoder would stop the batch; use --workers 1 or more")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
     try:
@@ -206,7 +213,7 @@ def _run(args) -> int:
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
                        save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
                        save_label_map=args.save_label_map,
-                       progress=not args.no_progress, decode_timeout_s=args.decode_timeout,
+                       progress=not args.no_progress, decode_timeout_s=decode_timeout,
                        writers=default_writers() if args.writers is None else args.writers)
 
     def factory() -> Screener:

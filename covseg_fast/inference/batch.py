@@ -56,6 +56,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
             an output folder that is not writable, short of space or in use by another run.
         DiscoveryError: inputs that name nothing, or that do not exist.
         ScreenInterrupted: Ctrl-C while screening (the batch reports are not rewritten).
+        WorkersUnavailable: the decoding workers die as soon as they start (the batch reports are not rewritten).
         ReportWriteError: the batch reports could not be written (the previous ones are intact).
     """
     if resume and overwrite:

@@ -41,12 +41,16 @@ import torch
 
 from ..io import Case, read_case
 from .anatomy import compute_anatomy
+from .errors import WorkersUnavailable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 WORKER_DIED = ("decoding worker process died without a result (killed, e.g. out of memory, or crashed in a "
                "decoder); it died again when this case was retried alone")
+WORKERS_UNAVAILABLE = ("decoding worker processes die as soon as they start (a process or memory limit?), so no case "
+                       "can be decoded; rerun with --workers 0 (decoding in the main process), adding --resume to keep "
+                       "the cases screened so far")
 PARENT_POLL_S = 1.0
 
 
@@ -188,7 +192,7 @@ def decoded_in_order(cases: list[Case], workers: int, timeout_s: float | None = 
                 again.append((c, alone if stuck is not None else True))
         idle_breaks = 0 if inflight else idle_breaks + 1
         if idle_breaks > 2:
-            raise RuntimeError("decoding worker processes die as soon as they start; try --workers 0")
+            raise WorkersUnavailable(WORKERS_UNAVAILABLE)
         if again and stuck is None:
             log.warning("a decoding worker died; retrying %d case(s) one at a time: %s", len(again),
                         ", ".join(c.case_id for c, _ in again))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 EXIT_OK = 0           # every case screened
 EXIT_FAILED_CASES = 1  # some cases failed (failures.csv says why)
-EXIT_USAGE = 2        # bad options or inputs, output folder refused or in use: nothing was screened
+EXIT_USAGE = 2        # bad options or inputs, output folder refused or in use: nothing was screened (or decoding
+                      # workers that cannot start: WorkersUnavailable; the cases screened before it are kept)
 EXIT_OUTPUT = 3       # the batch reports could not be written (disk full, I/O error); previous reports kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
@@ -14,3 +15,8 @@ class UsageError(ValueError):
 
 class ReportWriteError(OSError):
     """The batch reports could not be written; the previous ones are intact (exit code 3)."""
+
+
+class WorkersUnavailable(RuntimeError):
+    """The decoding worker processes die as soon as they start, so no case can be decoded (exit code 2: rerun
+    with ``--workers 0``, and ``--resume`` to keep the cases screened before)."""

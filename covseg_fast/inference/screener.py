@@ -216,6 +216,7 @@ class Screener:
 
         Raises:
             ScreenInterrupted: Ctrl-C; the cases being written are finished first, queued ones dropped.
+            WorkersUnavailable: the decoding workers die as soon as they start (the decoded cases are written first).
         """
         n_writers = max(1, int(self.cfg.writers))
         res = ScreenResult()

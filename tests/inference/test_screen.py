@@ -216,6 +216,36 @@ def test_a_dying_decoding_worker_fails_only_its_case(tmp_path, ckpt, monkeypatch
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == names
 
 
+class _PoolThatCannotStart:
+    """A process pool whose workers die as soon as they start: every submit finds it broken."""
+
+    def __init__(self, *args, **kwargs):
+        self._processes = {}
+
+    def submit(self, *args, **kwargs):
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    def shutdown(self, *args, **kwargs):
+        pass
+
+
+def test_decoding_workers_that_cannot_start_are_one_line_exit_2(tmp_path, ckpt, monkeypatch, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _six_cases(inp)
+    monkeypatch.setattr(decoding.cf, "ProcessPoolExecutor", _PoolThatCannotStart)
+    caplog.set_level("INFO")
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "die as soon as they start" in errors[0] and "rerun with --workers 0" in errors[0]
+    assert "Traceback" not in caplog.text
+    assert not (out / "summary.csv").exists() and not (out / ".covseg_screen.lock").exists()
+    monkeypatch.undo()
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 0, "--resume") == 0
+
+
 def _decode_or_hang(case):
     """Decoding in a worker, except that case c3 never finishes (a stuck decoder)."""
     if case.case_id == "c3":
@@ -233,6 +263,16 @@ def test_a_stuck_decoder_fails_its_case_after_decode_timeout(tmp_path, ckpt, mon
     fails = _rows(out / "failures.csv")
     assert [f["case_id"] for f in fails] == ["c3"] and "decoding took longer than 2 s" in fails[0]["reason"]
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == [n for n in names if n != "c3"]
+
+
+def test_decode_timeout_with_workers_0_says_it_does_not_apply(tmp_path, ckpt, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _six_cases(inp)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--decode-timeout", 5) == 0  # --workers 0 (screen())
+    assert "--decode-timeout does not apply with --workers 0" in caplog.text
+    caplog.clear()
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0  # the default limit: nothing to say
+    assert "--decode-timeout" not in caplog.text
 
 
 def test_an_error_after_inference_fails_one_case(tmp_path, ckpt, monkeypatch):
