@@ -170,6 +170,8 @@ def write_corpus(folder: str) -> Corpus:
     broken["link_loop"] = "symbolic link loop"
     os.symlink("nowhere/gone.nii.gz", os.path.join(folder, "dangling.nii.gz"))
     broken["dangling"] = "broken symbolic link"
+    os.mkdir(os.path.join(folder, "folder_named.nii.gz"))  # a folder with a scan's name, holding nothing
+    broken["folder_named"] = "a folder named like a NIfTI file"
     empty = os.path.join(os.path.dirname(os.path.abspath(folder)), "empty_input_folder")
     os.makedirs(empty, exist_ok=True)
     broken["empty_input_folder"] = "folder holds no NIfTI files"

@@ -6,7 +6,9 @@ line (``#`` comments; relative paths are relative to the list file).
 
 An input that does not exist is a usage error (nothing is screened). A folder given as an input that
 holds nothing to screen, and a folder that cannot be listed (given, or met in the walk), become a case
-with a ``problem``: it is reported as a failed case, with the reason, instead of vanishing. Entries are
+with a ``problem``: it is reported as a failed case, with the reason, instead of vanishing; so is a folder
+met in the walk that is named like a NIfTI file (``x.nii.gz/``), is no DICOM series and holds nothing to
+screen (a folder that is a DICOM series is one, whatever its name). Entries are
 classified without opening anything but regular files (a FIFO named ``x.nii.gz`` is a case that its
 reader fails at once, never a blocked ``open``).
 """
@@ -61,6 +63,8 @@ class _Found:
 
 
 EMPTY_FOLDER = "folder holds no NIfTI files (.nii, .nii.gz) or DICOM series"
+NIFTI_NAMED_FOLDER = ("a folder named like a NIfTI file, not a file, and no DICOM series: nothing to screen was found "
+                      "in it; give the scan file itself")
 
 
 def _expand(item: str, found: _Found, depth: int = 0) -> None:
@@ -113,15 +117,22 @@ def _walk(item: str, found: _Found) -> None:
     def unlistable(exc: OSError) -> None:
         found.add(exc.filename or item, "invalid", f"cannot list folder: {exc.strerror or exc}")
 
+    named_like_nifti = []  # folders named x.nii(.gz) that are no DICOM series: never silently skipped
     for dirpath, dirnames, filenames in os.walk(item, onerror=unlistable):
         dirnames.sort()
         for d in dirnames:
             full = os.path.join(dirpath, d)
             if is_dicom_dir(full):
                 found.add(full, "dicom")
+            elif is_nifti_path(d):
+                named_like_nifti.append(os.path.abspath(full))
         for f in sorted(filenames):
             if is_nifti_path(f):
                 found.add(os.path.join(dirpath, f), "nifti")
+    for folder in named_like_nifti:
+        if not any(p == folder or p.startswith(folder + os.sep) for p, _, _ in found.entries[before:]):
+            link = " (a symbolic link to a folder: the walk does not follow it; give it as an input)"
+            found.add(folder, "invalid", NIFTI_NAMED_FOLDER + (link if os.path.islink(folder) else ""))
     if len(found.entries) == before:
         found.add(item, "invalid", EMPTY_FOLDER)
 

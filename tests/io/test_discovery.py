@@ -62,6 +62,28 @@ def test_empty_folder_fifo_and_link_loop_become_failed_cases(tmp_path):
                    "loop": ("nifti", ""), "p1": ("nifti", ""), "pipe": ("nifti", "")}
 
 
+def test_a_folder_named_like_a_nifti_file_is_never_skipped_silently(tmp_path):
+    """x.nii.gz/ met in the walk: a DICOM series is found as one whatever its name; a folder holding scans
+    has them found; one holding nothing to screen (or a link to a folder, not followed) is a failed case."""
+    _tree(tmp_path)
+    save_dicom_series(str(tmp_path / "site1" / "series.nii.gz"), phantom((6, 6, 3)))
+    (tmp_path / "site1" / "empty.nii.gz").mkdir()
+    (tmp_path / "site1" / "outer.nii").mkdir()
+    save_nifti(str(tmp_path / "site1" / "outer.nii" / "inner.nii.gz"), phantom((6, 6, 2)), axis_affine("LPS"))
+    os.symlink(tmp_path / "site2", tmp_path / "site1" / "linked.nii.gz")
+    cases, _ = discover([str(tmp_path / "site1")])
+    got = {c.case_id: (c.kind, c.problem) for c in cases}
+    assert got["series"] == ("dicom", "") and got["inner"] == ("nifti", "") and got["p1"] == ("nifti", "")
+    assert got["empty"][0] == "invalid" and got["empty"][1].startswith("a folder named like a NIfTI file")
+    assert got["linked"][0] == "invalid" and "symbolic link to a folder" in got["linked"][1]
+    assert "outer" not in got  # it held a scan: nothing was skipped
+    # given itself, an empty one is an input folder with nothing to screen
+    with pytest.raises(DiscoveryError, match="no NIfTI files or DICOM series"):
+        discover([str(tmp_path / "site1" / "empty.nii.gz")])
+    alone, _ = discover([str(tmp_path / "site1" / "series.nii.gz")])
+    assert [(c.case_id, c.kind) for c in alone] == [("series", "dicom")]
+
+
 def test_nothing_found_is_a_usage_error(tmp_path):
     with pytest.raises(DiscoveryError, match="matches nothing"):
         discover([str(tmp_path / "*.nii.gz")])
