@@ -253,6 +253,6 @@ def _merge(args) -> int:
     if args.inputs or args.demo:
         raise UsageError("--merge-shards DIR merges reports only: give no inputs and no --demo")
     code, s = merge_shard_reports(args.merge_shards)
-    log.info("merged the reports of %d shards: %d case(s) ok, %d failed → %s", s["shards"], s["cases"], s["failed"],
-             os.path.abspath(s["output_dir"]))
+    log.info("merged the reports of %d shards: %d case(s) screened (%d ok, %d with warnings), %d failed → %s",
+             s["shards"], s["screened"], s["ok"], s["warning"], s["failed"], os.path.abspath(s["output_dir"]))
     return code
