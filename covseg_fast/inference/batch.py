@@ -62,7 +62,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     if resume and overwrite:
         raise UsageError("--resume and --overwrite are mutually exclusive")
     k, n = parse_shard(shard)
-    own = []  # masks/probabilities screen wrote in the output folder are never inputs
+    own = []  # the NIfTI files screen wrote in the output folder are never inputs
 
     def is_own(path: str) -> bool:
         if is_own_output(path, config.out_dir):
@@ -72,7 +72,8 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
 
     cases, roots = discover(inputs, exclude=is_own)
     if own:
-        log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities)", len(own),
+        log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities, lung masks, label maps)",
+                 len(own),
                  config.out_dir)
     folder = OutputFolder(config.plan(), (k, n), report_format)
     folder.check_location(roots, cases, allow_output_in_input)

@@ -48,14 +48,15 @@ def _digest(folder):
 
 @pytest.fixture()
 def model_loads(monkeypatch):
-    """Records every load_model call (the checks must come before it)."""
-    calls, real = [], registry.load_model
+    """Records every model build from a checkpoint (``model_from_checkpoint``: what screen's model factory and
+    ``load_model`` call; the checks must come before it)."""
+    calls, real = [], registry.model_from_checkpoint
 
     def recording(*a, **k):
-        calls.append(a[0])
+        calls.append(a[1] if len(a) > 1 else k.get("path"))
         return real(*a, **k)
 
-    monkeypatch.setattr(registry, "load_model", recording)
+    monkeypatch.setattr(registry, "model_from_checkpoint", recording)
     return calls
 
 
@@ -121,6 +122,7 @@ def test_an_unwritable_output_folder_exits_2_before_the_model_loads(open_tmp, ck
     _cases(inp)
     shutil.copy(ckpt, base / "tiny.pt")
     assert screen(inp, "-o", base / "warm", "--checkpoint", ckpt) == 0  # imports all the pipeline needs
+    assert model_loads == [str(ckpt)]  # the fixture sees the model being built
     shutil.rmtree(base / "warm")
     del model_loads[:]
     existing = base / "existing_out"
