@@ -73,8 +73,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     cases, roots = discover(inputs, exclude=is_own)
     if own:
         log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities, lung masks, label maps)",
-                 len(own),
-                 config.out_dir)
+                 len(own), config.out_dir)
     folder = OutputFolder(config.plan(), (k, n), report_format)
     folder.check_location(roots, cases, allow_output_in_input)
     mine = select_shard(cases, k, n)
