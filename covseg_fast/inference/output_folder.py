@@ -39,6 +39,13 @@ PER_CASE = MIB // 2
 MASK_SHARE, PROBABILITY_SHARE = 0.1, 0.5
 
 
+# a case's files besides its JSON: output kind, the OutputPlan field that asks for it, file name suffix
+CASE_FILES = (("mask", "masks", "_infection.nii.gz"),
+              ("unrestricted_mask", "unrestricted", "_infection_unrestricted.nii.gz"),
+              ("probabilities", "probabilities", "_probabilities.nii.gz"),
+              ("lung_mask", "lung_mask", "_lungmask.nii.gz"),
+              ("label_map", "label_map", "_labelmap.nii.gz"),
+              ("montage", "montage", "_overlay.png"))
 COMPLETE_STATUSES = ("ok", "warning")  # a case with either status is done: --resume skips it (and keeps it)
 
 
@@ -56,19 +63,8 @@ class OutputPlan:
 
     def paths(self, case_id: str) -> dict[str, str]:
         """Output kind → path for ``case_id`` (the JSON is written last and marks completion)."""
-        p = {}
-        if self.masks:
-            p["mask"] = os.path.join(self.out_dir, f"{case_id}_infection.nii.gz")
-        if self.unrestricted:
-            p["unrestricted_mask"] = os.path.join(self.out_dir, f"{case_id}_infection_unrestricted.nii.gz")
-        if self.probabilities:
-            p["probabilities"] = os.path.join(self.out_dir, f"{case_id}_probabilities.nii.gz")
-        if self.lung_mask:
-            p["lung_mask"] = os.path.join(self.out_dir, f"{case_id}_lungmask.nii.gz")
-        if self.label_map:
-            p["label_map"] = os.path.join(self.out_dir, f"{case_id}_labelmap.nii.gz")
-        if self.montage:
-            p["montage"] = os.path.join(self.out_dir, f"{case_id}_overlay.png")
+        p = {kind: os.path.join(self.out_dir, case_id + suffix) for kind, flag, suffix in CASE_FILES
+             if getattr(self, flag)}
         p["json"] = os.path.join(self.out_dir, f"{case_id}.json")
         return p
 
@@ -130,7 +126,7 @@ def _name(path: str) -> str:
 
 
 # screen's own per-case NIfTI outputs, and their temporaries (atomic_save: .<name>.<random>.nii.gz)
-_KINDS = "infection|infection_unrestricted|probabilities|lungmask|labelmap"
+_KINDS = "|".join(re.escape(suffix[1:-len(".nii.gz")]) for _, _, suffix in CASE_FILES if suffix.endswith(".nii.gz"))
 OWN_NIFTI = re.compile(rf".+_({_KINDS})\.nii\.gz|\..+_({_KINDS})\.nii\.gz\.\w+\.nii\.gz")
 
 

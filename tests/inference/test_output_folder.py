@@ -213,3 +213,23 @@ def test_missing_inputs_exit_2_before_anything_is_written(tmp_path, ckpt, caplog
     assert screen(inp, tmp_path / "nope.nii.gz", "-o", tmp_path / "out", "--checkpoint", ckpt) == 2
     assert f"input not found: {tmp_path / 'nope.nii.gz'}" in caplog.text
     assert not (tmp_path / "out").exists() and model_loads == []
+
+
+def test_every_output_kind_is_known_as_screens_own(tmp_path):
+    """The NIfTI files screen writes (and their temporaries) are never screened as inputs, and --resume removes
+    the temporaries of every kind a case has, whichever options asked for them (one table: CASE_FILES)."""
+    out = str(tmp_path)
+    plan = output_folder.OutputPlan(out, probabilities=True, unrestricted=True, lung_mask=True, label_map=True)
+    paths = plan.paths("c1")
+    assert sorted(paths) == sorted([kind for kind, _, _ in output_folder.CASE_FILES] + ["json"])
+    niftis = [p for p in paths.values() if p.endswith(".nii.gz")]
+    assert len(niftis) == 5
+    for p in niftis:
+        temp = os.path.join(out, f".{os.path.basename(p)}.k3j_2.nii.gz")  # atomic_save's temporary
+        assert output_folder.is_own_output(p, out) and output_folder.is_own_output(temp, out)
+        assert not output_folder.is_own_output(p, str(tmp_path / "elsewhere"))
+        Path(temp).write_bytes(b"half")
+    assert not output_folder.is_own_output(os.path.join(out, "c1.nii.gz"), out)  # an input, not an output
+    Path(out, ".c2_lungmask.nii.gz.k3j_2.nii.gz").write_bytes(b"another case's")
+    assert plan.remove_stray_temporaries(["c1"]) == 5
+    assert sorted(os.listdir(out)) == [".c2_lungmask.nii.gz.k3j_2.nii.gz"]
