@@ -86,8 +86,9 @@ class OutputPlan:
         return rec
 
     def remove_stray_temporaries(self, case_ids: list[str], extra_names: tuple[str, ...] = ()) -> int:
-        """Delete temporary files a killed run left for these cases' outputs (and for the files named in
-        ``extra_names``, e.g. the batch reports); returns how many.
+        """Delete temporary files a killed run left for these cases' outputs (of every kind: the killed run may
+        have asked for other outputs than this plan) and for the files named in ``extra_names`` (e.g. the batch
+        reports); returns how many.
 
         Lists the folder once (not once per case: a resumed batch may hold many thousands of files) and
         matches the exact temporary names of ``covseg_fast.atomic`` (``.<output>.<random>.tmp``
@@ -97,7 +98,7 @@ class OutputPlan:
             names = [n for n in os.listdir(self.out_dir) if n.startswith(".")]
         except OSError:
             return 0
-        ours = {os.path.basename(p) for c in case_ids for p in self.paths(c).values()} | set(extra_names)
+        ours = {c + suffix for c in case_ids for suffix in [".json"] + [f[2] for f in CASE_FILES]} | set(extra_names)
         n = 0
         for name in names:
             if any(_is_temporary_of(base, name) for base in _prefixes(name) if base in ours):

@@ -233,3 +233,5 @@ def test_every_output_kind_is_known_as_screens_own(tmp_path):
     Path(out, ".c2_lungmask.nii.gz.k3j_2.nii.gz").write_bytes(b"another case's")
     assert plan.remove_stray_temporaries(["c1"]) == 5
     assert sorted(os.listdir(out)) == [".c2_lungmask.nii.gz.k3j_2.nii.gz"]
+    # a resumed run without --save-lung-mask still removes what a killed run with it left
+    assert output_folder.OutputPlan(out).remove_stray_temporaries(["c2"]) == 1 and os.listdir(out) == []
