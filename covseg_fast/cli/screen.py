@@ -138,9 +138,8 @@ def _device(text: str) -> str:
 
 def run(args) -> int:
     from ..io import DiscoveryError
-    from ..inference.errors import (EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, ReportWriteError, UsageError,
-                                    WorkersUnavailable)
-    from ..inference.screener import ScreenInterrupted
+    from ..inference.errors import (EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, ReportWriteError, ScreenInterrupted,
+                                    UsageError, WorkersUnavailable)
 
     try:
         return _run(args)

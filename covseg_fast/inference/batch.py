@@ -9,7 +9,7 @@ import time
 from ..io import Case, discover
 from .errors import UsageError
 from .output_folder import OutputFolder, is_own_output
-from .screener import ScreenConfig, Screener, ScreenResult
+from .screener import ScreenConfig, ScreenResult
 
 log = logging.getLogger(__name__)
 

@@ -20,3 +20,15 @@ class ReportWriteError(OSError):
 class WorkersUnavailable(RuntimeError):
     """The decoding worker processes die as soon as they start, so no case can be decoded (exit code 2: rerun
     with ``--workers 0``, and ``--resume`` to keep the cases screened before)."""
+
+
+class ScreenInterrupted(Exception):
+    """Ctrl-C during ``Screener.run``: ``done`` of ``total`` cases finished (written or failed) first (exit code 130).
+
+    Cases whose outputs were being written when it came were finished (outputs are atomic); the rest
+    were dropped, so ``--resume`` redoes exactly them. ``result`` (a ``ScreenResult``) holds what finished.
+    """
+
+    def __init__(self, done: int, total: int, result):
+        super().__init__(f"interrupted after {done} of {total} cases; rerun with --resume")
+        self.done, self.total, self.result = done, total, result

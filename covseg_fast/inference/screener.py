@@ -44,8 +44,10 @@ from ..io import Case
 from ..models.registry import ModelSpec, prepare_input
 from .burden import class_names
 from .decoding import DEFAULT_TIMEOUT_S, decoded_in_order, reason as _reason
+from .errors import ScreenInterrupted
 from .output_folder import OutputPlan
 from .outputs import write_case
+from .progress import logs_through, progress_bar
 from .stage_times import StageTimes
 
 log = logging.getLogger(__name__)
@@ -105,18 +107,6 @@ class ScreenResult:
     @property
     def slices_per_s(self) -> float:
         return self.slices / self.wall_s if self.wall_s > 0 else 0.0
-
-
-class ScreenInterrupted(Exception):
-    """Ctrl-C during :meth:`Screener.run`: ``done`` of ``total`` cases finished (written or failed) first.
-
-    Cases whose outputs were being written when it came were finished (outputs are atomic); the rest
-    were dropped, so ``--resume`` redoes exactly them. ``result`` holds what finished.
-    """
-
-    def __init__(self, done: int, total: int, result: "ScreenResult"):
-        super().__init__(f"interrupted after {done} of {total} cases; rerun with --resume")
-        self.done, self.total, self.result = done, total, result
 
 
 class _Pending:
@@ -224,7 +214,7 @@ class Screener:
         t0 = time.perf_counter()
         write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
-        bar = _progress(len(cases), self.cfg.progress)
+        bar = progress_bar(len(cases), self.cfg.progress)
         writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
                                     name=f"covseg-writer-{i}") for i in range(n_writers)]
         for w in writers:
@@ -232,7 +222,7 @@ class Screener:
         interrupted = False
         decoded = decoded_in_order(cases, self.cfg.workers, self.cfg.decode_timeout_s)
         logs = contextlib.ExitStack()  # until the bar closes: the writers log while they drain, too
-        logs.enter_context(_logs_through(bar))
+        logs.enter_context(logs_through(bar))
         try:
             self._produce(decoded, res, lock, write_q, bar)
         except KeyboardInterrupt:
@@ -398,17 +388,6 @@ class Screener:
                 self._fail(res, lock, case, f"writing outputs failed: {_reason(exc)}", bar)
 
 
-def _logs_through(bar):
-    """While the progress bar shows, route console log lines through ``tqdm.write`` (they do not break it)."""
-    if bar is None:
-        return contextlib.nullcontext()
-    try:
-        from tqdm.contrib.logging import logging_redirect_tqdm
-    except ImportError:
-        return contextlib.nullcontext()
-    return logging_redirect_tqdm()
-
-
 def _drop_queued(write_q: queue.Queue) -> None:
     """Ctrl-C: forget the cases waiting to be written (the writers finish the ones they hold)."""
     while True:
@@ -416,13 +395,3 @@ def _drop_queued(write_q: queue.Queue) -> None:
             write_q.get_nowait()
         except queue.Empty:
             return
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="vol", desc="screening", dynamic_ncols=True)

@@ -378,7 +378,7 @@ def test_write_failure_with_parallel_writers(tmp_path, ckpt, monkeypatch):
             self.closed = True
 
     bar = Bar()
-    monkeypatch.setattr(screener, "_progress", lambda total, enabled: bar)
+    monkeypatch.setattr(screener, "progress_bar", lambda total, enabled: bar)
     monkeypatch.setattr(writer.nib, "save", dying_save)
     assert main(["screen", str(inp), "-o", str(out), "--checkpoint", ckpt, "--workers", "0", "--writers", "3"]) == 1
     assert bar.n == 6 and bar.closed
