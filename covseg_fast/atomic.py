@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary file in the same directory, then rename.
 
 A process killed at any moment leaves either the old file or the new one,
-never a half-written file.
+never a half-written file. :func:`atomic_write_all` extends this to several files: every new file is
+written (and synced) first, and only then are they renamed, so an error while writing (a full disk)
+leaves all the old files as they were. Temporaries are named ``.<name>.<random>.tmp``.
 """
 from __future__ import annotations
 
@@ -42,6 +44,51 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_temporary(path: str, data: bytes) -> str:
+    """Write ``data`` to a synced temporary sibling of ``path`` (ordinary permissions); returns its path.
+
+    The temporary is removed again when writing fails.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_all(files: dict[str, bytes]) -> None:
+    """Replace every ``path`` with its ``data``, all or nothing as far as writing goes.
+
+    All temporaries are written first; an error there (e.g. ``ENOSPC``) removes them and re-raises, the
+    old files untouched. Then each is renamed over its target (a rename writes no data).
+    """
+    done: list[tuple[str, str]] = []
+    try:
+        for path, data in files.items():
+            done.append((write_temporary(path, data), path))
+    except BaseException:
+        for tmp, _ in done:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for i, (tmp, path) in enumerate(done):
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            for t, _ in done[i:]:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+            raise
 
 
 def atomic_save(path: str, write_to: "callable") -> None:

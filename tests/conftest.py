@@ -11,6 +11,22 @@ SHARED_DATA = os.environ.get("COVSEG_SHARED_DATA") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
+@pytest.fixture()
+def open_tmp():
+    """A temporary folder every user may enter (pytest's tmp_path lies under root's private folder), for
+    tests that drop privileges (tests/privileges.py)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="covseg_test_")
+    os.chmod(path, 0o755)
+    yield path
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> str:
     """Path of ../shared/data; skips the test with a reason when it is absent."""

@@ -1,6 +1,7 @@
 """`covseg <subcommand>`: dispatches to one module per subcommand.
 
-Exit codes: 0 success, 1 some inputs failed, 2 usage error.
+Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted (Ctrl-C); `covseg screen` adds
+3 (its batch reports could not be written).
 Each subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
 """
 from __future__ import annotations
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:  # one line, not a traceback (screen says how far it got itself)
+        logging.getLogger("covseg").error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

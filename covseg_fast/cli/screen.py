@@ -1,11 +1,16 @@
 """`covseg screen`: batch screening of CT volumes (NIfTI files, DICOM series, folders, globs, lists).
 
-Exit codes: 0 every case screened (status ok or warning), 1 some cases failed (see failures.csv), 2 usage error.
+Exit codes: 0 every case screened (status ok or warning), 1 some cases failed (see failures.csv), 2 usage
+error (nothing screened: bad options, missing inputs, a bad checkpoint, an output folder refused, full or in
+use; or decoding worker processes that die as soon as they start: rerun with --workers 0), 3 the batch
+reports could not be written (disk full, I/O error; the previous reports are kept), 130
+interrupted (Ctrl-C; rerun with --resume).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 from .input_options import add_input_size_option, add_tta_option
 
@@ -14,6 +19,8 @@ log = logging.getLogger("covseg.screen")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
 DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
+DEFAULT_DECODE_TIMEOUT_S = 600.0  # = covseg_fast.inference.decoding.DEFAULT_TIMEOUT_S (not imported: --help stays fast)
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def add_parser(sub) -> None:
@@ -27,9 +34,13 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
                    help="how the model runs: eager torch (fused ops), torch.compile, onnxruntime or TensorRT "
                    "(exported once into OUTPUT/.covseg_cache)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
+    p.add_argument("--decode-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case whose decoding (reading + anatomy) takes longer, stop its stuck worker "
+                   f"and go on (default {DEFAULT_DECODE_TIMEOUT_S:g}; 0: no limit; needs --workers ≥ 1: with --workers 0 "
+                   "a case decodes in the main process, which nothing can stop)")
     p.add_argument("--writers", type=int, default=None,
                    help="writer threads (masks, probabilities, montages, JSON; gzip and PNG encoding run in "
                    "parallel); default min(4, CPUs)")
@@ -69,7 +80,7 @@ def add_parser(sub) -> None:
 
 
 def _parse_window(text: str) -> tuple[float, float]:
-    from ..inference.batch import UsageError
+    from ..inference.errors import UsageError
 
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -82,7 +93,7 @@ def _parse_window(text: str) -> tuple[float, float]:
 
 def _model_input(args, payload: dict, checkpoint: str):
     """Input size and HU window: --input-size/--window, else what the checkpoint recorded (models.model_input)."""
-    from ..inference.batch import UsageError
+    from ..inference.errors import UsageError
     from ..models.model_input import resolve_input
     from ..models.registry import CheckpointError
     from .input_options import input_size_arg
@@ -97,9 +108,11 @@ def _model_input(args, payload: dict, checkpoint: str):
 def _device(text: str) -> str:
     import torch
 
-    from ..inference.batch import UsageError
+    from ..inference.errors import UsageError
 
     local = os.environ.get("LOCAL_RANK", "")
+    if not DEVICES.fullmatch(text):
+        raise UsageError(f"--device {text!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
     if text == "auto":
         if not torch.cuda.is_available():
             return "cpu"
@@ -125,18 +138,29 @@ def _device(text: str) -> str:
 
 def run(args) -> int:
     from ..io import DiscoveryError
-    from ..inference.batch import UsageError
+    from ..inference.errors import (EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, ReportWriteError, ScreenInterrupted,
+                                    UsageError, WorkersUnavailable)
 
     try:
         return _run(args)
-    except (UsageError, DiscoveryError) as exc:
+    except (UsageError, DiscoveryError, WorkersUnavailable) as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_USAGE
+    except ReportWriteError as exc:
+        log.error("%s", exc)
+        return EXIT_OUTPUT
+    except ScreenInterrupted as exc:
+        log.error("%s", exc)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before or after the screening loop (which reports how far it got itself)
+        log.error("interrupted; rerun with --resume (complete cases are kept)")
+        return EXIT_INTERRUPTED
 
 
 def _run(args) -> int:
     from .. import __version__
-    from ..inference.batch import UsageError, screen_batch
+    from ..inference.batch import screen_batch
+    from ..inference.errors import UsageError
     from ..inference.backends import make_backend
     from ..inference.model_info import model_record
     from ..inference.screener import ScreenConfig, Screener, default_writers
@@ -165,6 +189,12 @@ def _run(args) -> int:
         raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
     if args.batch_size < 1 or args.workers < 0 or (args.writers is not None and args.writers < 1):
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
+    decode_timeout = DEFAULT_DECODE_TIMEOUT_S if args.decode_timeout is None else args.decode_timeout
+    if not decode_timeout >= 0:
+        raise UsageError(f"--decode-timeout must be ≥ 0 seconds (0: no limit), got {args.decode_timeout}")
+    if args.decode_timeout and args.workers == 0:
+        log.warning("--decode-timeout does not apply with --workers 0 (decoding in the main process cannot be "
+                    "stopped): a stuck decoder would stop the batch; use --workers 1 or more")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
     try:
@@ -182,7 +212,7 @@ def _run(args) -> int:
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
                        save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
                        save_label_map=args.save_label_map,
-                       progress=not args.no_progress,
+                       progress=not args.no_progress, decode_timeout_s=decode_timeout,
                        writers=default_writers() if args.writers is None else args.writers)
 
     def factory() -> Screener:
@@ -216,12 +246,12 @@ def _run(args) -> int:
 
 
 def _merge(args) -> int:
-    from ..inference.batch import UsageError
+    from ..inference.errors import UsageError
     from ..inference.shard_reports import merge_shard_reports
 
     if args.inputs or args.demo:
         raise UsageError("--merge-shards DIR merges reports only: give no inputs and no --demo")
     code, s = merge_shard_reports(args.merge_shards)
-    log.info("merged the reports of %d shards: %d case(s) ok, %d failed → %s", s["shards"], s["cases"], s["failed"],
-             os.path.abspath(s["output_dir"]))
+    log.info("merged the reports of %d shards: %d case(s) screened (%d ok, %d with warnings), %d failed → %s",
+             s["shards"], s["screened"], s["ok"], s["warning"], s["failed"], os.path.abspath(s["output_dir"]))
     return code

@@ -7,6 +7,17 @@ and the pool takes no more work. Here the broken pool is replaced and the cases 
 are decoded again, one at a time, in the fresh pool: only a case that kills its worker again, alone,
 is recorded as failed, and the batch goes on.
 
+A worker stuck on one case (a decoder in an endless loop, a file system that stops answering) would
+block the batch forever, so the case the batch waits for may take at most ``timeout_s`` (counted from
+when the batch starts waiting for it, so never less than its real decoding time): then the worker
+processes are killed, that case fails with the reason, and the other cases that were in flight are
+decoded again in a fresh pool (the same recovery as for a dead worker; they are not suspects, so they
+are not retried one at a time). With ``workers=0`` (decoding in the main process) there is no timeout.
+
+Workers ignore SIGINT: Ctrl-C reaches the whole process group, and only the main process should answer
+it (one line, not a traceback per worker); when the consumer stops early (Ctrl-C, an error) the workers
+are killed rather than waited for.
+
 Workers do not outlive the main process: on Linux each asks the kernel for SIGKILL when its parent
 dies (``PR_SET_PDEATHSIG``), and on every platform a watchdog thread exits the worker within a second
 once its parent pid changes (it was re-parented) or the main process is gone (with a forkserver the
@@ -30,17 +41,24 @@ import torch
 
 from ..io import Case, read_case
 from .anatomy import compute_anatomy
+from .errors import WorkersUnavailable
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT_S = 600.0
 WORKER_DIED = ("decoding worker process died without a result (killed, e.g. out of memory, or crashed in a "
                "decoder); it died again when this case was retried alone")
+WORKERS_UNAVAILABLE = ("decoding worker processes die as soon as they start (a process or memory limit?), so no case "
+                       "can be decoded; rerun with --workers 0 (decoding in the main process), adding --resume to keep "
+                       "the cases screened so far")
 PARENT_POLL_S = 1.0
 
 
 def decode_case(case: Case) -> dict:
     """Worker stage: read one case and compute its anatomy (:mod:`.anatomy`). Never raises: errors become a reason."""
     t0 = time.perf_counter()
+    if case.problem:  # found unusable by discovery (an empty or unlistable folder)
+        return {"case": case, "error": case.problem, "decode_s": 0.0}
     try:
         vol = read_case(case.path, case.kind)
         anatomy = compute_anatomy(vol.data, vol.spacing, vol.voxel_ml)
@@ -60,7 +78,8 @@ def reason(exc: BaseException) -> str:
 
 
 def _worker_init(main_pid: int) -> None:
-    """Runs first in every worker: exit when the main process dies."""
+    """Runs first in every worker: ignore Ctrl-C (the main process answers it); exit when the main process dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()  # the main process (fork, spawn) or the forkserver
     if sys.platform.startswith("linux"):
         try:
@@ -109,21 +128,39 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
-def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
+def timed_out(timeout_s: float) -> str:
+    return (f"decoding took longer than {timeout_s:g} s (--decode-timeout): the decoder was stuck on this input "
+            "(or it is too large for that limit); its worker was stopped and the batch went on")
+
+
+def kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's worker processes (a stuck decoder cannot be asked to stop)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):
+            pass  # already gone
+
+
+def decoded_in_order(cases: list[Case], workers: int, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Iterator[dict]:
     """Decoded cases (see :func:`decode_case`) in input order; ``workers`` ≤ 0 decodes in this process.
 
-    Each yielded dict holds ``case`` and either ``volume``/``anatomy`` or ``error`` (one line).
+    Each yielded dict holds ``case`` and either ``volume``/``anatomy`` or ``error`` (one line). With workers,
+    a case the batch waits for longer than ``timeout_s`` (None or ≤ 0: no limit) fails with
+    :func:`timed_out`'s reason and its worker is killed.
     """
     if workers <= 0:
         for c in cases:
             yield decode_case(c)
         return
+    limit = timeout_s if timeout_s and timeout_s > 0 else None
     ctx = _context()
     ahead = max(2, 2 * workers)
     todo = collections.deque((c, False) for c in cases)  # (case, retry alone after a worker died)
     inflight: collections.deque = collections.deque()    # (case, future, alone)
     pool = None
     idle_breaks = 0  # broken pools with nothing in flight to blame: the pool itself cannot start
+    waiting = [None, 0.0]  # the future the batch waits for, and since when
 
     def fill() -> None:
         while todo and len(inflight) < ahead:
@@ -134,33 +171,38 @@ def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
             todo.popleft()
             inflight.append((c, fut, alone))
 
-    def after_break() -> list[dict]:
-        """Results that survived the break; the cases in flight go back to be retried alone."""
+    def after_break(stuck: Case | None = None) -> list[dict]:
+        """Results that survived the break; the cases in flight go back to be retried (alone, unless the
+        pool was broken on purpose because ``stuck`` timed out)."""
         nonlocal pool, idle_breaks
         ready, again = [], []
         for c, fut, alone in inflight:
             exc = fut.exception() if fut.done() and not fut.cancelled() else BrokenProcessPool()
-            if exc is None:
+            if c is stuck:
+                log.warning("%s: %s", c.case_id, timed_out(limit))
+                ready.append({"case": c, "error": timed_out(limit)})
+            elif exc is None:
                 ready.append(fut.result())
             elif not isinstance(exc, BrokenProcessPool):
                 ready.append({"case": c, "error": f"decoding worker failed: {reason(exc)}"})
-            elif alone:
+            elif alone and stuck is None:
                 log.warning("%s: %s", c.case_id, WORKER_DIED)
                 ready.append({"case": c, "error": WORKER_DIED})
             else:
-                again.append(c)
+                again.append((c, alone if stuck is not None else True))
         idle_breaks = 0 if inflight else idle_breaks + 1
         if idle_breaks > 2:
-            raise RuntimeError("decoding worker processes die as soon as they start; try --workers 0")
-        if again:
+            raise WorkersUnavailable(WORKERS_UNAVAILABLE)
+        if again and stuck is None:
             log.warning("a decoding worker died; retrying %d case(s) one at a time: %s", len(again),
-                        ", ".join(c.case_id for c in again))
+                        ", ".join(c.case_id for c, _ in again))
         inflight.clear()
-        todo.extendleft((c, True) for c in reversed(again))
+        todo.extendleft(reversed(again))
         pool.shutdown(wait=False, cancel_futures=True)
         pool = None
         return ready
 
+    finished = False
     try:
         while True:
             if pool is None:
@@ -172,10 +214,17 @@ def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
                 yield from after_break()
                 continue
             if not inflight:
+                finished = True
                 return
             c, fut, _ = inflight[0]
+            if waiting[0] is not fut:
+                waiting[:] = [fut, time.monotonic()]
             try:
-                out = fut.result()
+                out = fut.result(timeout=None if limit is None else max(0.0, waiting[1] + limit - time.monotonic()))
+            except cf.TimeoutError:
+                kill_workers(pool)
+                yield from after_break(stuck=c)
+                continue
             except BrokenProcessPool:
                 yield from after_break()
                 continue
@@ -185,4 +234,6 @@ def decoded_in_order(cases: list[Case], workers: int) -> Iterator[dict]:
             yield out
     finally:
         if pool is not None:
+            if not finished:  # stopped early (Ctrl-C, an error downstream): do not wait for decodes in flight
+                kill_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)

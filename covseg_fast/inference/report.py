@@ -53,11 +53,15 @@ def summary_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     return SUMMARY_COLUMNS[:at] + extra + SUMMARY_COLUMNS[at:]
 
 
+def json_text(payload: dict) -> str:
+    """``payload`` as indented JSON text (numpy values converted), ending in a newline."""
+    return json.dumps(payload, indent=2, sort_keys=False, default=_default) + "\n"
+
+
 def write_json(path: str, payload: dict) -> None:
     """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_default)
     with atomic_write(path, "w") as fh:
-        fh.write(text + "\n")
+        fh.write(json_text(payload))
 
 
 def read_json(path: str) -> dict | None:
@@ -70,15 +74,20 @@ def read_json(path: str) -> dict | None:
         return None
 
 
-def write_csv(path: str, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    """Write ``rows`` (dicts; missing keys left empty, extra keys ignored) as CSV, atomically."""
+def csv_text(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` (dicts; missing keys left empty, extra keys ignored) as CSV text with a header line."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: _cell(r.get(k, "")) for k in columns})
+    return buf.getvalue()
+
+
+def write_csv(path: str, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    """Write ``rows`` as CSV (see :func:`csv_text`), atomically."""
     with atomic_write(path, "w") as fh:
-        fh.write(buf.getvalue())
+        fh.write(csv_text(rows, columns))
 
 
 def read_csv(path: str) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ decoded input (starved) or for room in the write queue (back-pressure), and name
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -42,8 +43,11 @@ import torch.nn.functional as F
 from ..io import Case
 from ..models.registry import ModelSpec, prepare_input
 from .burden import class_names
-from .decoding import decoded_in_order, reason as _reason
-from .outputs import OutputPlan, write_case
+from .decoding import DEFAULT_TIMEOUT_S, decoded_in_order, reason as _reason
+from .errors import ScreenInterrupted
+from .output_folder import OutputPlan
+from .outputs import write_case
+from .progress import logs_through, progress_bar
 from .stage_times import StageTimes
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class ScreenConfig:
     save_label_map: bool = False
     montage: bool = True
     progress: bool = True
+    decode_timeout_s: float = DEFAULT_TIMEOUT_S  # per case, with workers ≥ 1 (0: no limit)
 
     def plan(self) -> OutputPlan:
         return OutputPlan(self.out_dir, masks=self.save_masks, probabilities=self.save_probabilities,
@@ -197,6 +202,11 @@ class Screener:
         """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs).
 
         Records and failures come back in the order of ``cases`` whatever order the writers finish in.
+        Log lines go through the progress bar (``tqdm.write``) while it is shown, so they do not break it.
+
+        Raises:
+            ScreenInterrupted: Ctrl-C; the cases being written are finished first, queued ones dropped.
+            WorkersUnavailable: the decoding workers die as soon as they start (the decoded cases are written first).
         """
         n_writers = max(1, int(self.cfg.writers))
         res = ScreenResult()
@@ -204,14 +214,22 @@ class Screener:
         t0 = time.perf_counter()
         write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
-        bar = _progress(len(cases), self.cfg.progress)
+        bar = progress_bar(len(cases), self.cfg.progress)
         writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
                                     name=f"covseg-writer-{i}") for i in range(n_writers)]
         for w in writers:
             w.start()
+        interrupted = False
+        decoded = decoded_in_order(cases, self.cfg.workers, self.cfg.decode_timeout_s)
+        logs = contextlib.ExitStack()  # until the bar closes: the writers log while they drain, too
+        logs.enter_context(logs_through(bar))
         try:
-            self._produce(cases, res, lock, write_q, bar)
+            self._produce(decoded, res, lock, write_q, bar)
+        except KeyboardInterrupt:
+            interrupted = True
+            _drop_queued(write_q)
         finally:
+            decoded.close()  # now, not when garbage-collected: an early stop kills the decoding workers
             t_drain = time.perf_counter()
             for _ in writers:
                 write_q.put(None)  # one stop mark per writer, after every case
@@ -221,7 +239,10 @@ class Screener:
             res.wall_s = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
+            logs.close()
         order = {c.case_id: i for i, c in enumerate(cases)}
+        if interrupted:
+            raise ScreenInterrupted(len(res.records) + len(res.failures), len(cases), res)
         res.records.sort(key=lambda r: order.get(r["case_id"], len(order)))
         res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
@@ -233,7 +254,7 @@ class Screener:
             if bar is not None:
                 bar.update(1)
 
-    def _produce(self, cases, res, lock, write_q, bar) -> None:
+    def _produce(self, decoded, res, lock, write_q, bar) -> None:
         pending: collections.deque[_Pending] = collections.deque()
         bs = self.cfg.batch_size
         queued = 0  # slices waiting for a batch
@@ -277,7 +298,6 @@ class Screener:
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
 
-        decoded = decoded_in_order(cases, self.cfg.workers)
         while True:
             t_wait = clock()
             item = next(decoded, None)  # blocks while the next case is still being decoded
@@ -368,11 +388,10 @@ class Screener:
                 self._fail(res, lock, case, f"writing outputs failed: {_reason(exc)}", bar)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="vol", desc="screening", dynamic_ncols=True)
+def _drop_queued(write_q: queue.Queue) -> None:
+    """Ctrl-C: forget the cases waiting to be written (the writers finish the ones they hold)."""
+    while True:
+        try:
+            write_q.get_nowait()
+        except queue.Empty:
+            return

@@ -11,18 +11,26 @@ from __future__ import annotations
 import os
 import re
 
-from .batch import UsageError, refuse_foreign_reports
-from .report import FAILURE_COLUMNS, read_csv, read_json, summary_columns, write_csv, write_json
+from .errors import UsageError
+from .output_folder import refuse_foreign_reports, write_reports_atomically
+from .output_lock import OutputLock
+from .report import FAILURE_COLUMNS, csv_text, json_text, read_csv, read_json, summary_columns
 
 SHARD_REPORT = re.compile(r"(?P<kind>summary|failures)_shard(?P<k>\d+)of(?P<n>\d+)\.(?P<ext>csv|json)")
 
 
 def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
-    """Merge the shard reports in ``out_dir``; returns (exit code: 1 if any case failed, counts).
+    """Merge the shard reports in ``out_dir``; returns (exit code: 1 if any case failed, counts: ``shards``,
+    ``screened`` = ``ok`` + ``warning``, ``failed``, ``output_dir``).
+
+    The merge holds the folder's lock and every shard's (:class:`~.output_lock.OutputLock`) while it reads and
+    writes: a shard still running (e.g. rerun with --resume), or a run on the whole folder, makes it a usage error.
 
     Raises:
-        UsageError: no shard reports, several shard counts, missing shards, a case in two shards, or a
-            summary/failures file in ``out_dir`` that screen did not write (it would be replaced).
+        ReportWriteError: the merged reports could not be written (the previous ones are intact).
+        UsageError: no shard reports, several shard counts, missing shards, a case in two shards, a
+            summary/failures file in ``out_dir`` that screen did not write (it would be replaced), or the
+            folder or a shard in use by a running covseg screen.
     """
     if not os.path.isdir(out_dir):
         raise UsageError(f"--merge-shards: {out_dir} is not a directory")
@@ -38,6 +46,17 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
         raise UsageError(f"--merge-shards: reports of {len(files)} shard counts (N = {sorted(files)}) in {out_dir}; "
                          "remove the stale ones")
     n, have = next(iter(files.items()))
+    locks = [OutputLock(out_dir)] + [OutputLock(out_dir, f"_shard{k}of{n}") for k in range(n)]
+    try:
+        for lock in locks:
+            lock.acquire()
+        return _merge(out_dir, n, have)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _merge(out_dir: str, n: int, have: dict[tuple[str, str, int], str]) -> tuple[int, dict]:
     csv_all = all(("summary", "csv", k) in have for k in range(n))
     json_all = all(("summary", "json", k) in have for k in range(n))
     missing = [k for k in range(n) if ("failures", "csv", k) not in have or
@@ -67,11 +86,15 @@ def merge_shard_reports(out_dir: str) -> tuple[int, dict]:
         if shard_json is not None:
             records += shard_json.get("cases", [])
     by_id = lambda r: r["case_id"]  # noqa: E731
+    files = {}
     if csv_all:
-        write_csv(os.path.join(out_dir, "summary.csv"), sorted(cases, key=by_id), summary_columns(cases))
+        files["summary.csv"] = csv_text(sorted(cases, key=by_id), summary_columns(cases))
     if json_all:
-        write_json(os.path.join(out_dir, "summary.json"),
-                   {"cases": sorted(records, key=by_id), "failures": sorted(failures, key=by_id), "shards": n})
-    write_csv(os.path.join(out_dir, "failures.csv"), sorted(failures, key=by_id), FAILURE_COLUMNS)
-    ok = len(cases) if csv_all else len(records)
-    return (1 if failures else 0), {"shards": n, "cases": ok, "failed": len(failures), "output_dir": out_dir}
+        files["summary.json"] = json_text({"cases": sorted(records, key=by_id),
+                                           "failures": sorted(failures, key=by_id), "shards": n})
+    files["failures.csv"] = csv_text(sorted(failures, key=by_id), FAILURE_COLUMNS)
+    write_reports_atomically(out_dir, files)  # all or nothing: ReportWriteError keeps the previous ones
+    screened = cases if csv_all else records
+    warned = sum(r.get("status") == "warning" for r in screened)
+    return (1 if failures else 0), {"shards": n, "screened": len(screened), "ok": len(screened) - warned,
+                                    "warning": warned, "failed": len(failures), "output_dir": out_dir}

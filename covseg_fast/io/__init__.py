@@ -12,6 +12,8 @@ def read_case(path: str, kind: str) -> Volume:
         return read_dicom_series(path)
     if kind == "missing":
         raise VolumeError("file not found")
+    if kind == "invalid":
+        raise VolumeError("not a readable input (see the case's problem)")
     return read_nifti(path)
 
 

@@ -2,7 +2,9 @@
 
 Slices are sorted by ImagePositionPatient projected on the slice normal (row × column cosines);
 RescaleSlope/RescaleIntercept are applied; duplicate or missing slices (a gap larger than 1.5× the
-median step) raise :class:`VolumeError`. The affine is built from the DICOM geometry (LPS) and
+median step) raise :class:`VolumeError`, as do slices of several series, orientations, sizes or pixel
+spacings (a mixed folder), slices without geometry, and unreadable or corrupt slices. Only regular files
+are read (FIFOs, sockets and devices in the folder are ignored, never opened). The affine is built from the DICOM geometry (LPS) and
 converted to RAS. Compressed transfer syntaxes are decoded when pydicom finds a decoder package;
 otherwise the error names the package to install (and only then: compressed data that an installed
 decoder cannot decode is reported as corrupt).
@@ -14,6 +16,7 @@ import os
 
 import numpy as np
 
+from .files import is_regular_file
 from .volume import Volume, VolumeError, canonicalize, check_ct_values
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ def is_dicom_dir(path: str) -> bool:
     except OSError:
         return False
     return any(looks_like_dicom_file(os.path.join(path, n)) for n in names
-               if os.path.isfile(os.path.join(path, n)))
+               if is_regular_file(os.path.join(path, n)))
 
 
 def read_dicom_series(folder: str) -> Volume:
@@ -72,14 +75,20 @@ def read_dicom_series(folder: str) -> Volume:
     pydicom = _pydicom()
     if not os.path.isdir(folder):
         raise VolumeError("not a directory (a DICOM series is read from its folder)")
-    files = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if os.path.isfile(os.path.join(folder, n)) and n.upper() != "DICOMDIR")
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise VolumeError(f"cannot list the series folder: {exc.strerror or exc}") from None
+    files = sorted(os.path.join(folder, n) for n in names
+                   if is_regular_file(os.path.join(folder, n)) and n.upper() != "DICOMDIR")
     slices = []
     for f in files:
         if not looks_like_dicom_file(f):
             continue
         try:
             ds = pydicom.dcmread(f)
+        except PermissionError:
+            raise VolumeError(f"unreadable DICOM file {os.path.basename(f)} (permission denied)") from None
         except Exception as exc:
             raise VolumeError(f"unreadable DICOM file {os.path.basename(f)} ({type(exc).__name__})") from None
         if "PixelData" not in ds:
@@ -90,18 +99,26 @@ def read_dicom_series(folder: str) -> Volume:
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
         raise VolumeError(f"{len(series)} series in one folder; put each series in its own folder")
-    try:
-        iop = np.array([float(v) for v in slices[0][1].ImageOrientationPatient], dtype=np.float64)
-        ps = [float(v) for v in slices[0][1].PixelSpacing]
-    except AttributeError as exc:
-        raise VolumeError(f"missing geometry tag ({exc})") from None
+    iop, ps = _geometry(*slices[0])
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
+    size = (slices[0][1].get("Rows"), slices[0][1].get("Columns"))
     pos = []
     for f, ds in slices:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):
-            raise VolumeError(f"slice {os.path.basename(f)} has a different orientation")
-        pos.append(np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64))
+        o, p = _geometry(f, ds)
+        if not np.allclose(o, iop, atol=1e-4):
+            raise VolumeError(f"mixed series: slice {os.path.basename(f)} has a different orientation")
+        if not np.allclose(p, ps, rtol=1e-4):
+            raise VolumeError(f"mixed series: slice {os.path.basename(f)} has pixel spacing {p} (others {ps})")
+        if (ds.get("Rows"), ds.get("Columns")) != size:
+            raise VolumeError(f"mixed series: slice {os.path.basename(f)} is {ds.get('Rows')}×{ds.get('Columns')} "
+                              f"pixels (others {size[0]}×{size[1]})")
+        try:
+            pos.append(np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64))
+        except (AttributeError, TypeError, ValueError):
+            raise VolumeError(f"slice {os.path.basename(f)} has no valid ImagePositionPatient") from None
+        if pos[-1].shape != (3,) or not np.all(np.isfinite(pos[-1])):
+            raise VolumeError(f"slice {os.path.basename(f)} has no valid ImagePositionPatient")
     dist = np.array([p @ normal for p in pos])
     order = np.argsort(dist, kind="stable")
     slices = [slices[i] for i in order]
@@ -120,6 +137,12 @@ def read_dicom_series(folder: str) -> Volume:
             g = gaps[0]
             raise VolumeError(f"missing slices: gap of {steps[g]:.2f} mm (step {med:.2f} mm) between "
                               f"{os.path.basename(slices[g][0])} and {os.path.basename(slices[g + 1][0])}")
+        odd = np.flatnonzero(steps < 0.5 * med)
+        if odd.size:
+            g = odd[0]
+            raise VolumeError(f"irregular slice spacing: step of {steps[g]:.2f} mm (median {med:.2f} mm) between "
+                              f"{os.path.basename(slices[g][0])} and {os.path.basename(slices[g + 1][0])}; "
+                              "slices of another series mixed in?")
         step_vec = (pos[-1] - pos[0]) / (len(slices) - 1)
     else:
         thick = float(slices[0][1].get("SliceThickness", 1.0) or 1.0)
@@ -150,6 +173,21 @@ def read_dicom_series(folder: str) -> Volume:
     vol = canonicalize(data, affine, path=folder, fmt="dicom", header=None)
     vol.warnings.extend(warnings)
     return vol
+
+
+def _geometry(path: str, ds) -> tuple[np.ndarray, list[float]]:
+    """(ImageOrientationPatient as 6 floats, PixelSpacing as 2 floats) of one slice, checked."""
+    try:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        ps = [float(v) for v in ds.PixelSpacing]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise VolumeError(f"slice {os.path.basename(path)}: missing or invalid geometry tag "
+                          f"({' '.join(str(exc).split())[:120]})") from None
+    if iop.shape != (6,) or len(ps) != 2 or not np.all(np.isfinite(iop)) or not all(v > 0 for v in ps) \
+            or abs(np.linalg.norm(np.cross(iop[:3], iop[3:])) - 1) > 1e-2:
+        raise VolumeError(f"slice {os.path.basename(path)}: invalid geometry (orientation {list(iop)}, "
+                          f"pixel spacing {ps})")
+    return iop, ps
 
 
 def _decode_failure(ds, path: str, exc: Exception) -> str:

@@ -3,6 +3,14 @@
 An input is a NIfTI file, a DICOM series folder, a directory (searched recursively for NIfTI files and
 DICOM series folders), a glob pattern, or a text file (``.txt``/``.lst``) listing such inputs one per
 line (``#`` comments; relative paths are relative to the list file).
+
+An input that does not exist is a usage error (nothing is screened). A folder given as an input that
+holds nothing to screen, and a folder that cannot be listed (given, or met in the walk), become a case
+with a ``problem``: it is reported as a failed case, with the reason, instead of vanishing; so is a folder
+met in the walk that is named like a NIfTI file (``x.nii.gz/``), is no DICOM series and holds nothing to
+screen (a folder that is a DICOM series is one, whatever its name). Entries are
+classified without opening anything but regular files (a FIFO named ``x.nii.gz`` is a case that its
+reader fails at once, never a blocked ``open``).
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import re
 from typing import Callable
 
 from .dicom import is_dicom_dir, looks_like_dicom_file
+from .files import is_regular_file
 from .nifti import is_nifti_path
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -20,11 +29,13 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One volume to screen: ``case_id`` names its outputs; ``kind`` is "nifti", "dicom" or "missing"."""
+    """One volume to screen: ``case_id`` names its outputs; ``kind`` is "nifti", "dicom", "missing" or
+    "invalid" (a folder that holds nothing to screen or cannot be listed: ``problem`` says why)."""
 
     case_id: str
     path: str
     kind: str
+    problem: str = ""
 
 
 class DiscoveryError(ValueError):
@@ -39,31 +50,37 @@ def _strip_ext(name: str) -> str:
     return name
 
 
-def _expand(item: str, out: list[tuple[str, str]], roots: list[str], depth: int = 0) -> None:
+class _Found:
+    """What expanding the inputs found: (path, kind, problem) entries, input folders, missing inputs."""
+
+    def __init__(self):
+        self.entries: list[tuple[str, str, str]] = []
+        self.roots: list[str] = []
+        self.missing: list[str] = []
+
+    def add(self, path: str, kind: str, problem: str = "") -> None:
+        self.entries.append((os.path.abspath(path), kind, problem))
+
+
+EMPTY_FOLDER = "folder holds no NIfTI files (.nii, .nii.gz) or DICOM series"
+NIFTI_NAMED_FOLDER = ("a folder named like a NIfTI file, not a file, and no DICOM series: nothing to screen was found "
+                      "in it; give the scan file itself")
+
+
+def _expand(item: str, found: _Found, depth: int = 0) -> None:
     if depth > 4:
         raise DiscoveryError(f"list files nested too deeply at {item}")
-    if any(ch in item for ch in "*?[") and not os.path.exists(item):
+    if any(ch in item for ch in "*?[") and not os.path.lexists(item):
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
             raise DiscoveryError(f"glob {item!r} matches nothing")
         for m in matches:
-            _expand(m, out, roots, depth)
+            _expand(m, found, depth)
         return
     if os.path.isdir(item):
-        roots.append(os.path.abspath(item))
-        if is_dicom_dir(item):
-            out.append((os.path.abspath(item), "dicom"))
-        for dirpath, dirnames, filenames in os.walk(item):
-            dirnames.sort()
-            for d in dirnames:
-                full = os.path.join(dirpath, d)
-                if is_dicom_dir(full):
-                    out.append((os.path.abspath(full), "dicom"))
-            for f in sorted(filenames):
-                if is_nifti_path(f):
-                    out.append((os.path.abspath(os.path.join(dirpath, f)), "nifti"))
+        _walk(item, found)
         return
-    if item.lower().endswith(LIST_SUFFIXES) and os.path.isfile(item):
+    if item.lower().endswith(LIST_SUFFIXES) and is_regular_file(item):
         base = os.path.dirname(os.path.abspath(item))
         try:
             with open(item, encoding="utf-8") as fh:
@@ -77,16 +94,47 @@ def _expand(item: str, out: list[tuple[str, str]], roots: list[str], depth: int 
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            _expand(line if os.path.isabs(line) else os.path.join(base, line), out, roots, depth + 1)
+            _expand(line if os.path.isabs(line) else os.path.join(base, line), found, depth + 1)
         return
-    if os.path.isfile(item):
-        kind = "dicom" if (looks_like_dicom_file(item) and not is_nifti_path(item)) else "nifti"
-        if kind == "dicom":  # a single DICOM file stands for its series folder
-            out.append((os.path.abspath(os.path.dirname(item)), "dicom"))
-        else:
-            out.append((os.path.abspath(item), "nifti"))
+    if not os.path.lexists(item):
+        found.missing.append(item)
         return
-    out.append((os.path.abspath(item), "missing"))
+    # a regular file is sniffed for DICOM; anything else (FIFO, socket, device, broken link) is never
+    # opened here: as a "nifti" case its reader fails it at once with the reason
+    if is_regular_file(item) and looks_like_dicom_file(item) and not is_nifti_path(item):
+        found.add(os.path.dirname(os.path.abspath(item)), "dicom")  # a single DICOM file stands for its series
+    else:
+        found.add(item, "nifti")
+
+
+def _walk(item: str, found: _Found) -> None:
+    """Every NIfTI file and DICOM series folder under folder ``item``; unlistable folders as problems."""
+    found.roots.append(os.path.abspath(item))
+    before = len(found.entries)
+    if is_dicom_dir(item):
+        found.add(item, "dicom")
+
+    def unlistable(exc: OSError) -> None:
+        found.add(exc.filename or item, "invalid", f"cannot list folder: {exc.strerror or exc}")
+
+    named_like_nifti = []  # folders named x.nii(.gz) that are no DICOM series: never silently skipped
+    for dirpath, dirnames, filenames in os.walk(item, onerror=unlistable):
+        dirnames.sort()
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if is_dicom_dir(full):
+                found.add(full, "dicom")
+            elif is_nifti_path(d):
+                named_like_nifti.append(os.path.abspath(full))
+        for f in sorted(filenames):
+            if is_nifti_path(f):
+                found.add(os.path.join(dirpath, f), "nifti")
+    for folder in named_like_nifti:
+        if not any(p == folder or p.startswith(folder + os.sep) for p, _, _ in found.entries[before:]):
+            link = " (a symbolic link to a folder: the walk does not follow it; give it as an input)"
+            found.add(folder, "invalid", NIFTI_NAMED_FOLDER + (link if os.path.islink(folder) else ""))
+    if len(found.entries) == before:
+        found.add(item, "invalid", EMPTY_FOLDER)
 
 
 def discover(inputs: list[str], exclude: Callable[[str], bool] | None = None) -> tuple[list[Case], list[str]]:
@@ -94,24 +142,33 @@ def discover(inputs: list[str], exclude: Callable[[str], bool] | None = None) ->
 
     Paths for which ``exclude(path)`` is true are dropped before case ids are given (so the ids do not
     depend on them). Case ids (see :func:`case_ids`) are unique and the same inputs always give the
-    same ids.
+    same ids. An input folder with nothing to screen, or a folder that cannot be listed, is a case of
+    kind "invalid" whose ``problem`` says why (it is reported as failed).
 
     Raises:
-        DiscoveryError: no inputs, a glob that matches nothing, a list file that cannot be read as text,
-            or nothing found at all.
+        DiscoveryError: no inputs, an input (or a list file's entry) that does not exist, a glob that
+            matches nothing, a list file that cannot be read as text, or nothing found at all.
     """
     if not inputs:
         raise DiscoveryError("no inputs given")
-    found: list[tuple[str, str]] = []
-    roots: list[str] = []
+    found = _Found()
     for item in inputs:
-        _expand(item, found, roots)
-    uniq = sorted(dict(found).items())
+        _expand(item, found)
+    if found.missing:
+        names = ", ".join(found.missing[:3]) + (f" and {len(found.missing) - 3} more" if len(found.missing) > 3 else "")
+        raise DiscoveryError(f"input{'s' if len(found.missing) > 1 else ''} not found: {names}; check the "
+                             "path(s) (nothing was screened)")
+    uniq: dict[str, tuple[str, str]] = {}
+    for path, kind, problem in found.entries:
+        if path not in uniq or (uniq[path][0] == "invalid" and kind != "invalid"):
+            uniq[path] = (kind, problem)
+    entries = sorted((p, k, why) for p, (k, why) in uniq.items())
     if exclude is not None:
-        uniq = [(p, k) for p, k in uniq if not exclude(p)]
-    if not uniq:
+        entries = [e for e in entries if not exclude(e[0])]
+    if not entries or all(k == "invalid" and why == EMPTY_FOLDER for _, k, why in entries):
         raise DiscoveryError(f"no NIfTI files or DICOM series found in {inputs}")
-    return [Case(n, p, k) for n, (p, k) in zip(case_ids(uniq), uniq)], roots
+    ids = case_ids([(p, k) for p, k, _ in entries])
+    return [Case(n, p, k, why) for n, (p, k, why) in zip(ids, entries)], found.roots
 
 
 # ids that would name a batch report (summary.json, summary_shard0of2.json, ...) rather than a case

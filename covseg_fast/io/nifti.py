@@ -5,22 +5,31 @@ Handles any orientation (LPS, RAS, LAS, oblique: reoriented by voxel-axis permut
 images whose extra dimensions are all 1, are accepted; everything else raises :class:`VolumeError`
 with a one-line reason.
 
+Nothing is read before it is known to be safe: only regular files are opened (a FIFO would block
+forever); the header is parsed from its raw bytes and checked without nibabel's silent repairs
+(:mod:`.nifti_header`); and the voxel bytes the header claims are compared with what the file really
+holds before the voxel array is allocated, so memory follows the real data, never the header's claim.
+
 A ``.nii.gz`` is decompressed in full once, before nibabel parses it, so that the gzip trailer (CRC-32
 and length) is checked: nibabel reads only the bytes it needs and never verifies it, which let a flipped
-byte, a damaged CRC, trailing junk or the last few bytes cut off pass as a valid volume.
+byte, a damaged CRC, trailing junk or the last few bytes cut off pass as a valid volume. Decompression
+stops as soon as the stream holds more than the header describes (plus a little slack), so a small
+file claiming a huge volume, or a decompression bomb, costs at most what the header claims. (The gzip
+ISIZE trailer is not used for this: it is the size mod 2³² of the LAST member only, and multi-member
+and zero-padded streams are valid.)
 """
 from __future__ import annotations
 
 import gzip
 import io
 import logging
-import os
-import shutil
 import zlib
 
 import nibabel as nib
 import numpy as np
 
+from .files import regular_file
+from .nifti_header import HEADER_BYTES, data_bytes, describe_claim, human_bytes, parse_header
 from .volume import Volume, VolumeError, canonicalize, check_ct_values
 
 log = logging.getLogger(__name__)
@@ -37,25 +46,20 @@ def read_nifti(path: str) -> Volume:
     """Read ``path`` → :class:`Volume` (float32 HU, canonical RAS+ frame, source geometry kept).
 
     Raises:
-        VolumeError: unreadable, corrupt or truncated file, not a NIfTI, not 3-D, zero-size
-            dimension, NaN/Inf voxels, singular affine.
+        VolumeError: missing, not a regular file (FIFO, socket, device, directory), unreadable, corrupt
+            or truncated file, not a NIfTI, damaged header (sizeof_hdr, pixdim, dim, datatype, offsets),
+            less voxel data than the header claims, not 3-D, zero-size dimension, NaN/Inf voxels,
+            singular affine.
     """
-    if not os.path.exists(path):
-        raise VolumeError("file not found")
-    if os.path.isdir(path):
-        raise VolumeError("is a directory, not a NIfTI file")
-    if not os.access(path, os.R_OK):
-        raise VolumeError("permission denied (file not readable)")
+    st = regular_file(path)
     try:
-        img = _load_checked(path)
+        img = _load_checked(path, st.st_size)
     except PermissionError:
         raise VolumeError("permission denied (file not readable)") from None
     except VolumeError:
         raise
     except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, ValueError ...
         raise VolumeError(f"not a readable NIfTI ({type(exc).__name__}: {_one_line(exc)})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise VolumeError(f"not a NIfTI image (nibabel read it as {type(img).__name__})")
     shape = tuple(int(s) for s in img.shape)
     if any(s == 0 for s in shape):
         raise VolumeError(f"zero-size dimension in shape {shape}")
@@ -64,23 +68,43 @@ def read_nifti(path: str) -> Volume:
     if len(shape) > 3 and any(s != 1 for s in shape[3:]):
         raise VolumeError(f"{len(shape)}-D image {shape}; a CT volume is 3-D (extra dimensions must be 1)")
     try:
-        data = np.asanyarray(img.dataobj, order="F")  # applies scl_slope / scl_inter
-    except Exception as exc:  # e.g. an uncompressed .nii cut short in its voxel data
+        data = _scaled_float32(img, shape[:3])
+    except Exception as exc:  # e.g. an uncompressed .nii whose voxel data cannot be mapped
         raise VolumeError(f"cannot read voxel data ({type(exc).__name__}: {_one_line(exc)})") from None
-    data = np.asarray(data, dtype=np.float32).reshape(shape[:3], order="A")
     warnings = check_ct_values(data, path)
     vol = canonicalize(data, img.affine, path=path, fmt="nifti", header=img.header.copy())
     vol.warnings.extend(warnings)
     return vol
 
 
+def _scaled_float32(img, shape3: tuple[int, int, int], slab_bytes: int = 64 << 20) -> np.ndarray:
+    """The voxels with scl_slope/scl_inter applied, as float32 (X, Y, Z), read a slab of slices at a time.
+
+    Each slab is scaled exactly as ``np.asanyarray(img.dataobj)`` would scale it (nibabel's float64
+    arithmetic), then stored in the float32 result, so peak memory is the result plus one slab rather
+    than a float64 copy of the whole volume.
+    """
+    proxy = img.dataobj.reshape(shape3) if len(img.shape) != 3 else img.dataobj
+    out = np.empty(shape3, dtype=np.float32, order="F")
+    per_slice = max(1, shape3[0] * shape3[1] * 8)
+    step = max(1, slab_bytes // per_slice)
+    for k in range(0, shape3[2], step):
+        out[:, :, k:k + step] = np.asanyarray(proxy[:, :, k:k + step])
+    return out
+
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _load_checked(path: str):
-    """nibabel image of ``path``; a gzip file is decompressed and checked (CRC, length) first."""
+def _load_checked(path: str, file_size: int):
+    """nibabel image of ``path`` after its header and size checks; a gzip file is decompressed and
+    checked (CRC, length) first."""
     if not path.lower().endswith(".gz"):
-        return nib.load(path)
+        with open(path, "rb") as fh:
+            hdr = parse_header(fh.read(HEADER_BYTES))
+        _check_size(hdr, file_size, "the file")
+        klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        return klass.from_filename(path)
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic != GZIP_MAGIC:
@@ -88,7 +112,19 @@ def _load_checked(path: str):
     raw = io.BytesIO()
     try:
         with gzip.open(path, "rb") as gz:
-            shutil.copyfileobj(gz, raw, 16 << 20)  # reading to the end verifies CRC-32 and length
+            head = _read_up_to(gz, HEADER_BYTES)
+            hdr = parse_header(head)
+            offset, nbytes, _ = data_bytes(hdr)
+            limit = offset + nbytes + max(1 << 20, nbytes // 64)  # a little slack after the voxels
+            raw.write(head)
+            while True:  # reading to the end verifies CRC-32 and length
+                chunk = gz.read(min(CHUNK, limit + 1 - raw.tell()) or 1)
+                if not chunk:
+                    break
+                raw.write(chunk)
+                if raw.tell() > limit:
+                    raise VolumeError(f"decompresses to more than the header describes ({describe_claim(hdr)} "
+                                      f"from byte {offset}); extra data after the voxels, or not this header's file")
     except EOFError:
         raise VolumeError("truncated gzip: the compressed data ends before its end marker") from None
     except gzip.BadGzipFile as exc:
@@ -98,14 +134,34 @@ def _load_checked(path: str):
         raise VolumeError(f"corrupt gzip: {msg}") from None
     except zlib.error as exc:
         raise VolumeError(f"corrupt gzip: invalid compressed data ({_one_line(exc)})") from None
-    head = raw.getbuffer()[:348].tobytes()
+    _check_size(hdr, raw.tell(), "the decompressed file")
     raw.seek(0)
-    # the magic string says which parser; checked here so nibabel does not log "fixes" of a non-NIfTI
-    if head[4:8] == b"n+2\0":
-        return nib.Nifti2Image.from_stream(raw)
-    if head[344:348] == b"n+1\0":
-        return nib.Nifti1Image.from_stream(raw)
-    raise VolumeError("not a readable NIfTI (no NIfTI-1 or NIfTI-2 header magic after decompression)")
+    klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    return klass.from_stream(raw)
+
+
+CHUNK = 16 << 20
+
+
+def _read_up_to(fh, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the stream)."""
+    parts, got = [], 0
+    while got < n:
+        b = fh.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def _check_size(hdr, available: int, what: str) -> None:
+    """Fail when ``available`` bytes cannot hold the voxel data the header claims."""
+    offset, nbytes, _ = data_bytes(hdr)
+    if available < offset + nbytes:
+        have = max(0, available - offset)
+        raise VolumeError(f"truncated voxel data: the header claims {describe_claim(hdr)} from byte {offset}, "
+                          f"{what} holds {human_bytes(have)} of it")
 
 
 def _one_line(exc: BaseException) -> str:

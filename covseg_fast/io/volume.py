@@ -87,8 +87,17 @@ def canonicalize(data: np.ndarray, affine: np.ndarray, *, path: str, fmt: str,
                   source_header=header, path=path, fmt=fmt)
 
 
+NOT_CT = "does not look like CT in HU"  # every warning of check_ct_values contains these words
+LABEL_MAP_MAX_VALUES = 64  # a CT has thousands of distinct values; a label map a few dozen at most
+
+
 def check_ct_values(data: np.ndarray, path: str) -> list[str]:
-    """Reject non-finite voxels; return warnings for intensity ranges unlike CT in HU.
+    """Reject non-finite voxels; return warnings for intensities unlike CT in HU.
+
+    A label map (few distinct non-negative integers: 0/1 masks, multi-label segmentations) and an 8-bit
+    image (0–255) are named as such; any other range without air near -1000 HU and tissue near 0 gets a
+    generic warning. Each warning contains :data:`NOT_CT`. The readers only warn (masks are read with
+    them too, e.g. for training); the screen marks such a case as not a trustworthy CT.
 
     Raises:
         VolumeError: NaN or Inf voxels.
@@ -98,11 +107,17 @@ def check_ct_values(data: np.ndarray, path: str) -> list[str]:
         bad = int(data.size - np.count_nonzero(finite))
         raise VolumeError(f"{bad} non-finite (NaN/Inf) voxels")
     lo, hi = float(data.min()), float(data.max())
-    warnings = []
-    if lo > -500 or hi < -200 or lo < -10000 or hi > 40000:
-        warnings.append(f"intensity range [{lo:g}, {hi:g}] does not look like CT in HU "
-                        "(expected air near -1000 and soft tissue near 0)")
-    return warnings
+    if not (lo > -500 or hi < -200 or lo < -10000 or hi > 40000):
+        return []
+    if 0 <= lo and hi <= 1000 and np.array_equal(data, np.round(data)):
+        distinct = int(np.count_nonzero(np.bincount(data.astype(np.int64).ravel())))
+        if distinct <= LABEL_MAP_MAX_VALUES:
+            return [f"looks like a label map ({distinct} distinct integer values in [{lo:g}, {hi:g}]) and {NOT_CT}: "
+                    "give the CT image, not its segmentation"]
+        if hi <= 255:
+            return [f"looks like an 8-bit image (integer values in [{lo:g}, {hi:g}]) and {NOT_CT}: give the CT "
+                    "in Hounsfield units (air near -1000)"]
+    return [f"intensity range [{lo:g}, {hi:g}] {NOT_CT} (expected air near -1000 and soft tissue near 0)"]
 
 
 def nifti_from_array(mask: np.ndarray, volume: Volume, dtype=np.uint8):

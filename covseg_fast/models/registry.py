@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import re
 from typing import Any, Callable, Optional
 
 import torch
@@ -109,15 +111,40 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
+EXPECTED = ("expected a checkpoint written by `covseg train` (a torch file holding the model name, its config "
+            "and a state_dict of tensors)")
+
+
 def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    if not os.path.isfile(path):
+    """The payload of checkpoint ``path``, loaded with ``weights_only=True`` (tensors and plain data only).
+
+    Raises:
+        CheckpointError: one line naming the file, what is wrong and what was expected; never torch's
+            multi-line advice (a checkpoint that needs ``weights_only=False`` is refused, not loaded).
+    """
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a regular file; {EXPECTED}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch files are zip archives (legacy: a pickle)
+        raise CheckpointError(f"{path} is not a torch file ({'empty' if not head else 'unknown content'}); {EXPECTED}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain data (e.g. a pickled "
+                              f"model); they are never loaded, for safety; {EXPECTED}") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable covseg checkpoint ({type(exc).__name__}: {exc})") from exc
+        first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", " ".join(str(exc).split("\n")[0].split()))
+        first = re.split(r"\.\s", first)[0][:160]  # torch's first sentence, not its internal details
+        raise CheckpointError(f"{path}: damaged or not a torch file ({type(exc).__name__}: {first}); "
+                              f"{EXPECTED}") from None
     if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
-        raise CheckpointError(f"{path}: not a covseg checkpoint (no model name / state_dict)")
+        raise CheckpointError(f"{path}: not a covseg checkpoint (no model name / state_dict); {EXPECTED}")
     return payload
 
 

@@ -102,3 +102,39 @@ def test_in_process_decoding_keeps_input_order(tmp_path):
         got = list(decoding.decoded_in_order(cases, workers))
         assert [g["case"].case_id for g in got] == [c.case_id for c in cases]
         assert all(g["error"] == "file not found" for g in got)
+
+
+def _stuck_on_c2(case):
+    """A decoder stuck forever on case c2 (an endless loop, a file system that stopped answering)."""
+    if case.case_id == "c2":
+        time.sleep(3600)
+    return {"case": case, "decoded_by": os.getpid()}
+
+
+def test_a_stuck_decoder_fails_its_case_after_the_timeout_and_the_batch_goes_on(monkeypatch, caplog):
+    monkeypatch.setattr(decoding, "decode_case", _stuck_on_c2)  # forked workers inherit the patch
+    cases = [Case(f"c{i}", "/none", "nifti") for i in range(6)]
+    t0 = time.monotonic()
+    got = list(decoding.decoded_in_order(cases, 2, timeout_s=2.0))
+    assert time.monotonic() - t0 < 60
+    assert [g["case"].case_id for g in got] == [c.case_id for c in cases]  # input order kept
+    assert "decoding took longer than 2 s (--decode-timeout)" in got[2]["error"]
+    assert all("error" not in g for i, g in enumerate(got) if i != 2)
+    stuck_pool = {g["decoded_by"] for g in got[:2]}
+    deadline = time.monotonic() + 10  # SIGKILLed, a forked worker still takes a moment to exit on a busy machine
+    while [p for p in stuck_pool if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in stuck_pool if _alive(p)], "the stuck pool's workers were not stopped"
+    assert "c2: decoding took longer" in caplog.text
+
+
+def test_workers_are_stopped_when_the_consumer_stops_early(monkeypatch):
+    """Ctrl-C (or an error) in the consumer: the workers are killed at once, not waited for."""
+    monkeypatch.setattr(decoding, "decode_case", _stuck_on_c2)
+    gen = decoding.decoded_in_order([Case(f"c{i}", "/none", "nifti") for i in range(4)], 2, timeout_s=0)
+    first = next(gen)
+    t0 = time.monotonic()
+    gen.close()  # what the screener does when Ctrl-C interrupts it
+    assert time.monotonic() - t0 < 30
+    time.sleep(0.5)
+    assert not _alive(first["decoded_by"])

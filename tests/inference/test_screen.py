@@ -216,6 +216,65 @@ def test_a_dying_decoding_worker_fails_only_its_case(tmp_path, ckpt, monkeypatch
     assert [r["case_id"] for r in _rows(out / "summary.csv")] == names
 
 
+class _PoolThatCannotStart:
+    """A process pool whose workers die as soon as they start: every submit finds it broken."""
+
+    def __init__(self, *args, **kwargs):
+        self._processes = {}
+
+    def submit(self, *args, **kwargs):
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    def shutdown(self, *args, **kwargs):
+        pass
+
+
+def test_decoding_workers_that_cannot_start_are_one_line_exit_2(tmp_path, ckpt, monkeypatch, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _six_cases(inp)
+    monkeypatch.setattr(decoding.cf, "ProcessPoolExecutor", _PoolThatCannotStart)
+    caplog.set_level("INFO")
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "die as soon as they start" in errors[0] and "rerun with --workers 0" in errors[0]
+    assert "Traceback" not in caplog.text
+    assert not (out / "summary.csv").exists() and not (out / ".covseg_screen.lock").exists()
+    monkeypatch.undo()
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 0, "--resume") == 0
+
+
+def _decode_or_hang(case):
+    """Decoding in a worker, except that case c3 never finishes (a stuck decoder)."""
+    if case.case_id == "c3":
+        import time
+
+        time.sleep(3600)
+    return _REAL_DECODE(case)
+
+
+def test_a_stuck_decoder_fails_its_case_after_decode_timeout(tmp_path, ckpt, monkeypatch):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = _six_cases(inp)
+    monkeypatch.setattr(decoding, "decode_case", _decode_or_hang)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--workers", 2, "--decode-timeout", 2) == 1
+    fails = _rows(out / "failures.csv")
+    assert [f["case_id"] for f in fails] == ["c3"] and "decoding took longer than 2 s" in fails[0]["reason"]
+    assert [r["case_id"] for r in _rows(out / "summary.csv")] == [n for n in names if n != "c3"]
+
+
+def test_decode_timeout_with_workers_0_says_it_does_not_apply(tmp_path, ckpt, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _six_cases(inp)
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--decode-timeout", 5) == 0  # --workers 0 (screen())
+    assert "--decode-timeout does not apply with --workers 0" in caplog.text
+    caplog.clear()
+    assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0  # the default limit: nothing to say
+    assert "--decode-timeout" not in caplog.text
+
+
 def test_an_error_after_inference_fails_one_case(tmp_path, ckpt, monkeypatch):
     from covseg_fast.inference.screener import Screener
 
@@ -319,7 +378,7 @@ def test_write_failure_with_parallel_writers(tmp_path, ckpt, monkeypatch):
             self.closed = True
 
     bar = Bar()
-    monkeypatch.setattr(screener, "_progress", lambda total, enabled: bar)
+    monkeypatch.setattr(screener, "progress_bar", lambda total, enabled: bar)
     monkeypatch.setattr(writer.nib, "save", dying_save)
     assert main(["screen", str(inp), "-o", str(out), "--checkpoint", ckpt, "--workers", "0", "--writers", "3"]) == 1
     assert bar.n == 6 and bar.closed
@@ -535,7 +594,10 @@ def test_merge_shards_refuses_incomplete_or_mixed_reports(tmp_path, ckpt, caplog
                                         (["--writers", "0"], "--writers ≥ 1"),
                                         (["--no-checkpoint"], "--checkpoint is required"),
                                         (["--model", "nosuch"], "unknown model; known models: "),
-                                        (["--device", "cuda:0"], "CUDA is not available")])
+                                        (["--device", "cuda:0"], "CUDA is not available"),
+                                        (["--device", "mps"], "--device 'mps': expected auto, cpu, cuda or cuda:N"),
+                                        (["--device", "gpu"], "--device 'gpu': expected auto, cpu, cuda or cuda:N"),
+                                        (["--decode-timeout", "-1"], "--decode-timeout must be ≥ 0")])
 def test_usage_errors(tmp_path, ckpt, caplog, args, words):
     import torch
 
@@ -563,6 +625,18 @@ def test_bad_checkpoints_and_list_files_are_usage_errors(tmp_path, ckpt, caplog)
         caplog.clear()
         assert screen(inp, "-o", tmp_path / "out", "--checkpoint", tmp_path / "bad.pt") == 2
         assert words in caplog.text and "Traceback" not in caplog.text, caplog.text
+    # files that are not checkpoints: one line naming the file and what was expected (issue 24)
+    (tmp_path / "text.pt").write_bytes(b"ey, this is not a torch file" * 4)  # torch said "KeyError: 101"
+    torch.save(torch.nn.Conv2d(1, 1, 1), str(tmp_path / "module.pt"))  # torch: advice to set weights_only=False
+    (tmp_path / "cut.pt").write_bytes(open(ckpt, "rb").read()[:500])
+    for name, words in (("text.pt", "is not a torch file"), ("module.pt", "holds Python objects other than tensors"),
+                        ("cut.pt", "damaged or not a torch file")):
+        caplog.clear()
+        assert screen(inp, "-o", tmp_path / "out", "--checkpoint", tmp_path / name) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "\n" not in errors[0] and words in errors[0], errors
+        assert str(tmp_path / name) in errors[0] and "expected a checkpoint written by `covseg train`" in errors[0]
+        assert "weights_only" not in errors[0]
     lst = tmp_path / "cases.txt"
     lst.write_bytes(b"in/a.nii.gz\n\x89PNG\r\n\x1a\n\x00\x00")
     assert screen(lst, "-o", tmp_path / "out", "--checkpoint", ckpt) == 2
@@ -579,7 +653,7 @@ def test_device_cuda_under_torchrun_follows_local_rank(monkeypatch):
     assert screen_cli._device("cuda") == screen_cli._device("auto") == "cuda:3"
     assert screen_cli._device("cuda:1") == "cuda:1" and screen_cli._device("cpu") == "cpu"  # explicit wins
     monkeypatch.setenv("LOCAL_RANK", "5")
-    from covseg_fast.inference.batch import UsageError
+    from covseg_fast.inference.errors import UsageError
 
     with pytest.raises(UsageError, match="LOCAL_RANK=5.*GPU 5 does not exist; this machine has 4"):
         screen_cli._device("cuda")
@@ -588,6 +662,26 @@ def test_device_cuda_under_torchrun_follows_local_rank(monkeypatch):
         screen_cli._device("cuda")
     monkeypatch.delenv("LOCAL_RANK")
     assert screen_cli._device("cuda") == "cuda:0"
+
+
+def test_log_lines_do_not_break_the_progress_bar(tmp_path, ckpt, capsys):
+    """A warning while the bar shows is written through tqdm: on its own line, the bar redrawn after it."""
+    import sys
+
+    inp = tmp_path / "in"
+    _three_cases(inp)
+    (inp / "bad.nii.gz").write_bytes(b"not a volume")
+    handler = logging.StreamHandler(sys.stderr)  # what the CLI's logging.basicConfig installs
+    logging.getLogger().addHandler(handler)
+    try:
+        assert main(["screen", str(inp), "-o", str(tmp_path / "out"), "--checkpoint", ckpt, "--workers", "0"]) == 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    lines = [seg.split("\r")[-1] for seg in err.split("\n")]  # what each terminal line ends up showing
+    failed = [ln for ln in lines if "FAILED bad" in ln]
+    assert failed and all(ln.startswith("FAILED bad") for ln in failed), failed
+    assert "screening: 100%" in err
 
 
 def test_no_masks_and_json_report(tmp_path, ckpt):

@@ -130,6 +130,37 @@ def test_warning_cases_are_complete_for_resume_and_keep_their_status(chest, tmp_
     assert {f: os.stat(out / f).st_mtime_ns for f in before} == before  # nothing screened again
 
 
+def test_inputs_that_are_not_ct_in_hu_are_warnings_never_ok(chest, tmp_path, ckpt):
+    """Issue 24: a label map and an 8-bit image are screened with status warning, the reason (io's not-CT
+    warning) in the JSON record and in summary.csv. A chest whose lung-mask checks pass but whose values are
+    not CT-like (one voxel at 50000 HU) is a warning too: the volume's warning alone decides, not the checks."""
+    folder, hu, _ = chest
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(1)
+    save_nifti(str(inp / "labels.nii.gz"), rng.integers(0, 3, (48, 48, 16)), axis_affine("RAS"), dtype=np.uint8)
+    save_nifti(str(inp / "eight_bit.nii.gz"), rng.integers(0, 256, (48, 48, 16)), axis_affine("RAS"), dtype=np.uint8)
+    hot = np.round(hu)
+    hot[0, 0, 0] = 50000.0  # outside the body: the anatomy is that of the plain chest
+    stored, aff = reoriented(hot, SPACING, "RAS")
+    save_nifti(str(inp / "hot.nii.gz"), stored, aff, dtype=np.float32)
+    out = tmp_path / "out"
+    assert screen(inp, "-o", out, "--checkpoint", ckpt) == 0
+    rows = {r["case_id"]: r for r in _rows(out / "summary.csv")}
+    words = {"labels": "looks like a label map (3 distinct integer values in [0, 2])",
+             "eight_bit": "looks like an 8-bit image (integer values in [0, 255])",
+             "hot": "intensity range [-2048, 50000] does not look like CT in HU"}
+    for case, why in words.items():
+        rec = json.load(open(out / f"{case}.json"))
+        assert rec["status"] == "warning" and rec["burden_trustworthy"] is False, (case, rec["status"])
+        assert any(why in w for w in rec["warnings"]), (case, rec["warnings"])
+        row = rows[case]
+        assert row["status"] == "warning" and why in row["warnings"] and row["burden_trustworthy"] == "false", row
+    hot_rec = json.load(open(out / "hot.json"))
+    assert hot_rec["lung_checks_passed"] is True and rows["hot"]["lung_checks_passed"] == "true"
+    assert hot_rec["warnings"] == [w for w in hot_rec["warnings"] if "does not look like CT in HU" in w]
+
+
 def test_multiclass_checkpoint_gives_a_label_mask_and_per_class_volumes(chest, tmp_path):
     folder, hu, truth = chest
     ckpt = make_checkpoint(str(tmp_path / "mc.pt"), multiclass=True)

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from covseg_fast.inference.batch import UsageError
+from covseg_fast.inference.errors import UsageError
+from covseg_fast.inference.output_lock import OutputLock
 from covseg_fast.inference.report import FAILURE_COLUMNS, SUMMARY_COLUMNS, read_csv, write_csv, write_json
 from covseg_fast.inference.shard_reports import merge_shard_reports
 
 
-def _row(case: str) -> dict:
-    return {"case_id": case, "status": "ok", "path": f"/in/{case}.nii.gz", "slices": 3}
+def _row(case: str, status: str = "ok") -> dict:
+    return {"case_id": case, "status": status, "path": f"/in/{case}.nii.gz", "slices": 3}
 
 
 def _fail(case: str) -> dict:
@@ -21,12 +22,12 @@ def _fail(case: str) -> dict:
 
 def test_a_shard_where_every_case_failed_merges(tmp_path):
     """Its summary CSV has no rows (and there is no JSON): its failures still count."""
-    write_csv(str(tmp_path / "summary_shard0of2.csv"), [_row("a"), _row("c")], SUMMARY_COLUMNS)
+    write_csv(str(tmp_path / "summary_shard0of2.csv"), [_row("a"), _row("c", "warning")], SUMMARY_COLUMNS)
     write_csv(str(tmp_path / "failures_shard0of2.csv"), [], FAILURE_COLUMNS)
     write_csv(str(tmp_path / "summary_shard1of2.csv"), [], SUMMARY_COLUMNS)
     write_csv(str(tmp_path / "failures_shard1of2.csv"), [_fail("b")], FAILURE_COLUMNS)
     code, s = merge_shard_reports(str(tmp_path))
-    assert code == 1 and (s["shards"], s["cases"], s["failed"]) == (2, 2, 1)
+    assert code == 1 and (s["shards"], s["screened"], s["ok"], s["warning"], s["failed"]) == (2, 2, 1, 1, 1)
     assert [r["case_id"] for r in read_csv(str(tmp_path / "summary.csv"))] == ["a", "c"]
     assert [r["reason"] for r in read_csv(str(tmp_path / "failures.csv"))] == ["not a NIfTI"]
     assert not (tmp_path / "summary.json").exists()
@@ -48,5 +49,25 @@ def test_json_only_shards_merge_into_json(tmp_path):
         write_csv(str(tmp_path / f"failures_shard{k}of2.csv"), [], FAILURE_COLUMNS)
     code, s = merge_shard_reports(str(tmp_path))
     merged = json.load(open(tmp_path / "summary.json"))
-    assert code == 0 and s["cases"] == 2 and [r["case_id"] for r in merged["cases"]] == ["a", "b"]
+    assert code == 0 and s["screened"] == 2 and [r["case_id"] for r in merged["cases"]] == ["a", "b"]
     assert not (tmp_path / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("suffix", ["", "_shard1of2"])
+def test_merge_takes_the_folder_lock_and_each_shards(tmp_path, suffix):
+    """A run on the whole folder, or a shard still running (e.g. rerun with --resume), holds a lock: the merge
+    refuses to read half-written shard reports or to write beside that run; the locks are gone afterwards."""
+    for k, cases in enumerate((["a"], ["b"])):
+        write_csv(str(tmp_path / f"summary_shard{k}of2.csv"), [_row(c) for c in cases], SUMMARY_COLUMNS)
+        write_csv(str(tmp_path / f"failures_shard{k}of2.csv"), [], FAILURE_COLUMNS)
+    running = OutputLock(str(tmp_path), suffix)
+    running.acquire()  # another open file description: flock conflicts as with another process
+    try:
+        with pytest.raises(UsageError, match="is in use by a running covseg screen: pid"):
+            merge_shard_reports(str(tmp_path))
+        assert not (tmp_path / "summary.csv").exists()
+    finally:
+        running.release()
+    code, s = merge_shard_reports(str(tmp_path))
+    assert code == 0 and s["screened"] == 2
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".lock")]
