@@ -42,6 +42,7 @@ class Launch:
     signature: dict
     constexprs: dict
     options: dict
+    grid: tuple = ()
 
     @property
     def name(self) -> str:
@@ -64,7 +65,7 @@ def _arg_type(value) -> str:
     raise TypeError(f"no Triton type for argument {value!r}")
 
 
-def _record(case: str, kernel, args: tuple, kwargs: dict, sink: list) -> None:
+def _record(case: str, kernel, grid, args: tuple, kwargs: dict, sink: list) -> None:
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     params = kernel.params
     signature, constexprs = {}, {}
@@ -82,7 +83,8 @@ def _record(case: str, kernel, args: tuple, kwargs: dict, sink: list) -> None:
             constexprs[p.name] = value
         else:
             signature[p.name] = _arg_type(value)
-    sink.append(Launch(case, kernel, signature, constexprs, options))
+    grid = grid(dict(constexprs)) if callable(grid) else grid
+    sink.append(Launch(case, kernel, signature, constexprs, options, tuple(int(g) for g in grid)))
 
 
 class _Recorder:
@@ -94,7 +96,7 @@ class _Recorder:
 
         class _Grid:
             def __getitem__(self, grid):
-                return lambda *args, **kwargs: _record(recorder.case, kernel, args, dict(kwargs), recorder.sink)
+                return lambda *args, **kwargs: _record(recorder.case, kernel, grid, args, dict(kwargs), recorder.sink)
 
         return _Grid()
 
@@ -115,23 +117,17 @@ def launching_modules() -> list:
 
 @contextlib.contextmanager
 def recording(case: str, sink: list) -> Iterator[None]:
-    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run;
-    every ``_sm_count`` (persistent grids) answers 132, an H100 SXM."""
+    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run.
+    Meta tensors get the GPU tile configurations and 132 SMs (an H100/H200; ops/triton/device.py)."""
     modules = launching_modules()
-    sm_modules = [m for m in modules if hasattr(m, "_sm_count")]
     saved = [m.wrap_triton for m in modules]
-    saved_sm = [m._sm_count for m in sm_modules]
     try:
         for m in modules:
             m.wrap_triton = _Recorder(case, sink)
-        for m in sm_modules:
-            m._sm_count = lambda device: 132  # an H100 SXM
         yield
     finally:
         for m, w in zip(modules, saved):
             m.wrap_triton = w
-        for m, f in zip(sm_modules, saved_sm):
-            m._sm_count = f
 
 
 @contextlib.contextmanager
@@ -216,7 +212,18 @@ def _attention_cases() -> dict[str, Callable]:
         attention_backward(out.transpose(1, 2), None, xt, xt, xt, out.transpose(1, 2),
                            _meta(b, c, dtype=torch.float32), -1.0)
 
+    def gram(b, c, n, dtype, with_gamma):  # the gram path of channel attention (attention_gram_launch.py)
+        from covseg_fast.ops.triton.attention_gram_launch import gram_backward, gram_forward
+
+        x = _meta(b, c, n, dtype=dtype)
+        gamma = _meta(1, dtype=torch.float32) if with_gamma else None
+        lse = gram_forward(x, 1.0, gamma, torch.empty_like(x))
+        gram_backward(torch.empty_like(x), None, x, lse, gamma, 1.0, torch.empty_like(x))
+
     return {"position_attention msa_64 bf16": lambda: position(16, 32, 256, 4096),
+            "channel_attention gram refnet_f2 bf16 gamma": lambda: gram(16, 64, 7744, torch.bfloat16, True),
+            "channel_attention gram refnet_f4 fp16 gamma": lambda: gram(16, 256, 484, torch.float16, True),
+            "channel_attention gram refnet_f5 fp32": lambda: gram(16, 2048, 121, torch.float32, False),
             "position_attention msa_32 fp32": lambda: position(16, 64, 512, 1024, torch.float32),
             "position_attention refnet_f5 bf16": lambda: position(16, 256, 2048, 121),
             "position_attention refnet_f5 fp32": lambda: position(16, 256, 2048, 121, torch.float32),
@@ -225,14 +232,13 @@ def _attention_cases() -> dict[str, Callable]:
 
 
 def _loss_cases() -> dict[str, Callable]:
+    from covseg_fast.ops.triton import cpp_kl_loss as kl_kernels
     from covseg_fast.ops.triton import structure_loss as sl
-
-    cpp_kl_loss = importlib.import_module("covseg_fast.ops.cpp_kl_loss")
 
     def kl(dtype):
         logits, labels = _meta(16, 2, 16, 16, dtype=dtype), _meta(16, 256, 256, dtype=torch.int64)
-        cpp_kl_loss._triton_forward(logits, labels, 16, None)
-        cpp_kl_loss._triton_backward(_meta(dtype=torch.float32), logits, labels, 16, None)
+        kl_kernels.cpp_kl_forward(logits, labels, 16, None)
+        kl_kernels.cpp_kl_backward(_meta(dtype=torch.float32), logits, labels, 16, None)
 
     def structure(dtype):
         z, g = _meta(16, 1, 352, 352, dtype=dtype), _meta(16, 1, 352, 352, dtype=dtype)

@@ -68,7 +68,7 @@ def _dprods(do_base, v_base, offs_m, offs_n, N, DV, s_doc, s_don, s_vc, s_vn,
 
 
 @triton.jit
-def pa_fwd_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
+def _attention_forward_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
                   s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_ob, s_oc, s_on, s_rb, s_rc, s_rn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                   NUM_D: tl.constexpr, HAS_RES: tl.constexpr, PREC: tl.constexpr):
@@ -119,7 +119,7 @@ def pa_fwd_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
 
 
 @triton.jit
-def pa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e,
+def _attention_backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_dob, s_doc, s_don,
                      s_dqb, s_dqd, s_dqn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -150,7 +150,7 @@ def pa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e
 
 
 @triton.jit
-def pa_bwd_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e,
+def _attention_backward_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_dob, s_doc, s_don,
                      s_dkb, s_dkd, s_dkn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -182,7 +182,7 @@ def pa_bwd_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e
 
 
 @triton.jit
-def pa_bwd_dv_kernel(Q, K, DO, LSE, DV_OUT, N, DQK, DV, scale_log2e,
+def _attention_backward_dv_kernel(Q, K, DO, LSE, DV_OUT, N, DQK, DV, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_dob, s_doc, s_don, s_dvb, s_dvc, s_dvn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      NUM_D: tl.constexpr, PREC: tl.constexpr):

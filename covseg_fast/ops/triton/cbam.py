@@ -29,7 +29,7 @@ from .cbam_tiles import Tiling, _dense, _strides, stats_splits
 
 
 @triton.jit
-def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
+def _cbam_stats_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Per-channel partial Σ, max and #max over one HW split.
 
@@ -65,7 +65,7 @@ def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_S
 
 
 @triton.jit
-def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw,
+def _cbam_pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw,
                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """pooled[b, 0, p] = max_c x·ca, pooled[b, 1, p] = mean_c x·ca, cnt[b, p] = #max; x₁ is never stored.
 
@@ -97,7 +97,7 @@ def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw
 
 
 @triton.jit
-def apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
+def _cbam_apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """out[b, c, p] = x·ca[b, c]·sa[b, p]; grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); out has x's strides."""
     b = tl.program_id(0).to(tl.int64)
@@ -129,7 +129,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     pmax = x.new_empty(shape, dtype=torch.float32)
     pcnt = x.new_empty(shape, dtype=torch.int32)
     if b > 0:
-        wrap_triton(stats_partial_kernel)[(b, ncb, splits)](
+        wrap_triton(_cbam_stats_kernel)[(b, ncb, splits)](
             x, psum, pmax, pcnt, c, hw, splits, per_split, 1.0 / hw if splits == 1 else 1.0, *_strides(x),
             BLOCK_C=bc, BLOCK_HW=bhw)
     if splits == 1:
@@ -146,7 +146,7 @@ def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch
     pooled = x.new_empty((t.b, 2, t.h, t.w), dtype=torch.float32)
     cnt = x.new_empty((t.b, t.h, t.w), dtype=torch.int32)
     if t.b > 0:
-        wrap_triton(pool_kernel)[t.grid2](
+        wrap_triton(_cbam_pool_kernel)[t.grid2](
             x, ca.contiguous(), pooled, cnt, t.c, t.hw, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return pooled, cnt
 
@@ -157,6 +157,6 @@ def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
     t = Tiling(x)
     out = torch.empty_like(x)
     if t.b > 0:
-        wrap_triton(apply_kernel)[t.grid3](
+        wrap_triton(_cbam_apply_kernel)[t.grid3](
             x, ca.contiguous(), sa.contiguous(), out, t.c, t.hw, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return out

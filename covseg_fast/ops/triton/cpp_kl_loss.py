@@ -18,8 +18,10 @@ writes dz. Accumulation dtype = the partial/grad buffer's dtype (float32, or flo
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 
 @triton.jit
@@ -57,7 +59,7 @@ def _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC: 
 
 
 @triton.jit
-def cpp_kl_fwd_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
+def _cpp_kl_forward_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
                       BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     pid = tl.program_id(0)
     ACC: tl.constexpr = part_ptr.dtype.element_ty
@@ -70,7 +72,7 @@ def cpp_kl_fwd_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
 
 
 @triton.jit
-def cpp_kl_bwd_kernel(g_ptr, z_ptr, lab_ptr, dz_ptr, P, K, h, w, H, W, s, ignore,
+def _cpp_kl_backward_kernel(g_ptr, z_ptr, lab_ptr, dz_ptr, P, K, h, w, H, W, s, ignore,
                       BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     pid = tl.program_id(0)
     ACC: tl.constexpr = g_ptr.dtype.element_ty
@@ -88,3 +90,37 @@ def block_sizes(num_classes: int, scale: int) -> tuple[int, int, int]:
     block_s = triton.next_power_of_2(scale * scale)
     block_p = max(1, min(128, 4096 // (block_k * block_s)))
     return block_p, block_k, block_s
+
+
+def _accumulator_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _launch_args(logits, labels, scale, ignore_index):
+    b, k, h, w = logits.shape
+    big_h, big_w = labels.shape[1:]
+    n = b * h * w
+    block_p, block_k, block_s = block_sizes(k, scale)
+    grid = (max(1, triton.cdiv(n, block_p)),)
+    ignore = -1 if ignore_index is None else int(ignore_index)
+    return grid, (n, k, h, w, big_h, big_w, scale, ignore), dict(BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_S=block_s)
+
+
+def cpp_kl_forward(logits: torch.Tensor, labels: torch.Tensor, scale: int, ignore_index) -> torch.Tensor:
+    """The loss (0-dim, fp32 or fp64): per-program partial sums in a fixed order, divided by B·h·w."""
+    logits, labels = logits.contiguous(), labels.contiguous()
+    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
+    partial = torch.empty(grid[0], device=logits.device, dtype=_accumulator_dtype(logits))
+    wrap_triton(_cpp_kl_forward_kernel)[grid](logits, labels, partial, *args, **meta)
+    return partial.sum() / max(args[0], 1)
+
+
+def cpp_kl_backward(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, scale: int,
+                    ignore_index) -> torch.Tensor:
+    """∂loss/∂logits in the logits' dtype, for the upstream gradient ``grad`` (0-dim)."""
+    logits, labels = logits.contiguous(), labels.contiguous()
+    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
+    dz = torch.empty_like(logits)
+    g = grad.reshape(1).to(_accumulator_dtype(logits)).contiguous()
+    wrap_triton(_cpp_kl_backward_kernel)[grid](g, logits, labels, dz, *args, **meta)
+    return dz

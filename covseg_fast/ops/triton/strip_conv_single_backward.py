@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .strip_conv_single import _sm_count, stage_a0, stage_strips_h, tile_origin
+from .device import gpu_tiles, sm_count
+from .strip_conv_single import _stage_a0, _stage_strips_h, _tile_origin
 
 
 def tap_layout(k0: int, ks: list[int]) -> dict:
@@ -150,7 +151,7 @@ def _branch_wgrads(wacc, taps, gv, st, sg, sa, ptile, lmask, rr, cc,
 
 
 @triton.jit
-def _msca_single_pass_backward_kernel(
+def _strip_conv_single_backward_kernel(
     g_ptr, x_ptr, w0_ptr, b0_ptr,
     wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr, wv1_ptr, wv2_ptr, wv3_ptr,
     gx_ptr, part_ptr, scratch_ptr,
@@ -195,16 +196,16 @@ def _msca_single_pass_backward_kernel(
     sg3 = sg2 + BLOCK_C * NG
     sga = slot + BLOCK_C * (NA + 3 * NT + 3 * NG) + cl * ND
     for tile in range(pid, n_tiles, n_prog):
-        b, cb, h0, w0 = tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
+        b, cb, h0, w0 = _tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc
         g_base = g_ptr + b * s_gb + ch * s_gc
 
-        stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+        _stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
                  K0, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
-        stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+        _stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
                        ch, cmask, lane, h0, w0, H, W, K1, K2, K3, P, TH, TW, BLOCK_C, CHUNK)
         _gt_stage(g_base, s_gh, s_gw, sg1, sg2, sg3, wv1_ptr, wv2_ptr, wv3_ptr, ch, cmask, lane, h0, w0, H, W,
                   K1, K2, K3, P, Q, TH, TW, BLOCK_C, CHUNK)
@@ -265,7 +266,7 @@ def single_pass_backward_config(x: torch.Tensor) -> dict:
     Interpreter: 4 channels, 16×16 tiles, 2 programs. Tiles never exceed the image.
     """
     cl = x.shape[1] > 1 and x.stride(1) == 1
-    if x.device.type == "cpu":
+    if not gpu_tiles(x.device):
         cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=512, per_sm=0, programs=2, num_warps=4)
     elif cl:
         cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=32, per_sm=2, programs=None, num_warps=4)
@@ -292,14 +293,14 @@ def strip_conv_single_pass_backward(grad, x, w0, b0, wf, bf, vf, ks) -> tuple[to
     bc, th, tw = cfg["BLOCK_C"], cfg["TH"], cfg["TW"]
     n_cb = triton.cdiv(c, bc)
     n_tiles = bsz * n_cb * triton.cdiv(h, th) * triton.cdiv(w, tw)
-    programs = max(1, min(cfg["programs"] or cfg["per_sm"] * _sm_count(x.device), n_tiles))
+    programs = max(1, min(cfg["programs"] or cfg["per_sm"] * sm_count(x.device), n_tiles))
     slot = bc * ((th + 2 * p) * (tw + 2 * p) + 3 * (th + 2 * p) * tw + 3 * (th + 2 * q) * (tw + 2 * q + 2 * p)
                  + (th + 2 * q) * (tw + 2 * q))
     scratch = torch.empty((programs, slot), device=x.device, dtype=torch.float32)
     part = torch.empty((n_tiles, bc, ntap_p2), device=x.device, dtype=torch.float32)
     w0f = w0.reshape(c, k0 * k0).to(torch.float32).contiguous()
     b0f = b0.to(torch.float32).contiguous()
-    wrap_triton(_msca_single_pass_backward_kernel)[(programs,)](
+    wrap_triton(_strip_conv_single_backward_kernel)[(programs,)](
         grad, x, w0f, b0f, *wf, *bf, *vf, gx, part, scratch,
         c, h, w, n_tiles, *grad.stride(), *x.stride(), *gx.stride(),
         K0=k0, K1=ks[0], K2=ks[1], K3=ks[2], P=p,

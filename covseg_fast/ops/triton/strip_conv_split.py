@@ -4,10 +4,10 @@ Chosen by ``COVSEG_STRIP_CONV_SCHEDULE=split`` (``strip_conv.py`` dispatches bet
 the single-pass one) and kept as the benchmark's comparison point.
 
 Forward (``split_forward``), three launches through HBM:
-  1. ``_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
-  2. ``_strips_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
+  1. ``_strip_conv_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
+  2. ``_strip_conv_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
      a0 tile is loaded once and shared by every branch with that tap.
-  3. ``_strips_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
+  3. ``_strip_conv_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
      to the output dtype/layout fused into one pass.
   HBM traffic in bf16 is 2E (x) + 2E (a0 out) + 2E+6E (spread) + 2E+6E+2E (gather) = 22E bytes
   versus ≈ 60E for the eager 13-kernel chain (KERNELS.md §2.2).
@@ -15,7 +15,7 @@ Forward (``split_forward``), three launches through HBM:
 Backward (``split_backward``): recompute a0 and the t_i, then the transposed convs with the same kernels
 and flipped weights (grad of an odd "same" correlation wrt its input is the correlation with the flipped
 kernel): all gt_i = v_iᵀ(g) in one spread pass, ga0 = g + Σ h_iᵀ(gt_i) in one gather pass,
-gx = c0ᵀ(ga0); weight grads by ``_dwconv_wgrad_kernel`` (per-tile partial sums reduced in fp32 by
+gx = c0ᵀ(ga0); weight grads by ``_strip_conv_dwconv_wgrad_kernel`` (per-tile partial sums reduced in fp32 by
 torch), bias grads by torch sums: ≈ 50E bytes. Backward intermediates are fp32.
 
 All kernels take arbitrary input/output strides, so NCHW and channels_last are read in place; the
@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+
+from .device import gpu_tiles
 
 
 @triton.jit
@@ -49,7 +51,7 @@ def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOC
 
 
 @triton.jit
-def _dwconv_kernel(
+def _strip_conv_dwconv_kernel(
     inp_ptr, w_ptr, bias_ptr, out_ptr,
     C, H, W,
     s_ib, s_ic, s_ih, s_iw,
@@ -88,7 +90,7 @@ def _dwconv_kernel(
 
 
 @triton.jit
-def _dwconv_wgrad_kernel(
+def _strip_conv_dwconv_wgrad_kernel(
     g_ptr, inp_ptr, part_ptr,
     C, H, W, n_tiles,
     s_gb, s_gc, s_gh, s_gw,
@@ -101,7 +103,7 @@ def _dwconv_wgrad_kernel(
     Layout: g and inp any strides; part is fp32 contiguous (B, n_tiles, KH*KW, C) where n_tiles
     counts the spatial tiles (a program covers channels [tc·BLOCK_C, ...) of one spatial tile); the
     caller sums dims 0 and 1 to get the (KH*KW, C) weight gradient. Out-of-image inp taps read 0.
-    Grid: as _dwconv_kernel; program (t, b) loads its g tile once and, per tap, reduces g · shifted
+    Grid: as _strip_conv_dwconv_kernel; program (t, b) loads its g tile once and, per tap, reduces g · shifted
     inp over the pixel axis into a BLOCK_C vector (one vector store per tap).
     """
     b = tl.program_id(1).to(tl.int64)
@@ -125,7 +127,7 @@ def _dwconv_wgrad_kernel(
 
 
 @triton.jit
-def _strips_spread_kernel(
+def _strip_conv_spread_kernel(
     inp_ptr, w1_ptr, w2_ptr, w3_ptr, b1_ptr, b2_ptr, b3_ptr, o1_ptr, o2_ptr, o3_ptr,
     C, H, W,
     s_ib, s_ic, s_ih, s_iw,
@@ -139,7 +141,7 @@ def _strips_spread_kernel(
     branch i"; P = max K_i // 2. Each of the 2P+1 shifted tiles of inp is loaded once and used by
     every branch that has that tap (the 7- and 11-strips reuse the 21-strip's loads).
     Layout: inp any strides; w_i (C, K_i) fp32; b_i (C,) fp32; o_i contiguous NCHW in any dtype.
-    Grid/tile: as _dwconv_kernel.
+    Grid/tile: as _strip_conv_dwconv_kernel.
     """
     b = tl.program_id(1).to(tl.int64)
     ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
@@ -206,7 +208,7 @@ def _strip_taps(acc, in_ptr, w_ptr, b_ptr, ch, rows, cols, cmask, omask, b, C, H
 
 
 @triton.jit
-def _strips_gather_kernel(
+def _strip_conv_gather_kernel(
     base_ptr, i1_ptr, i2_ptr, i3_ptr, w1_ptr, w2_ptr, w3_ptr, b1_ptr, b2_ptr, b3_ptr, out_ptr,
     C, H, W,
     s_bb, s_bc, s_bh, s_bw,
@@ -219,7 +221,7 @@ def _strips_gather_kernel(
 
     strip_i is a 1-D correlation of length K_i along H (VERTICAL) or W; K_i = 0 means "no branch i".
     Layout: base and out any strides (out in any dtype, the cast is the epilogue); in_i contiguous
-    NCHW; w_i (C, K_i) fp32; b_i (C,) fp32. Grid/tile: as _dwconv_kernel.
+    NCHW; w_i (C, K_i) fp32; b_i (C,) fp32. Grid/tile: as _strip_conv_dwconv_kernel.
     """
     b = tl.program_id(1).to(tl.int64)
     ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
@@ -238,7 +240,7 @@ def _strips_gather_kernel(
 def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_H, BLOCK_W): channels-heavy tiles for channels_last, row-heavy for NCHW."""
     c = x.shape[1]
-    if x.device.type == "cpu":  # interpreter: few large programs (its cost is per program and per op)
+    if not gpu_tiles(x.device):  # interpreter: few large programs (its cost is per program and per op)
         return min(16, triton.next_power_of_2(c)), 16, 32
     # GPU: 256-element tiles (2 per thread at 4 warps). Larger ones spill: compiled for sm_90
     # (tests/triton_aot.py) the gather kernel needed 255 registers + 450–700 bytes of stack at 1024.
@@ -269,7 +271,7 @@ def dwconv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if inp.numel() == 0:
         return out
     bc, bh, bw = _blocks(inp)
-    wrap_triton(_dwconv_kernel)[_grid(inp, bc, bh, bw)](
+    wrap_triton(_strip_conv_dwconv_kernel)[_grid(inp, bc, bh, bw)](
         inp, wf, bf, out, c, h, w, *inp.stride(), *out.stride(),
         KH=kh, KW=kw, HAS_BIAS=bias is not None,
         BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
@@ -285,7 +287,7 @@ def dwconv_wgrad(g: torch.Tensor, inp: torch.Tensor, kh: int, kw: int) -> torch.
     bc, bh, bw = _blocks(g)
     n_tiles = triton.cdiv(h, bh) * triton.cdiv(w, bw)
     part = torch.empty((b, n_tiles, kh * kw, c), device=g.device, dtype=torch.float32)
-    wrap_triton(_dwconv_wgrad_kernel)[_grid(g, bc, bh, bw)](
+    wrap_triton(_strip_conv_dwconv_wgrad_kernel)[_grid(g, bc, bh, bw)](
         g, inp, part, c, h, w, n_tiles, *g.stride(), *inp.stride(),
         KH=kh, KW=kw, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
     )
@@ -313,7 +315,7 @@ def strips_spread(inp, ws, bs, outs, vertical: bool, flip: bool = False):
     wf, bf, ks = _pad3(ws, bs, flip)
     o = list(outs) + [outs[0]] * (MAX_BRANCHES - len(outs))
     bc, bh, bw = _blocks(inp)
-    wrap_triton(_strips_spread_kernel)[_grid(inp, bc, bh, bw)](
+    wrap_triton(_strip_conv_spread_kernel)[_grid(inp, bc, bh, bw)](
         inp, *wf, *bf, *o, inp.shape[1], inp.shape[2], inp.shape[3], *inp.stride(),
         K1=ks[0], K2=ks[1], K3=ks[2], P=max(ks) // 2, VERTICAL=vertical, HAS_BIAS=bs is not None,
         BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
@@ -328,7 +330,7 @@ def strips_gather(base, ins, ws, bs, out, vertical: bool, flip: bool = False):
     wf, bf, ks = _pad3(ws, bs, flip)
     i3 = list(ins) + [ins[0]] * (MAX_BRANCHES - len(ins))
     bc, bh, bw = _blocks(out)
-    wrap_triton(_strips_gather_kernel)[_grid(out, bc, bh, bw)](
+    wrap_triton(_strip_conv_gather_kernel)[_grid(out, bc, bh, bw)](
         base, *i3, *wf, *bf, out, out.shape[1], out.shape[2], out.shape[3], *base.stride(), *out.stride(),
         K1=ks[0], K2=ks[1], K3=ks[2], VERTICAL=vertical, HAS_BIAS=bs is not None,
         BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
