@@ -296,16 +296,39 @@ def compile_sm90(launch: Launch) -> dict:
     return usage
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; ``--json PATH`` also writes it (Triton version, date, commit, one row per launch)."""
+    import argparse
+    import datetime
+    import json
+
+    import triton
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the table to this JSON file")
+    args = parser.parse_args(argv)
     launches = record_launches()
-    print(f"{'kernel':32} {'case':42} {'warps':>5} {'regs':>5} {'stack':>6} {'shared':>7}")
-    worst = 0
+    print(f"{'kernel':38} {'case':46} {'warps':>5} {'regs':>5} {'stack':>6} {'shared':>7}")
+    rows, worst = [], 0
     for launch in launches:
         u = compile_sm90(launch)
-        print(f"{launch.name:32} {launch.case:42} {launch.options.get('num_warps', 4):5d} {u['registers']:5d} "
-              f"{u['stack']:6d} {u['shared']:7d}")
+        warps = launch.options.get("num_warps", 4)
+        print(f"{launch.name:38} {launch.case:46} {warps:5d} {u['registers']:5d} {u['stack']:6d} {u['shared']:7d}")
+        rows.append({"kernel": launch.name, "case": launch.case, "num_warps": warps,
+                     "constexprs": {k: v for k, v in launch.constexprs.items() if isinstance(v, (int, bool, str))},
+                     **u})
         worst = max(worst, u["stack"])
-    print(f"{len(launches)} launches compiled for sm_90; largest stack frame {worst} bytes")
+    print(f"{len(launches)} launches compiled for sm_90 with Triton {triton.__version__}; "
+          f"largest stack frame {worst} bytes")
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        doc = {"what": "registers, stack (spill) and shared bytes per Triton launch, compiled for sm_90 without a GPU "
+                       "(tests/triton_aot.py); compile-only figures, not measurements of speed",
+               "triton": triton.__version__, "torch": torch.__version__, "target": "cuda sm_90 (warp 32)",
+               "commit": commit, "date": datetime.date.today().isoformat(), "launches": rows}
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1)
     return 0
 
 

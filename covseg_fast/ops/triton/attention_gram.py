@@ -105,14 +105,23 @@ def _channel_gram_softmax_kernel(WS, P, LSE, C, CC, SPLIT, sign_log2e,
 
 
 @triton.jit
+def _rows_and_cols(C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Channel rows and pixel columns of this program of the product kernels. Both live on grid axis 0,
+    row blocks fastest (the programs of one pixel block share its x tile in L2): axes 1 and 2 stop at
+    65,535, which N / BLOCK_N passes above 8.4M pixels."""
+    n_rows = tl.cdiv(C, BLOCK_M)
+    pid = tl.program_id(0)
+    return (pid % n_rows) * BLOCK_M + tl.arange(0, BLOCK_M), (pid // n_rows) * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
 def _channel_gram_apply_kernel(P, X, O, GAMMA, C, CC, N,
                  s_xb, s_xc, s_xn, s_ob, s_oc, s_on,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GAMMA: tl.constexpr,
                  PREC: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_M), cdiv(N, BLOCK_N), B): out tile = P[rows, :] X[:, cols] (γ: γ·that + x)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
+    """Grid (cdiv(C, BLOCK_M) · cdiv(N, BLOCK_N), B): out tile = P[rows, :] X[:, cols] (γ: γ·that + x)."""
+    rows, cols = _rows_and_cols(C, BLOCK_M, BLOCK_N)
+    b = tl.program_id(1).to(tl.int64)
     x_base = X + b * s_xb
     p_base = P + b * CC
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -177,11 +186,10 @@ def _channel_gram_backward_x_kernel(PG, DS, X, DY, DX, C, CC, N, sign,
                   s_xb, s_xc, s_xn, s_yb, s_yc, s_yn, s_gb, s_gc, s_gn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GAMMA: tl.constexpr,
                   PREC: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_M), cdiv(N, BLOCK_N), B): dX[m, cols] = Σ_k (γP)_km dY[k] + s (dS_mk + dS_km) X[k]
+    """Grid (cdiv(C, BLOCK_M) · cdiv(N, BLOCK_N), B): dX[m, cols] = Σ_k (γP)_km dY[k] + s (dS_mk + dS_km) X[k]
     (+ dY[m, cols] with γ: the residual's gradient)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
+    rows, cols = _rows_and_cols(C, BLOCK_M, BLOCK_N)
+    b = tl.program_id(1).to(tl.int64)
     pg_base, ds_base = PG + b * CC, DS + b * CC
     x_base, dy_base = X + b * s_xb, DY + b * s_yb
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -27,12 +27,15 @@ def config(dtype: torch.dtype, device: torch.device) -> dict:
     """Tile sizes: gram (BLOCK_I/J/K), product (BLOCK_M/N/K) and row kernels (BLOCK_R/J), and launch options
     for the GEMM-like kernels (``warps``) and the row kernels (``row_warps``)."""
     if not gpu_tiles(device):
-        return dict(gram=(16, 16, 16), gemm=(16, 32, 16), rows=(16, 16), warps={}, row_warps={})
+        return dict(gram=(16, 16, 16), gemm=(16, 32, 16), gemm_backward=(16, 32, 16), rows=(16, 16), warps={},
+                    row_warps={})
     wide = dtype != torch.float32
     t = 64 if wide else 32
-    # sm_90 compile (tests/triton_aot.py): with 4 warps the 16-bit dual Gram and grad_x spill (272 / 560 bytes);
-    # 8 warps fit (190 / 252 registers). The row kernels spill 32 bytes at 8 warps, none at 4.
-    return dict(gram=(t, t, t), gemm=(t, 2 * t, t), rows=(16, 128),
+    # sm_90 compiles (tests/triton_aot.py): with 4 warps the 16-bit dual Gram and grad_x spill (272 / 560 bytes);
+    # 8 warps fit. The 16-bit grad_x (two dots per K step, dS read both ways) at 64×128×64 spilled 208–472 bytes
+    # under Triton 3.6 (the GPU machine's; 251 registers, none under 3.9): its K step is 16 (196 registers
+    # under 3.6, none spilled). The row kernels spill 32 bytes at 8 warps, none at 4.
+    return dict(gram=(t, t, t), gemm=(t, 2 * t, t), gemm_backward=(t, 2 * t, 16 if wide else t), rows=(16, 128),
                 warps=dict(num_warps=8 if wide else 4, num_stages=2), row_warps=dict(num_warps=4, num_stages=2))
 
 
@@ -83,7 +86,7 @@ def gram_forward(x: torch.Tensor, sign: float, gamma: Optional[torch.Tensor], ou
     wrap_triton(_channel_gram_softmax_kernel)[(triton.cdiv(c, br), b)](
         ws, p, lse, c, c * c, split, float(sign) * LOG2E, BLOCK_R=br, BLOCK_J=bjr, **cfg["row_warps"])
     bm, bn, bk = cfg["gemm"]
-    wrap_triton(_channel_gram_apply_kernel)[(triton.cdiv(c, bm), triton.cdiv(n, bn), b)](
+    wrap_triton(_channel_gram_apply_kernel)[(triton.cdiv(c, bm) * triton.cdiv(n, bn), b)](
         p, x, out, gamma if gamma is not None else p, c, c * c, n, *x.stride(), *out.stride(),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_GAMMA=gamma is not None, PREC=_prec(x), **cfg["warps"],
     )
@@ -110,8 +113,8 @@ def gram_backward(grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], x: t
         float(sign) * LOG2E, BLOCK_R=br, BLOCK_J=bjr, HAS_DLSE=grad_lse is not None, HAS_GAMMA=gamma is not None,
         **cfg["row_warps"],
     )
-    bm, bn, bk = cfg["gemm"]
-    wrap_triton(_channel_gram_backward_x_kernel)[(triton.cdiv(c, bm), triton.cdiv(n, bn), b)](
+    bm, bn, bk = cfg["gemm_backward"]
+    wrap_triton(_channel_gram_backward_x_kernel)[(triton.cdiv(c, bm) * triton.cdiv(n, bn), b)](
         pg, ds, x, grad_out, dx, c, c * c, n, float(sign), *x.stride(), *grad_out.stride(), *dx.stride(),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_GAMMA=gamma is not None, PREC=_prec(x), **cfg["warps"],
     )

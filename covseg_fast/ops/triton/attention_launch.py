@@ -60,7 +60,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     lse = torch.empty((b, n), dtype=torch.float32, device=q.device)
     cfg = _config(q, dqk, dv, backward=False)
     num_d = triton.cdiv(dqk, cfg["BLOCK_D"])
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), b, triton.cdiv(dv, cfg["BLOCK_C"]))
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]) * triton.cdiv(dv, cfg["BLOCK_C"]), b)
     has_res = residual is not None
     wrap_triton(_attention_forward_kernel)[grid](
         q, k, v, out, lse, residual if has_res else out, gamma if has_res else lse, n, dqk, dv, float(scale) * LOG2E,
@@ -93,15 +93,15 @@ def attention_backward(
     opts = _launch_opts(q)
     s_log2e = float(scale) * LOG2E
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-    wrap_triton(_attention_backward_dq_kernel)[(triton.cdiv(n, cfg["BLOCK_M"]), b, num_d)](
+    wrap_triton(_attention_backward_dq_kernel)[(triton.cdiv(n, cfg["BLOCK_M"]) * num_d, b)](
         q, k, v, grad_out, lse, delta, dq, n, dqk, dvd, float(scale), s_log2e, *common, *dq.stride(),
         NUM_D=num_d, NUM_C=num_c, **cfg, **opts,
     )
-    wrap_triton(_attention_backward_dk_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b, num_d)](
+    wrap_triton(_attention_backward_dk_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]) * num_d, b)](
         q, k, v, grad_out, lse, delta, dk, n, dqk, dvd, float(scale), s_log2e, *common, *dk.stride(),
         NUM_D=num_d, NUM_C=num_c, **cfg, **opts,
     )
-    wrap_triton(_attention_backward_dv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b, num_c)](
+    wrap_triton(_attention_backward_dv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]) * num_c, b)](
         q, k, grad_out, lse, dv, n, dqk, dvd, s_log2e,
         *q.stride(), *k.stride(), *grad_out.stride(), *dv.stride(),
         NUM_D=num_d, **cfg, **opts,

@@ -21,10 +21,10 @@ def _cbam_stats_backward_kernel(x_ptr, gmean_ptr, gmax_ptr, mx_ptr, cnt_ptr, gx_
                           sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """grad_x[b, c, p] = g_mean[b, c]/HW + g_max[b, c]·[x = max[b, c]]/count[b, c].
 
-    grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); grad_x has x's strides.
+    grid (cdiv(HW, BLOCK_HW), B, cdiv(C, BLOCK_C)); grad_x has x's strides.
     """
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask = mask_c[:, None] & (offs_hw < HW)[None, :]
@@ -44,12 +44,12 @@ def _cbam_pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_pt
                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, WRITE_GX: tl.constexpr):
     """g₁ = g_max·[x·ca = max]/count + g_mean/C;  grad_x = g₁·ca;  partial grad_ca = Σ_(pixel block) g₁·x.
 
-    grid (B, NB = cdiv(HW, BLOCK_HW)); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
+    grid (NB = cdiv(HW, BLOCK_HW), B); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
     over blocks by the launcher (deterministic, no atomics). gp is (B, 2, HW) contiguous, any float dtype.
     WRITE_GX = False is pass B of the fused block backward: only grad_ca, x read once, nothing full-size written.
     """
-    b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0)
     offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     mx = tl.load(pooled_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0)
@@ -77,13 +77,13 @@ def _cbam_apply_backward_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, gx_ptr, pca_ptr, g
                           WRITE_GX: tl.constexpr):
     """grad_x = g·ca·sa;  grad_sa[b, p] = Σ_c g·x·ca;  partial grad_ca[b, c, block] = Σ_(pixel block) g·x·sa.
 
-    grid (B, NB = cdiv(HW, BLOCK_HW)): each program loops over all channels of its pixel block, so
+    grid (NB = cdiv(HW, BLOCK_HW), B): each program loops over all channels of its pixel block, so
     grad_sa is complete in-program (fp32, (B, HW)); pca is (B, C, NB) fp32, summed by the launcher.
     g has its own strides; grad_x has x's. WRITE_GX = False is pass A of the fused block backward
     (reads g and x, writes only the (B, C) and (B, HW) reductions).
     """
-    b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0)
     offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     sa = tl.load(sa_ptr + b * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32)
@@ -115,13 +115,13 @@ def _cbam_block_backward_x_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, pooled_ptr, pcnt
         g₁     = g_max_C[p]·[x·ca = max_C[p]]/count_C[p] + g_mean_C[p]/C        (spatial pool)
         grad_x = ca[c]·(g·sa[p] + g₁) + g_mean_HW[c]/HW + g_max_HW[c]·[x = max_HW[c]]/count_HW[c]
 
-    grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); reads g (own strides) and x, writes grad_x with x's strides.
+    grid (cdiv(HW, BLOCK_HW), B, cdiv(C, BLOCK_C)); reads g (own strides) and x, writes grad_x with x's strides.
     Per-pixel inputs sa (B, HW), pooled (B, 2, HW) fp32, count_C (B, HW), g_pooled (B, 2, HW) and per-channel
     ca, g_mean_HW, g_max_HW, max_HW, count_HW (B, C) are contiguous. x·ca is formed as in _cbam_pool_kernel
     (cbam.py; fp32 product), so the max test picks exactly the elements the forward counted.
     """
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask_hw = offs_hw < HW

@@ -60,14 +60,17 @@ def _pixel_blocks(b: int, c: int, hw: int, sms: int = AOT_SM_COUNT) -> tuple[int
 class Tiling:
     """Shape and tiles of one CBAM launch over a dense (B, C, H, W) tensor (ints: grids specialise on them).
 
-    ``per_pixel=False``: [BLOCK_C, BLOCK_HW] tiles over the grid ``grid3`` = (B, pixel blocks, channel
-    blocks); ``per_pixel=True``: programs own a pixel block and loop over C, grid ``grid2`` = (B, nb).
+    ``per_pixel=False``: [BLOCK_C, BLOCK_HW] tiles over the grid ``grid3`` = (pixel blocks, B, channel
+    blocks); ``per_pixel=True``: programs own a pixel block and loop over C, grid ``grid2`` = (nb, B).
+    The pixel blocks are on axis 0 (up to 2³¹−1 programs): axes 1 and 2 stop at 65,535, which
+    cdiv(H·W, 64) passes above 4,194,240 pixels; a batch above 65,535 goes to the reference (ops/cbam.py).
     """
 
     def __init__(self, x: torch.Tensor, per_pixel: bool = False) -> None:
         self.b, self.c, self.h, self.w = (int(s) for s in x.shape)
         self.hw = self.h * self.w
-        self.bc, self.bhw = _pixel_blocks(self.b, self.c, self.hw) if per_pixel else _blocks(self.c, self.hw)
+        sms = sm_count(x.device)
+        self.bc, self.bhw = _pixel_blocks(self.b, self.c, self.hw, sms) if per_pixel else _blocks(self.c, self.hw)
         self.nb = triton.cdiv(self.hw, self.bhw)
-        self.grid2 = (self.b, self.nb)
-        self.grid3 = (self.b, self.nb, triton.cdiv(self.c, self.bc))
+        self.grid2 = (self.nb, self.b)
+        self.grid3 = (self.nb, self.b, triton.cdiv(self.c, self.bc))

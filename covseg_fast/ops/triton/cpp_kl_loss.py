@@ -43,8 +43,12 @@ def _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC: 
     row = i[:, None] * s + dy[None, :]
     col = j[:, None] * s + dx[None, :]
     lab_off = b[:, None].to(tl.int64) * H * W + row * W + col
-    lab = tl.load(lab_ptr + lab_off, mask=pm[:, None] & qm[None, :], other=-1).to(tl.int32)
-    valid = (lab != ignore) & (lab >= 0)
+    lm = pm[:, None] & qm[None, :]
+    # validity in the labels' own width (an int64 label 2³² + 1 must not become class 1), and < K: a label
+    # of K..BLOCK_K−1 would otherwise land in a padded class and enter Σ_k t (what the reference counts nowhere)
+    raw = tl.load(lab_ptr + lab_off, mask=lm, other=0)
+    valid = lm & (raw >= 0) & (raw < K) & (raw != ignore)
+    lab = tl.where(valid, raw, 0).to(tl.int32)
     hit = (lab[:, :, None] == kk[None, None, :]) & valid[:, :, None]
     t = tl.sum(hit.to(ACC), axis=1) / (s * s)                               # (BLOCK_P, BLOCK_K)
     z_off = b[:, None].to(tl.int64) * K * hw + kk[None, :] * hw + r[:, None]

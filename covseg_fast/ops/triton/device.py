@@ -36,13 +36,14 @@ class PeakRates:
 # Substring of the CUDA device name → rates. Measured where the row says so (KERNELS.md §0, GPU_CHECK.md),
 # else the vendor's dense (not sparse) figures. More specific names come first ("H100 PCIe" before "H100").
 RATE_TABLE: tuple[PeakRates, ...] = (
+    PeakRates("GH200", 4.0e12, 800e12, 67e12),      # spec (HBM3e variant); before "H200", which it contains
     PeakRates("H200", 4.3e12, 780e12, 67e12),       # measured: device-to-device copy, 8192³ bf16 GEMM
     PeakRates("H100 PCIe", 2.0e12, 756e12, 51e12),  # spec
     PeakRates("H100 NVL", 3.9e12, 835e12, 60e12),   # spec
     PeakRates("H100", 3.0e12, 800e12, 67e12),       # SXM: measured copy and GEMM; FP32 spec
-    PeakRates("GH200", 4.0e12, 800e12, 67e12),      # spec (HBM3e variant)
     PeakRates("A100", 1.6e12, 312e12, 19.5e12),     # spec, 40 GB (80 GB: 2.0 TB/s)
     PeakRates("L40S", 0.86e12, 362e12, 91.6e12),    # spec
+    PeakRates("L40", 0.86e12, 181e12, 90.5e12),     # spec
     PeakRates("L4", 0.3e12, 121e12, 30e12),         # spec
     PeakRates("A10", 0.6e12, 125e12, 31e12),        # spec (A10 / A10G)
     PeakRates("RTX 4090", 1.0e12, 165e12, 82e12),   # spec
@@ -104,3 +105,29 @@ def force_gpu_tiles(sm_count: Optional[int] = None) -> Iterator[None]:
         yield
     finally:
         _forced = saved
+
+
+# ---- addressing limits every launcher respects
+MAX_GRID_AXIS0 = 2**31 - 1  # programs on grid axis 0
+MAX_GRID_AXIS12 = 65535  # programs on grid axes 1 and 2: large counts go on axis 0, a batch above this to the reference
+INT32_MAX = 2**31 - 1
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """The largest element offset of ``t`` from its first element: Σ (size − 1)·|stride| (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when an index · stride product inside a kernel could pass 2³¹ − 1 for one of ``tensors`` (its
+    largest offset or its element count does): the kernel must then address it with int64 arithmetic."""
+    return any(max_offset(t) > INT32_MAX or t.numel() > INT32_MAX for t in tensors)
+
+
+def batch_over_grid(batch: int) -> Optional[str]:
+    """Why a kernel with the batch on grid axis 1 cannot take ``batch`` images, or None."""
+    if batch > MAX_GRID_AXIS12:
+        return f"batch {batch} > {MAX_GRID_AXIS12}, the CUDA grid's axis-1 limit (the reference serves it)"
+    return None

@@ -29,17 +29,22 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .device import gpu_tiles, sm_count
+from .device import gpu_tiles, needs_int64, sm_count
 
 
 @triton.jit
-def _tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr):
-    """Tile index → (batch, channel block, first row, first column); columns vary fastest, batch slowest."""
+def _tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr, INT64: tl.constexpr):
+    """Tile index → (batch, channel block, first row, first column); columns vary fastest, batch slowest.
+    INT64: the channel block and the coordinates are int64, so every channel/row/column · stride product
+    derived from them is (an image of C·H·W ≥ 2³¹ elements would wrap int32 products)."""
     tw_i = tile % n_tw
     rest = tile // n_tw
     th_i = rest % n_th
     rest = rest // n_th
-    return (rest // n_cb).to(tl.int64), rest % n_cb, th_i * TH, tw_i * TW
+    cb, h0, w0 = rest % n_cb, th_i * TH, tw_i * TW
+    if INT64:
+        cb, h0, w0 = tl.cast(cb, tl.int64), tl.cast(h0, tl.int64), tl.cast(w0, tl.int64)
+    return (rest // n_cb).to(tl.int64), cb, h0, w0
 
 
 @triton.jit
@@ -127,10 +132,11 @@ def _strip_conv_single_kernel(
     s_xb, s_xc, s_xh, s_xw,
     s_ob, s_oc, s_oh, s_ow,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, P: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr, INT64: tl.constexpr,
 ):
-    """Layout: x/out any strides (elements); w0 (C, K0*K0) fp32; wh_i/wv_i (C, K_i) fp32; biases (C,)
-    fp32; K_i = 0 means "no branch i"; P = max K_i // 2 (≥ 0). scratch: (programs, slot) in x's dtype,
+    """Layout: x/out any strides (elements; INT64 when an offset passes 2³¹ − 1); w0 (C, K0*K0) fp32;
+    wh_i/wv_i (C, K_i) fp32; biases (C,) fp32; K_i = 0 means "no branch i"; P = max K_i // 2 (≥ 0).
+    scratch: (programs, slot) in x's dtype,
     slot = BLOCK_C·(NA + 3·NT) with NA = (TH+2P)(TW+2P), NT = (TH+2P)·TW.
     Grid: (programs,); program p handles tiles p, p + programs, ... < n_tiles, where a tile id is
     ((b · n_cb + cb) · n_th + th) · n_tw + tw (tile columns fastest, so concurrently running programs
@@ -154,7 +160,7 @@ def _strip_conv_single_kernel(
     st2 = st1 + BLOCK_C * NT
     st3 = st2 + BLOCK_C * NT
     for tile in range(pid, n_tiles, n_prog):
-        b, cb, h0, w0 = _tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
+        b, cb, h0, w0 = _tile_origin(tile, n_tw, n_th, n_cb, TH, TW, INT64)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc
@@ -248,6 +254,6 @@ def strip_conv_single_pass(x, w0, b0, wf, bf, vf, vbf, ks, out: torch.Tensor) ->
         x, w0f, b0f, *wf, *bf, *vf, *vbf, out, scratch,
         c, h, w, n_tiles, *x.stride(), *out.stride(),
         K0=k0, K1=ks[0], K2=ks[1], K3=ks[2], P=p,
-        TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"],
+        TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], INT64=needs_int64(x, out), num_warps=cfg["num_warps"],
     )
     return out
