@@ -11,8 +11,9 @@ log_softmax → KL (``fused=False``); both give the same value. Fused, the targe
 either from one ``covseg::class_prob_pool`` call (``targets="pooled"``: every nested scale in one pass
 over the labels, by the C++ kernel on CPU and the CUDA kernel on a GPU) followed by the KL of each
 scale, or from ``covseg::cpp_kl_loss`` once per scale (``targets="per_scale"``: pooling, log-softmax
-and KL in one Triton kernel). ``"auto"`` takes ``pooled`` on CPU (5–6× faster there, forward and
-backward, benchmarks/bench_cpp_kl_aux.py) and ``per_scale`` on a GPU until that benchmark has run there.
+and KL in one Triton kernel). ``"auto"`` takes ``pooled`` on CPU (6–8× faster there, forward and
+backward at 16×256², one thread: benchmarks/results/cpp_kl_aux_cpu_1thread.json) and ``per_scale`` on a
+GPU until benchmarks/bench_cpp_kl_aux.py has run there.
 """
 from __future__ import annotations
 
