@@ -48,6 +48,19 @@ def _tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr, INT
 
 
 @triton.jit
+def _tile_chunk(start, lane, h0, w0, H, W, cmask, TW: tl.constexpr, NO: tl.constexpr):
+    """Row/column in the tile, image row/column and masks (in the tile; and in the image) of the chunk of
+    tile pixels starting at ``start``."""
+    idx = start + lane
+    rr = idx // TW
+    cc = idx % TW
+    gh = h0 + rr
+    gw = w0 + cc
+    lmask = (idx < NO) & cmask
+    return rr, cc, gh, gw, lmask, lmask & (gh < H) & (gw < W)
+
+
+@triton.jit
 def _stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
              K0: tl.constexpr, P: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
              BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
@@ -184,13 +197,7 @@ def _strip_conv_single_kernel(
         if K3 > 0:
             bias += tl.load(bv3_ptr + ch, mask=cmask, other=0.0)
         for start in range(0, NO, CHUNK):
-            idx = start + lane
-            rr = idx // TW
-            cc = idx % TW
-            gh = h0 + rr
-            gw = w0 + cc
-            lmask = (idx < NO) & cmask
-            omask = lmask & (gh < H) & (gw < W)
+            rr, cc, gh, gw, lmask, omask = _tile_chunk(start, lane, h0, w0, H, W, cmask, TW, NO)
             acc = tl.load(sa + (rr + P) * RWA + cc + P, mask=lmask, other=0.0).to(tl.float32) + bias
             if K1 > 0:
                 for d in tl.static_range(K1):

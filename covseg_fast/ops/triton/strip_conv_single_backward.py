@@ -27,7 +27,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .device import gpu_tiles, needs_int64, sm_count
-from .strip_conv_single import _stage_a0, _stage_strips_h, _tile_origin
+from .strip_conv_single import _stage_a0, _stage_strips_h, _tile_chunk, _tile_origin
 
 
 def tap_layout(k0: int, ks: list[int]) -> dict:
@@ -148,18 +148,6 @@ def _branch_wgrads(wacc, taps, gv, st, sg, sa, ptile, lmask, rr, cc,
         av = tl.load(sa + (rr + P) * RWA + cc + P + d - K // 2, mask=lmask, other=0.0)
         wacc = _acc_tap(wacc, taps, OFF_WH + d, gtv * av)
     return wacc
-
-
-@triton.jit
-def _tile_chunk(start, lane, h0, w0, H, W, cmask, TW: tl.constexpr, NO: tl.constexpr):
-    """Row/column in the tile, image row/column and masks of the chunk of tile pixels starting at ``start``."""
-    idx = start + lane
-    rr = idx // TW
-    cc = idx % TW
-    gh = h0 + rr
-    gw = w0 + cc
-    lmask = (idx < NO) & cmask
-    return rr, cc, gh, gw, lmask, lmask & (gh < H) & (gw < W)
 
 
 @triton.jit
