@@ -4,7 +4,9 @@ The launches are the ones the wrappers make at the benchmark shapes with their G
 (recorded on meta tensors, see triton_aot.py). Checked per launch: ``triton.compile`` succeeds for
 ``GPUTarget("cuda", 90, 32)``; the cubin has no stack frame (a register spill costs local-memory
 traffic in the innermost loops); shared memory fits one H100 block. Nothing runs: this is what a GPU
-session would otherwise find first. Tile sizes chosen with it are noted where they are set.
+session would otherwise find first. Tile sizes chosen with it are noted where they are set. CI runs it
+under this environment's Triton and again under Triton 3.6, the GPU machine's (.ci/run stage
+triton-3.6-sm90): the two allocate registers differently (docs/gpu_kernel_checks.md).
 """
 import importlib
 import os

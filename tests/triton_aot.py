@@ -8,7 +8,8 @@ types, constexprs, num_warps/num_stages) is compiled with ``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)``; ``cuobjdump -res-usage`` on the cubin gives registers, stack (spills)
 and shared memory per kernel.
 
-Run as a script for the table: ``python tests/triton_aot.py``.
+Run as a script for the table: ``python tests/triton_aot.py [--json FILE]`` (under the Triton to report on;
+the committed tables: benchmarks/results/triton_sm90_resources_triton*.json).
 """
 from __future__ import annotations
 
