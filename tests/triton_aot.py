@@ -8,7 +8,8 @@ types, constexprs, num_warps/num_stages) is compiled with ``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)``; ``cuobjdump -res-usage`` on the cubin gives registers, stack (spills)
 and shared memory per kernel.
 
-Run as a script for the table: ``python tests/triton_aot.py``.
+Run as a script for the table: ``python tests/triton_aot.py [--json FILE]`` (under the Triton to report on;
+the committed tables: benchmarks/results/triton_sm90_resources_triton*.json).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Launch:
     signature: dict
     constexprs: dict
     options: dict
+    grid: tuple = ()
 
     @property
     def name(self) -> str:
@@ -64,7 +66,7 @@ def _arg_type(value) -> str:
     raise TypeError(f"no Triton type for argument {value!r}")
 
 
-def _record(case: str, kernel, args: tuple, kwargs: dict, sink: list) -> None:
+def _record(case: str, kernel, grid, args: tuple, kwargs: dict, sink: list) -> None:
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     params = kernel.params
     signature, constexprs = {}, {}
@@ -82,7 +84,8 @@ def _record(case: str, kernel, args: tuple, kwargs: dict, sink: list) -> None:
             constexprs[p.name] = value
         else:
             signature[p.name] = _arg_type(value)
-    sink.append(Launch(case, kernel, signature, constexprs, options))
+    grid = grid(dict(constexprs)) if callable(grid) else grid
+    sink.append(Launch(case, kernel, signature, constexprs, options, tuple(int(g) for g in grid)))
 
 
 class _Recorder:
@@ -94,7 +97,7 @@ class _Recorder:
 
         class _Grid:
             def __getitem__(self, grid):
-                return lambda *args, **kwargs: _record(recorder.case, kernel, args, dict(kwargs), recorder.sink)
+                return lambda *args, **kwargs: _record(recorder.case, kernel, grid, args, dict(kwargs), recorder.sink)
 
         return _Grid()
 
@@ -115,23 +118,17 @@ def launching_modules() -> list:
 
 @contextlib.contextmanager
 def recording(case: str, sink: list) -> Iterator[None]:
-    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run;
-    every ``_sm_count`` (persistent grids) answers 132, an H100 SXM."""
+    """Inside: every ``wrap_triton(kernel)[grid](...)`` of the package is recorded into ``sink``, not run.
+    Meta tensors get the GPU tile configurations and 132 SMs (an H100/H200; ops/triton/device.py)."""
     modules = launching_modules()
-    sm_modules = [m for m in modules if hasattr(m, "_sm_count")]
     saved = [m.wrap_triton for m in modules]
-    saved_sm = [m._sm_count for m in sm_modules]
     try:
         for m in modules:
             m.wrap_triton = _Recorder(case, sink)
-        for m in sm_modules:
-            m._sm_count = lambda device: 132  # an H100 SXM
         yield
     finally:
         for m, w in zip(modules, saved):
             m.wrap_triton = w
-        for m, f in zip(sm_modules, saved_sm):
-            m._sm_count = f
 
 
 @contextlib.contextmanager
@@ -216,7 +213,18 @@ def _attention_cases() -> dict[str, Callable]:
         attention_backward(out.transpose(1, 2), None, xt, xt, xt, out.transpose(1, 2),
                            _meta(b, c, dtype=torch.float32), -1.0)
 
+    def gram(b, c, n, dtype, with_gamma):  # the gram path of channel attention (attention_gram_launch.py)
+        from covseg_fast.ops.triton.attention_gram_launch import gram_backward, gram_forward
+
+        x = _meta(b, c, n, dtype=dtype)
+        gamma = _meta(1, dtype=torch.float32) if with_gamma else None
+        lse = gram_forward(x, 1.0, gamma, torch.empty_like(x))
+        gram_backward(torch.empty_like(x), None, x, lse, gamma, 1.0, torch.empty_like(x))
+
     return {"position_attention msa_64 bf16": lambda: position(16, 32, 256, 4096),
+            "channel_attention gram refnet_f2 bf16 gamma": lambda: gram(16, 64, 7744, torch.bfloat16, True),
+            "channel_attention gram refnet_f4 fp16 gamma": lambda: gram(16, 256, 484, torch.float16, True),
+            "channel_attention gram refnet_f5 fp32": lambda: gram(16, 2048, 121, torch.float32, False),
             "position_attention msa_32 fp32": lambda: position(16, 64, 512, 1024, torch.float32),
             "position_attention refnet_f5 bf16": lambda: position(16, 256, 2048, 121),
             "position_attention refnet_f5 fp32": lambda: position(16, 256, 2048, 121, torch.float32),
@@ -225,14 +233,13 @@ def _attention_cases() -> dict[str, Callable]:
 
 
 def _loss_cases() -> dict[str, Callable]:
+    from covseg_fast.ops.triton import cpp_kl_loss as kl_kernels
     from covseg_fast.ops.triton import structure_loss as sl
-
-    cpp_kl_loss = importlib.import_module("covseg_fast.ops.cpp_kl_loss")
 
     def kl(dtype):
         logits, labels = _meta(16, 2, 16, 16, dtype=dtype), _meta(16, 256, 256, dtype=torch.int64)
-        cpp_kl_loss._triton_forward(logits, labels, 16, None)
-        cpp_kl_loss._triton_backward(_meta(dtype=torch.float32), logits, labels, 16, None)
+        kl_kernels.cpp_kl_forward(logits, labels, 16, None)
+        kl_kernels.cpp_kl_backward(_meta(dtype=torch.float32), logits, labels, 16, None)
 
     def structure(dtype):
         z, g = _meta(16, 1, 352, 352, dtype=dtype), _meta(16, 1, 352, 352, dtype=dtype)
@@ -290,16 +297,39 @@ def compile_sm90(launch: Launch) -> dict:
     return usage
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; ``--json PATH`` also writes it (Triton version, date, commit, one row per launch)."""
+    import argparse
+    import datetime
+    import json
+
+    import triton
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the table to this JSON file")
+    args = parser.parse_args(argv)
     launches = record_launches()
-    print(f"{'kernel':32} {'case':42} {'warps':>5} {'regs':>5} {'stack':>6} {'shared':>7}")
-    worst = 0
+    print(f"{'kernel':38} {'case':46} {'warps':>5} {'regs':>5} {'stack':>6} {'shared':>7}")
+    rows, worst = [], 0
     for launch in launches:
         u = compile_sm90(launch)
-        print(f"{launch.name:32} {launch.case:42} {launch.options.get('num_warps', 4):5d} {u['registers']:5d} "
-              f"{u['stack']:6d} {u['shared']:7d}")
+        warps = launch.options.get("num_warps", 4)
+        print(f"{launch.name:38} {launch.case:46} {warps:5d} {u['registers']:5d} {u['stack']:6d} {u['shared']:7d}")
+        rows.append({"kernel": launch.name, "case": launch.case, "num_warps": warps,
+                     "constexprs": {k: v for k, v in launch.constexprs.items() if isinstance(v, (int, bool, str))},
+                     **u})
         worst = max(worst, u["stack"])
-    print(f"{len(launches)} launches compiled for sm_90; largest stack frame {worst} bytes")
+    print(f"{len(launches)} launches compiled for sm_90 with Triton {triton.__version__}; "
+          f"largest stack frame {worst} bytes")
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        doc = {"what": "registers, stack (spill) and shared bytes per Triton launch, compiled for sm_90 without a GPU "
+                       "(tests/triton_aot.py); compile-only figures, not measurements of speed",
+               "triton": triton.__version__, "torch": torch.__version__, "target": "cuda sm_90 (warp 32)",
+               "commit": commit, "date": datetime.date.today().isoformat(), "launches": rows}
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1)
     return 0
 
 

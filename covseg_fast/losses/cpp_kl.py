@@ -6,8 +6,14 @@ The divisor is ``kl_reduction``: "pixel_mean" (B·h_k·w_k, the §11 A5 choice: 
 "batchmean" (B, PyTorch's ``kl_div`` reduction: a 128² map then weighs 64× a 16² one) or "sum" (1).
 
 L_main is mean BCE-with-logits over B·H·W (binary, soft targets allowed) or mean cross-entropy
-(K classes). The aux terms use the fused op ``covseg::cpp_kl_loss`` (``fused=True``) or the unfused
-composition CPP pooling → log_softmax → KL (``fused=False``); both give the same value.
+(K classes). The aux terms use the fused ops (``fused=True``) or the unfused composition CPP pooling →
+log_softmax → KL (``fused=False``); both give the same value. Fused, the targets of all scales come
+either from one ``covseg::class_prob_pool`` call (``targets="pooled"``: every nested scale in one pass
+over the labels, by the C++ kernel on CPU and the CUDA kernel on a GPU) followed by the KL of each
+scale, or from ``covseg::cpp_kl_loss`` once per scale (``targets="per_scale"``: pooling, log-softmax
+and KL in one Triton kernel). ``"auto"`` takes ``pooled`` on CPU (6–8× faster there, forward and
+backward at 16×256², one thread: benchmarks/results/cpp_kl_aux_cpu_1thread.json) and ``per_scale`` on a
+GPU until benchmarks/bench_cpp_kl_aux.py has run there.
 """
 from __future__ import annotations
 
@@ -16,11 +22,22 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ..ops.class_prob_pool import class_prob_pool
 from ..ops.cpp_kl_loss import cpp_kl_loss
 from ..ops.reference.class_prob_pool import class_prob_pool as cpp_reference
 from ..ops.reference.cpp_kl_loss import cpp_kl_from_probs
 
 KL_REDUCTIONS = ("pixel_mean", "batchmean", "sum")
+TARGET_MODES = ("auto", "pooled", "per_scale")
+
+
+def resolve_targets(targets: str, device: torch.device) -> str:
+    """``pooled`` or ``per_scale`` for aux maps on ``device`` (``auto``: pooled on CPU, see the module docstring)."""
+    if targets not in TARGET_MODES:
+        raise ValueError(f"targets must be one of {TARGET_MODES}, got {targets!r}")
+    if targets == "auto":
+        return "pooled" if device.type == "cpu" else "per_scale"
+    return targets
 
 
 def _check_reduction(kl_reduction: str, where: str) -> None:
@@ -52,7 +69,8 @@ def soft_binary_targets(mask: torch.Tensor, scale: int) -> torch.Tensor:
 def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.Tensor] = None,
                     mask: Optional[torch.Tensor] = None, scales: Optional[Sequence[int]] = None,
                     ignore_index: Optional[int] = None, fused: bool = True,
-                    kl_reduction: str = "pixel_mean") -> list[torch.Tensor]:
+                    kl_reduction: str = "pixel_mean", check_labels: bool = True,
+                    targets: str = "auto") -> list[torch.Tensor]:
     """One KL term per aux map.
 
     Args:
@@ -65,6 +83,11 @@ def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.T
         ignore_index: label value that counts for no class.
         fused: use ``covseg::cpp_kl_loss``; False runs CPP → log_softmax → KL in plain PyTorch.
         kl_reduction: "pixel_mean" (÷ B·h·w, default), "batchmean" (÷ B) or "sum".
+        check_labels: verify once that every label is in [0, K) or ``ignore_index`` (a device sync on a
+            GPU); pass False when the caller knows (unchecked invalid labels count for no class). The
+            ``pooled`` targets are always checked (by the kernel: free on CPU, one sync on a GPU).
+        targets: fused labels' targets from one ``class_prob_pool`` call (``pooled``), the fused KL op per
+            scale (``per_scale``) or by device (``auto``, see the module docstring).
     Returns:
         list of 0-dim float32 tensors.
     Raises:
@@ -77,12 +100,20 @@ def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.T
     if labels is None and mask is None:
         raise ValueError("cpp_kl_aux_loss: give labels (B, H, W) or a binary mask (B, 1, H, W)")
     terms = []
-    checked = False
-    for z, s in zip(aux_logits, scales):
+    checked = not check_labels
+    pooled = None
+    if labels is not None and fused and len({z.shape[1] for z in aux_logits}) == 1 \
+            and resolve_targets(targets, aux_logits[0].device) == "pooled":
+        h_max = max(z.shape[-2] * s for z, s in zip(aux_logits, scales))
+        w_max = max(z.shape[-1] * s for z, s in zip(aux_logits, scales))
+        pooled = class_prob_pool(_pad_to(labels, h_max, w_max), aux_logits[0].shape[1], scales, ignore_index)
+    for i, (z, s) in enumerate(zip(aux_logits, scales)):
         h, w = z.shape[-2] * s, z.shape[-1] * s
         if labels is not None:
             lab = _pad_to(labels, h, w)
-            if fused:
+            if pooled is not None:  # scale s of the padded map: its first h×w windows are this map's
+                terms.append(cpp_kl_from_probs(z, pooled[i][..., :z.shape[-2], :z.shape[-1]]))
+            elif fused:
                 terms.append(cpp_kl_loss(z, lab, s, ignore_index, check_labels=not checked))
                 checked = True
             else:
@@ -98,7 +129,14 @@ def cpp_kl_aux_loss(aux_logits: Sequence[torch.Tensor], labels: Optional[torch.T
 
 
 def _is_hard(mask: torch.Tensor) -> bool:
+    """Every value 0 or 1 (one device sync on a GPU; batches prepared by the Trainer carry the answer)."""
     return bool(((mask == 0) | (mask == 1)).all())
+
+
+def _labels_known_valid(batch: Mapping, num_classes: int) -> bool:
+    """True when the host-side ``labels_range`` of the batch (train/batching.py) shows labels in [0, K)."""
+    lo_hi = batch.get("labels_range")
+    return lo_hi is not None and lo_hi[0] >= 0 and lo_hi[1] < num_classes
 
 
 class MSAUNetLoss:
@@ -111,16 +149,25 @@ class MSAUNetLoss:
         fused: fused CPP-KL op (hard labels) vs the unfused composition.
         ignore_index: label value excluded from CE and counted for no class in CPP.
         kl_reduction: divisor of each KL_k: "pixel_mean" (B·h_k·w_k, default), "batchmean" (B) or "sum".
+        targets: how the fused path builds the hard targets: "auto" (default), "pooled" or "per_scale"
+            (see the module docstring).
     ``outputs``: logits tensor or dict with "out" (B, C, H, W) and optional "aux" list. Binary with a
     hard {0,1} mask uses labels = mask (fused path); a soft mask uses the soft CPP composition.
-    ``parts``: {"main", "aux", "aux1".., "total"} as floats.
+    ``parts``: {"main", "aux", "aux1".., "total"} as detached 0-dim tensors (a float() of each would stop
+    a GPU once per part and step: convert when logging).
+    Host-side facts of the batch (``train/batching.py`` ``describe_targets``), when present, spare the
+    device syncs of checking them here: ``mask_is_binary`` (hard or soft mask) and ``labels_range`` (labels
+    in [0, K): no per-batch label check; otherwise the labels are checked on the device).
     """
 
     def __init__(self, num_classes: int = 1, aux_weight: float = 1.0, scales: Optional[Sequence[int]] = None,
-                 fused: bool = True, ignore_index: Optional[int] = None, kl_reduction: str = "pixel_mean"):
+                 fused: bool = True, ignore_index: Optional[int] = None, kl_reduction: str = "pixel_mean",
+                 targets: str = "auto"):
         if num_classes < 1:
             raise ValueError(f"MSAUNetLoss: num_classes must be ≥ 1, got {num_classes}")
         _check_reduction(kl_reduction, "MSAUNetLoss")
+        resolve_targets(targets, torch.device("cpu"))  # validates the name
+        self.targets = targets
         self.kl_reduction = kl_reduction
         self.num_classes, self.aux_weight, self.fused = num_classes, float(aux_weight), fused
         self.scales = list(scales) if scales is not None else None
@@ -140,22 +187,24 @@ class MSAUNetLoss:
         out = outputs if isinstance(outputs, torch.Tensor) else outputs["out"]
         aux = [] if isinstance(outputs, torch.Tensor) else list(outputs.get("aux") or [])
         main = self.main_loss(out, batch)
-        parts = {"main": float(main.detach())}
+        parts = {"main": main.detach()}
         total = main
         if aux and self.aux_weight != 0:
             labels, mask = (batch["labels"] if self.num_classes > 1 else None), None
+            check = self.num_classes > 1 and not _labels_known_valid(batch, self.num_classes)
             if self.num_classes == 1:  # binary: the aux targets come from the mask (K_aux = 2)
                 m = batch["mask"]
-                if _is_hard(m):
-                    labels = m[:, 0].to(torch.uint8)
+                hard = batch.get("mask_is_binary")
+                if hard if hard is not None else _is_hard(m):
+                    labels = m[:, 0].to(torch.uint8)  # {0, 1}: valid by construction, nothing to check
                 else:
                     mask = m
             terms = cpp_kl_aux_loss(aux, labels=labels, mask=mask, scales=self.scales,
                                     ignore_index=self.ignore_index, fused=self.fused,
-                                    kl_reduction=self.kl_reduction)
+                                    kl_reduction=self.kl_reduction, check_labels=check, targets=self.targets)
             aux_sum = torch.stack(terms).sum()
             total = total + self.aux_weight * aux_sum
-            parts["aux"] = float(aux_sum.detach())
-            parts.update({f"aux{i + 1}": float(t.detach()) for i, t in enumerate(terms)})
-        parts["total"] = float(total.detach())
+            parts["aux"] = aux_sum.detach()
+            parts.update({f"aux{i + 1}": t.detach() for i, t in enumerate(terms)})
+        parts["total"] = total.detach()
         return total, parts

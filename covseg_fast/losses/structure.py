@@ -59,7 +59,8 @@ def edge_from_mask(mask: torch.Tensor, kernel: int = 3, threshold: float = 0.5) 
 
 
 class RefNetLoss:
-    """Ref-Net training criterion: ``(outputs, batch) -> (loss, {part: float})``.
+    """Ref-Net training criterion: ``(outputs, batch) -> (loss, {part: detached 0-dim tensor})`` (convert the
+    parts when logging: a float() of each would stop a GPU once per part and step).
 
     ``outputs`` is the train-mode dict of :class:`~covseg_fast.models.refnet.RefNet` (side outputs
     ``m5, m4, m3, m2`` at the input size, plus ``edge`` when the edge branch is on); ``batch`` holds
@@ -86,21 +87,21 @@ class RefNetLoss:
     def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]):
         mask = batch["mask"]
         total = None
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         for key, weight in zip(SIDE_KEYS, self.side_weights):
             if key not in outputs:
                 raise KeyError(f"RefNetLoss: outputs lack side output {key!r} (is the model in train mode?)")
             if outputs[key].shape != mask.shape:
                 raise ValueError(f"RefNetLoss: {key} {tuple(outputs[key].shape)} vs mask {tuple(mask.shape)}")
             part = structure_loss(outputs[key], mask, self.bce_mode, self.iou_smooth, self.fused)
-            parts[key] = part.detach().item()
+            parts[key] = part.detach()
             total = weight * part if total is None else total + weight * part
         if "edge" in outputs:
             edge_t = batch.get("edge")
             if edge_t is None:
                 edge_t = edge_from_mask(mask, self.edge_kernel)
             part = edge_loss(outputs["edge"], edge_t)
-            parts["edge"] = part.detach().item()
+            parts["edge"] = part.detach()
             total = total + self.edge_weight * part
-        parts["loss"] = total.detach().item()
+        parts["loss"] = total.detach()
         return total, parts

@@ -146,13 +146,14 @@ class MSAUNet(nn.Module):
 
 
 def _msa_unet_criterion(num_classes: int = 1, aux_weight: float = 1.0, fused: bool = True, ignore_index=None,
-                        scales=None, kl_reduction: str = "pixel_mean"):
+                        scales=None, kl_reduction: str = "pixel_mean", targets: str = "auto"):
     """MSAUNetLoss: BCE/CE + aux_weight · Σ_k KL(CPP_{2^k}(labels) ‖ softmax(aux_k)) (MODELS.md §3.4).
 
     kl_reduction: "pixel_mean" (÷ B·h_k·w_k, §11 A5 default), "batchmean" (÷ B, PyTorch's) or "sum".
+    targets: "auto", "pooled" (one class_prob_pool call for every scale) or "per_scale" (losses/cpp_kl.py).
     """
     return MSAUNetLoss(num_classes=num_classes, aux_weight=aux_weight, scales=scales, fused=fused,
-                       ignore_index=ignore_index, kl_reduction=kl_reduction)
+                       ignore_index=ignore_index, kl_reduction=kl_reduction, targets=targets)
 
 
 register_model(ModelSpec(

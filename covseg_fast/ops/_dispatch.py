@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
+
+from . import knobs
 
 REFERENCE = "reference"
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("covseg_backend", default=None)
@@ -44,7 +45,7 @@ def forced_backend() -> Optional[str]:
     """The backend forced by :func:`use_backend` or ``COVSEG_BACKEND``, if any."""
     value = _forced.get()
     if value is None:
-        value = os.environ.get("COVSEG_BACKEND") or None
+        value = knobs.value("COVSEG_BACKEND") or None  # not os.environ: this runs inside traced op bodies
     return value
 
 

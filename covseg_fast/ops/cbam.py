@@ -52,6 +52,7 @@ from . import triton as _triton_pkg
 from ._dispatch import Backend, op_backends
 from .cbam_autograd import _ApplyGates, _GateAndPool
 from .reference import cbam as ref
+from .triton.device import batch_over_grid
 
 tk = None
 if _triton_pkg.import_error is None:
@@ -64,7 +65,7 @@ Tensor = torch.Tensor
 def _triton_accepts(x: Tensor, *rest) -> Optional[str]:
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"dtype {x.dtype} is not float32/float16/bfloat16 (the reference serves it)"
-    return None
+    return batch_over_grid(x.shape[0])
 
 
 _OPS = ("cbam_channel_stats", "cbam_spatial_pool", "cbam_apply")

@@ -20,8 +20,8 @@ The Triton backend has two paths with the same results (costs: ``triton/attentio
   N = 121, a single value tile). With γ the forward kernel applies the epilogue and the backward
   recomputes the attention output (one extra forward) instead of saving it.
 
-The path is the one with the smaller estimated fwd+bwd time on an H100 (roofline of KERNELS.md §0),
-or ``COVSEG_CHANNEL_ATTENTION_PATH=gram|flash``.
+The path is the one with the smaller estimated fwd+bwd time on the tensor's GPU (roofline rates from
+``triton/device.py``; an H100's for CPU tensors), or ``COVSEG_CHANNEL_ATTENTION_PATH=gram|flash``.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import torch
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
 from .reference.attention import channel_attention_lse
+from .triton.device import INT32_MAX, batch_over_grid
 
 VARIANTS = ("pfnet", "danet")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -84,7 +85,9 @@ def _triton_accepts(x, *_args) -> Optional[str]:
         return f"dtype {x.dtype} runs on the reference (the kernels take fp32/fp16/bf16)"
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return "bf16 is not exact in the Triton interpreter (tl.dot); bf16 runs on CUDA only"
-    return None
+    if x.shape[1] * x.shape[2] > INT32_MAX:
+        return f"C·N = {x.shape[1] * x.shape[2]} elements per image: beyond the kernels' int32 offsets"
+    return batch_over_grid(x.shape[0])
 
 
 def path_for(x: torch.Tensor, gamma: Optional[torch.Tensor] = None) -> str:
@@ -92,7 +95,7 @@ def path_for(x: torch.Tensor, gamma: Optional[torch.Tensor] = None) -> str:
     from .triton.attention_cost import channel_attention_path
 
     b, c, n = x.shape
-    return channel_attention_path(b, c, n, x.dtype, gamma is not None)
+    return channel_attention_path(b, c, n, x.dtype, gamma is not None, x.device)
 
 
 def _flash_attention(x, sign, gamma=None, out=None):

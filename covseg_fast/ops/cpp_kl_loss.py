@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from . import triton as triton_backend
 from ._dispatch import Backend, op_backends
@@ -47,37 +47,16 @@ def _reference_backward(grad, logits, labels, scale, ignore_index):
     return ((q * t.sum(1, keepdim=True) - t) * (grad.to(dtype) / max(b * h * w, 1))).to(logits.dtype)
 
 
-def _launch_args(logits, labels, scale, ignore_index):
-    from .triton.cpp_kl_loss import block_sizes
-
-    b, k, h, w = logits.shape
-    big_h, big_w = labels.shape[1:]
-    n = b * h * w
-    block_p, block_k, block_s = block_sizes(k, scale)
-    grid = (max(1, triton_backend.triton.cdiv(n, block_p)),)
-    ignore = -1 if ignore_index is None else int(ignore_index)
-    return grid, (n, k, h, w, big_h, big_w, scale, ignore), dict(BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_S=block_s)
-
-
 def _triton_forward(logits, labels, scale, ignore_index):
-    from .triton.cpp_kl_loss import cpp_kl_fwd_kernel
+    from .triton.cpp_kl_loss import cpp_kl_forward
 
-    logits, labels = logits.contiguous(), labels.contiguous()
-    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
-    partial = torch.empty(grid[0], device=logits.device, dtype=ref.compute_dtype(logits.dtype))
-    wrap_triton(cpp_kl_fwd_kernel)[grid](logits, labels, partial, *args, **meta)
-    return partial.sum() / max(args[0], 1)
+    return cpp_kl_forward(logits, labels, scale, ignore_index)
 
 
 def _triton_backward(grad, logits, labels, scale, ignore_index):
-    from .triton.cpp_kl_loss import cpp_kl_bwd_kernel
+    from .triton.cpp_kl_loss import cpp_kl_backward
 
-    logits, labels = logits.contiguous(), labels.contiguous()
-    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
-    dz = torch.empty_like(logits)
-    g = grad.reshape(1).to(ref.compute_dtype(logits.dtype)).contiguous()
-    wrap_triton(cpp_kl_bwd_kernel)[grid](g, logits, labels, dz, *args, **meta)
-    return dz
+    return cpp_kl_backward(grad, logits, labels, scale, ignore_index)
 
 
 def _triton_accepts(logits, labels, scale, ignore_index):

@@ -19,6 +19,7 @@ import torch
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
 from .reference.attention import position_attention_lse
+from .triton.device import INT32_MAX, batch_over_grid
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -51,7 +52,9 @@ def _triton_accepts(q, k, v, *_args) -> Optional[str]:
         return f"dtype {q.dtype} runs on the reference (the kernels take fp32/fp16/bf16)"
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return "bf16 is not exact in the Triton interpreter (tl.dot); bf16 runs on CUDA only"
-    return None
+    if max(t.shape[1] for t in (q, k, v)) * q.shape[2] > INT32_MAX:
+        return "a (C, N) slice of q, k or v has more than 2³¹ − 1 elements: beyond the kernels' int32 offsets"
+    return batch_over_grid(q.shape[0])
 
 
 def _triton_forward(q, k, v, scale):

@@ -79,6 +79,20 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def describe_targets(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` plus facts about its targets, computed while they are on the host (there they cost nothing;
+    on a GPU each would be a device-to-host sync in every step): ``mask_is_binary`` (every mask value is 0
+    or 1: the criterion's hard-target path) and ``labels_range`` ((min, max) of ``labels``). Tensors already
+    on a GPU are left undescribed (the criterion then checks on the device)."""
+    out = dict(batch)
+    mask, labels = batch.get("mask"), batch.get("labels")
+    if torch.is_tensor(mask) and mask.device.type == "cpu":
+        out["mask_is_binary"] = bool(((mask == 0) | (mask == 1)).all())
+    if torch.is_tensor(labels) and labels.device.type == "cpu" and labels.numel():
+        out["labels_range"] = (int(labels.min()), int(labels.max()))
+    return out
+
+
 def check_batch(batch: dict[str, Any]) -> None:
     """Raises ValueError naming the problem when ``batch`` lacks image/mask or has wrong shapes."""
     for key in ("image", "mask"):
@@ -103,6 +117,7 @@ def rescale_batch(batch: dict[str, Any], size: Sequence[int]) -> dict[str, Any]:
     if tuple(batch["image"].shape[-2:]) == size:
         return batch
     out = dict(batch)
+    out.pop("mask_is_binary", None)  # a resized mask is soft at the borders: let the criterion look
     for key in ("image", "mask", "edge"):
         if key in batch and torch.is_tensor(batch[key]):
             out[key] = F.interpolate(batch[key].float(), size=size, mode="bilinear", align_corners=True)

@@ -29,8 +29,8 @@ from ..atomic import atomic_write
 from ..models.registry import (CheckpointError, get_criterion, get_model, get_spec, prepare_input,
                                read_checkpoint, save_checkpoint)
 from . import distributed as D
-from .batching import EpochSampler, check_batch, make_loader, multiscale_sizes, rescale_batch, seed_everything, \
-    to_device
+from .batching import EpochSampler, check_batch, describe_targets, make_loader, multiscale_sizes, rescale_batch, \
+    seed_everything, to_device
 from .optim import build_optimizer, build_scheduler, clip_gradients
 from .presets import TrainConfig, preset_for_model, resolve_config
 from .state import capture_rng, restore_rng
@@ -196,7 +196,14 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def _step(self, batch: dict[str, Any]) -> torch.Tensor:
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Check a loader batch, note the facts about its targets while they are on the host (so the criterion
+        needs no device sync for them), and move it to the training device."""
+        check_batch(batch)
+        return to_device(describe_targets(batch), self.device)
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimiser step; returns the loss and the criterion's parts, detached, on the device (no sync)."""
         multiple = self.spec.size_multiple
         h, w = batch["image"].shape[-2:]
         if h % multiple or w % multiple:
@@ -206,20 +213,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             outputs = self.train_model(x)
-            loss, _parts = self.criterion(outputs, batch)
+            loss, parts = self.criterion(outputs, batch)
         loss.backward()
         clip_gradients(self.model.parameters(), self.cfg.clip, self.cfg.clip_mode)
         self.optimizer.step()
         self.global_step += 1
-        return loss.detach().float()
+        return loss.detach().float(), {k: torch.as_tensor(v, device=self.device).detach().float()
+                                       for k, v in parts.items()}
 
     # ------------------------------------------------------------------ epochs
     def _train_sampler(self) -> EpochSampler:
         return EpochSampler(len(self.train_dataset), seed=self.cfg.seed, shuffle=True, rank=self.dist.rank,
                             world_size=self.dist.world_size, pad=self.dist.enabled)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over this rank's share of the training set; returns mean loss, images and images/s."""
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over this rank's share of the training set; returns mean loss, images, images/s and the
+        mean of each criterion part ("parts"; summed on the device, converted once at the end)."""
         sampler = self._train_sampler()
         n_local = len(sampler)
         # a last batch of one sample breaks BatchNorm in train mode: drop it (logged)
@@ -230,16 +239,19 @@ class Trainer:
                              pin_memory=self.device.type == "cuda", drop_last=drop_last)
         self.train_model.train()
         loss_sum = torch.zeros((), device=self.device)
+        part_sums: dict[str, torch.Tensor] = {}  # on the device until the epoch's one all-reduce
         steps, images, t0 = 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         # without a bar (crossval, --no-progress, logs) a long epoch still says how far it is
         next_note = t0 + PROGRESS_NOTE_S if bar.disable and self.dist.is_main else math.inf
         for i, batch in enumerate(bar):
-            check_batch(batch)
-            batch = to_device(batch, self.device)
+            batch = self.prepare_batch(batch)
             for size in multiscale_sizes(batch["image"].shape[-2:], self.cfg.scales, self.spec.size_multiple):
-                loss_sum += self._step(rescale_batch(batch, size))
+                loss, parts = self._step(rescale_batch(batch, size))
+                loss_sum += loss
+                for key, value in parts.items():
+                    part_sums[key] = part_sums[key] + value if key in part_sums else value.clone()
                 steps += 1
             images += batch["image"].shape[0]
             if i % 10 == 0 or i == len(loader) - 1:
@@ -256,11 +268,15 @@ class Trainer:
         D.broadcast_buffers(self.model)
         if steps == 0:
             raise ValueError("training set gave no batch (is it smaller than the batch size?)")
-        totals = D.all_reduce_sum(torch.tensor([loss_sum.item(), float(steps), float(images)],
-                                               dtype=torch.float64), self.device)
+        names = sorted(part_sums)
+        values = torch.stack([loss_sum.double(), *(part_sums[k].double() for k in names)]).cpu()  # one sync
+        totals = D.all_reduce_sum(torch.cat([values, torch.tensor([float(steps), float(images)], dtype=torch.float64)]),
+                                  self.device).tolist()
+        steps_all, images_all = totals[-2], totals[-1]
         seconds = time.perf_counter() - t0
-        return {"loss": totals[0].item() / totals[1].item(), "images": int(totals[2].item()),
-                "images_per_s": totals[2].item() / max(seconds, 1e-9), "seconds": seconds}
+        return {"loss": totals[0] / steps_all, "images": int(images_all),
+                "images_per_s": images_all / max(seconds, 1e-9), "seconds": seconds,
+                "parts": {k: totals[1 + i] / steps_all for i, k in enumerate(names)}}
 
     def _note_progress(self, epoch: int, done: int, total: int, loss: float, seconds: float) -> None:
         left = seconds / done * (total - done)

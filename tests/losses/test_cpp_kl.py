@@ -118,3 +118,57 @@ def test_criterion_kl_reduction_option():
         MSAUNetLoss(kl_reduction="mean")
     with pytest.raises(ValueError, match="kl_reduction must be one of"):
         cpp_kl_aux_loss(outs["aux"], mask=mask, kl_reduction="none")
+
+
+@pytest.mark.parametrize("k,ignore,size", [(2, None, 32), (4, 255, 37), (3, 1, 35)])
+def test_pooled_targets_equal_per_scale_targets(k, ignore, size):
+    """One class_prob_pool call for all scales (padded once to the largest h·s) gives every scale's loss and
+    gradient as the per-scale op does, also for maps whose labels need padding (37, 35 are not multiples)."""
+    gen = torch.Generator().manual_seed(k)
+    labels = torch.randint(0, k, (2, size, size), generator=gen)
+    if ignore is not None:
+        labels = torch.where(torch.rand(labels.shape, generator=gen) < 0.2, torch.full_like(labels, ignore), labels)
+    aux = [torch.randn((2, k, -(-size // s), -(-size // s)), generator=gen) for s in (2, 4, 8, 16)]
+    results = {}
+    for targets in ("pooled", "per_scale"):
+        leaves = [a.clone().requires_grad_() for a in aux]
+        terms = cpp_kl_aux_loss(leaves, labels=labels, ignore_index=ignore, targets=targets)
+        torch.stack(terms).sum().backward()
+        results[targets] = [torch.stack(terms).detach(), *(a.grad for a in leaves)]
+    for a, b in zip(results["pooled"], results["per_scale"]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_targets_mode_by_device_and_its_errors():
+    from covseg_fast.losses.cpp_kl import resolve_targets
+
+    assert resolve_targets("auto", torch.device("cpu")) == "pooled"
+    assert resolve_targets("auto", torch.device("cuda", 0)) == "per_scale"
+    assert resolve_targets("per_scale", torch.device("cpu")) == "per_scale"
+    with pytest.raises(ValueError, match="targets must be one of"):
+        MSAUNetLoss(targets="once")
+
+
+def test_parts_stay_tensors_until_logged():
+    """float() of each part would stop a GPU once per part and step: the parts are detached 0-dim tensors."""
+    outs = outputs()
+    mask = (torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(6)) > 0.7).float()
+    loss, parts = MSAUNetLoss()(outs, {"mask": mask, "mask_is_binary": True})
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in parts.values())
+    assert float(parts["total"]) == pytest.approx(loss.item())
+
+
+def test_host_side_label_range_skips_the_device_check_only_when_valid(monkeypatch):
+    from covseg_fast.losses import cpp_kl as module
+
+    checks = []
+    original = module.cpp_kl_aux_loss
+    monkeypatch.setattr(module, "cpp_kl_aux_loss", lambda *a, **kw: checks.append(kw["check_labels"]) or original(*a, **kw))
+    outs = outputs(k=3, seed=7)
+    labels = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(8))
+    MSAUNetLoss(num_classes=3)(outs, {"mask": (labels > 0).float()[:, None], "labels": labels, "labels_range": (0, 2)})
+    with_ignore = torch.where(labels == 2, 255, labels)  # 255 may be ignore_index: the range alone cannot tell
+    MSAUNetLoss(num_classes=3, ignore_index=255)(outs, {"mask": (labels > 0).float()[:, None], "labels": with_ignore,
+                                                        "labels_range": (0, 255)})
+    MSAUNetLoss(num_classes=3)(outs, {"mask": (labels > 0).float()[:, None], "labels": labels})  # no range: check
+    assert checks == [False, True, True]

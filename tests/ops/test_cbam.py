@@ -91,6 +91,22 @@ def test_tied_maxima_share_the_gradient_like_amax(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", CASES)
+def test_nan_propagates_through_the_maxima_like_amax(backend, device):
+    """A NaN pixel makes its channel's max (over HW) and its pixel's max (over C) NaN, as torch.amax does;
+    a max that skips NaN would hide a broken activation behind a finite attention map."""
+    x, ca, sa = make((2, 4, 9, 15), 4, device=device)  # 3 HW splits in the interpreter's stats pass
+    x = x.clone()
+    x[0, 1, 8, 14] = float("nan")  # in the last HW split
+    x[1, 3, 0, 0] = float("nan")   # in the first
+    got = run_backend(backend, ops_forward, x, ca, sa)
+    x1 = x * ca[:, :, None, None]
+    want = [x.mean((2, 3)), x.amax((2, 3)), torch.stack([x1.amax(1), x1.mean(1)], 1), x1 * sa]
+    for name, a, e in zip(("mean", "max", "pooled", "apply"), got, want):
+        torch.testing.assert_close(a.cpu(), e.cpu(), equal_nan=True, **TOL, msg=lambda m: f"{name}: {m}")
+    assert got[1].isnan().sum() == 2 and got[2][:, 0].isnan().sum() == 2
+
+
+@pytest.mark.parametrize("backend,device", CASES)
 def test_batch_zero(backend, device):
     x, ca, sa = make((0, 4, 5, 6), 0, device=device)
     out = run_backend(backend, ops_forward, x, ca, sa)

@@ -191,9 +191,9 @@ NO_KERNEL = {"detach", "view", "_unsafe_view", "t", "transpose", "expand", "slic
 # the MLP backward, which runs in the weights' dtype as autograd's would).
 LAUNCHES = {torch.float32: {"eval": 11, "train": 13, "backward": 16},
             torch.bfloat16: {"eval": 13, "train": 15, "backward": 18}}
-TRITON_KERNELS = {"eval": ["stats_partial_kernel", "pool_kernel", "apply_kernel"],
-                  "train": ["stats_partial_kernel", "pool_kernel", "apply_kernel"],
-                  "backward": ["apply_backward_kernel", "pool_backward_kernel", "block_backward_x_kernel"]}
+TRITON_KERNELS = {"eval": ["_cbam_stats_kernel", "_cbam_pool_kernel", "_cbam_apply_kernel"],
+                  "train": ["_cbam_stats_kernel", "_cbam_pool_kernel", "_cbam_apply_kernel"],
+                  "backward": ["_cbam_apply_backward_kernel", "_cbam_pool_backward_kernel", "_cbam_block_backward_x_kernel"]}
 
 
 class _Launches(TorchDispatchMode):

@@ -174,6 +174,38 @@ def test_unchecked_invalid_labels_count_for_no_class():
     assert_same(unchecked, reference(logits, torch.where(bad == 9, 255, bad), 2, 255), atol=1e-6, rtol=1e-6)
 
 
+def _unchecked_against_reference(backend, device, logits, labels, s, valid):
+    """Loss and gradient with check_labels=False vs the reference with every invalid label ignored."""
+    z = logits.to(device).requires_grad_()
+    loss = run_backend(backend, cpp_kl_loss, z, labels.to(device), s, None, check_labels=False)
+    (grad,) = torch.autograd.grad(loss, z)
+    zr = logits.clone().requires_grad_()
+    expected = reference(zr, torch.where(valid, labels, 255).long(), s, 255)
+    (grad_ref,) = torch.autograd.grad(expected, zr)
+    assert_same(loss.detach().cpu(), expected.detach(), atol=1e-6, rtol=1e-5, what="loss")
+    assert_same(grad.cpu(), grad_ref, atol=1e-6, rtol=1e-5, what="grad")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int64], ids=str)
+def test_unchecked_labels_at_or_above_k_count_for_no_class(backend, device, label_dtype):
+    """K = 3 pads to 4 classes in the kernel: label 3 must not land in the padded class (it did, and the
+    backward's Σ_k t then counted it), nor may label 4 or 200 count anywhere."""
+    logits, labels = make_inputs(2, 3, 4, 4, 4, 0, seed=17, label_dtype=label_dtype)
+    gen = generator(18)
+    wild = torch.tensor([3, 4, 200], dtype=label_dtype)[torch.randint(0, 3, labels.shape, generator=gen)]
+    labels = torch.where(torch.rand(labels.shape, generator=gen) < 0.3, wild, labels)
+    _unchecked_against_reference(backend, device, logits, labels, 4, labels < 3)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_unchecked_int64_labels_are_not_truncated_to_int32(backend, device):
+    """2³² + 1 is not class 1 (an int32 cast made it so), −2³² + 1 not class 1, 2³¹ not −2³¹."""
+    logits, labels = make_inputs(1, 2, 3, 3, 2, 0, seed=19)
+    labels[0, 0, :3] = torch.tensor([2**32 + 1, -(2**32) + 1, 2**31])
+    _unchecked_against_reference(backend, device, logits, labels, 2, (labels >= 0) & (labels < 2))
+
+
 @pytest.mark.compile
 def test_torch_compile_fullgraph_matches_eager():
     logits, labels = make_inputs(2, 2, 4, 4, 4, 0, seed=13)

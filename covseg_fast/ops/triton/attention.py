@@ -14,15 +14,15 @@ lse, so memory is O(N·(Dqk + Dv)). Accumulation is fp32; fp32 inputs use IEEE d
 
 Large head dims are tiled, never held whole:
 - the qk dim is looped in BLOCK_D chunks inside every score computation (NUM_D chunks);
-- the value dim is split across program ids (axis 2 of the grid, BLOCK_C per program); each such
+- the value dim is split across program ids (with the query blocks on grid axis 0, BLOCK_C per program); each such
   program recomputes the scores and softmax statistics of its query block ("split C, recompute"),
   which costs extra QKᵀ work when Dv ≫ BLOCK_C but needs no second pass or workspace.
 
 Backward (FA2 with delta_i = Σ_c dO[c,i]·O[c,i] − dlse_i, computed by the launcher):
     dp_ij = dO_i·v_j,  ds_ij = p_ij (dp_ij − delta_i)
     dq_i = scale Σ_j ds_ij k_j,   dk_j = scale Σ_i ds_ij q_i,   dv_j = Σ_i p_ij dO_i
-Three kernels, each recomputing p from q, k and lse: dq (grid: query blocks × B × Dqk tiles),
-dk (key blocks × B × Dqk tiles), dv (key blocks × B × Dv tiles). No atomics.
+Three kernels, each recomputing p from q, k and lse: dq (grid: query blocks · Dqk tiles × B),
+dk (key blocks · Dqk tiles × B), dv (key blocks · Dv tiles × B). No atomics.
 """
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _block_and_tile(N, BLOCK: tl.constexpr):
+    """(sequence block, head-dim tile) of this program: both live on grid axis 0, blocks fastest (the
+    programs of one tile sweep the sequence together), since axes 1 and 2 stop at 65,535 and channel
+    attention's head dim is N pixels."""
+    n_blocks = tl.cdiv(N, BLOCK)
+    pid = tl.program_id(0)
+    return pid % n_blocks, pid // n_blocks
 
 
 @triton.jit
@@ -68,15 +78,14 @@ def _dprods(do_base, v_base, offs_m, offs_n, N, DV, s_doc, s_don, s_vc, s_vn,
 
 
 @triton.jit
-def pa_fwd_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
+def _attention_forward_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
                   s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_ob, s_oc, s_on, s_rb, s_rc, s_rn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                   NUM_D: tl.constexpr, HAS_RES: tl.constexpr, PREC: tl.constexpr):
-    """Forward. Grid (cdiv(N, BLOCK_M), B, cdiv(DV, BLOCK_C)): one query block × one value tile.
+    """Forward. Grid (cdiv(N, BLOCK_M) · cdiv(DV, BLOCK_C), B): one query block × one value tile.
     HAS_RES: the output is γ·attention + R (R shaped and strided like O; γ a 1-element tensor)."""
-    pid_m = tl.program_id(0)
+    pid_m, pid_c = _block_and_tile(N, BLOCK_M)
     b = tl.program_id(1).to(tl.int64)
-    pid_c = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_base = Q + b * s_qb
@@ -119,15 +128,14 @@ def pa_fwd_kernel(Q, K, V, O, LSE, R, GAMMA, N, DQK, DV, scale_log2e,
 
 
 @triton.jit
-def pa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e,
+def _attention_backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_dob, s_doc, s_don,
                      s_dqb, s_dqd, s_dqn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      NUM_D: tl.constexpr, NUM_C: tl.constexpr, PREC: tl.constexpr):
-    """dq. Grid (cdiv(N, BLOCK_M), B, cdiv(DQK, BLOCK_D)): one query block × one qk tile, sweeping keys."""
-    pid_m = tl.program_id(0)
+    """dq. Grid (cdiv(N, BLOCK_M) · cdiv(DQK, BLOCK_D), B): one query block × one qk tile, sweeping keys."""
+    pid_m, pid_d = _block_and_tile(N, BLOCK_M)
     b = tl.program_id(1).to(tl.int64)
-    pid_d = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_t = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     q_base, k_base, v_base, do_base = Q + b * s_qb, K + b * s_kb, V + b * s_vb, DO + b * s_dob
@@ -150,15 +158,14 @@ def pa_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, N, DQK, DV, scale, scale_log2e
 
 
 @triton.jit
-def pa_bwd_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e,
+def _attention_backward_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_vb, s_vc, s_vn, s_dob, s_doc, s_don,
                      s_dkb, s_dkd, s_dkn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      NUM_D: tl.constexpr, NUM_C: tl.constexpr, PREC: tl.constexpr):
-    """dk. Grid (cdiv(N, BLOCK_N), B, cdiv(DQK, BLOCK_D)): one key block × one qk tile, sweeping queries."""
-    pid_n = tl.program_id(0)
+    """dk. Grid (cdiv(N, BLOCK_N) · cdiv(DQK, BLOCK_D), B): one key block × one qk tile, sweeping queries."""
+    pid_n, pid_d = _block_and_tile(N, BLOCK_N)
     b = tl.program_id(1).to(tl.int64)
-    pid_d = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_t = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     q_base, k_base, v_base, do_base = Q + b * s_qb, K + b * s_kb, V + b * s_vb, DO + b * s_dob
@@ -182,14 +189,13 @@ def pa_bwd_dk_kernel(Q, K, V, DO, LSE, DELTA, DK, N, DQK, DV, scale, scale_log2e
 
 
 @triton.jit
-def pa_bwd_dv_kernel(Q, K, DO, LSE, DV_OUT, N, DQK, DV, scale_log2e,
+def _attention_backward_dv_kernel(Q, K, DO, LSE, DV_OUT, N, DQK, DV, scale_log2e,
                      s_qb, s_qd, s_qn, s_kb, s_kd, s_kn, s_dob, s_doc, s_don, s_dvb, s_dvc, s_dvn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      NUM_D: tl.constexpr, PREC: tl.constexpr):
-    """dv. Grid (cdiv(N, BLOCK_N), B, cdiv(DV, BLOCK_C)): one key block × one value tile, sweeping queries."""
-    pid_n = tl.program_id(0)
+    """dv. Grid (cdiv(N, BLOCK_N) · cdiv(DV, BLOCK_C), B): one key block × one value tile, sweeping queries."""
+    pid_n, pid_c = _block_and_tile(N, BLOCK_N)
     b = tl.program_id(1).to(tl.int64)
-    pid_c = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_base, k_base, do_base = Q + b * s_qb, K + b * s_kb, DO + b * s_dob

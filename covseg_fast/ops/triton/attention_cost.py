@@ -1,8 +1,10 @@
 """FLOP and HBM-byte estimates of the attention ops, and the rule that picks channel attention's path.
 
-Roofline anchors (KERNELS.md §0, one H100): 3.0 TB/s HBM (read + write); ≈ 800 TFLOP/s for 16-bit
-tensor-core dots; ≈ 67 TFLOP/s for fp32 (our fp32 dots are IEEE, not TF32, so they run on the FP32
-cores). An estimate's time is max(bytes / bandwidth, FLOPs / peak): arithmetic, not a measurement.
+Roofline anchors: the device's HBM bandwidth (read + write), 16-bit tensor-core and FP32 rates (our fp32 dots
+are IEEE, not TF32, so they run on the FP32 cores), from ``device.peak_rates``: a table keyed by the CUDA
+device's name, a conservative default for unknown GPUs, the H100 row (KERNELS.md §0: 3.0 TB/s, ≈ 800 and
+≈ 67 TFLOP/s) for CPU and meta tensors. An estimate's time is max(bytes / bandwidth, FLOPs / peak):
+arithmetic, not a measurement.
 
 Channel attention, x (B, C, N), E = bytes of x, Q = 4·B·C² (one fp32 C×C matrix per image):
 
@@ -18,8 +20,8 @@ Channel attention, x (B, C, N), E = bytes of x, Q = 4·B·C² (one fp32 C×C mat
   is recomputed, not saved). Bytes: 2E forward, 11E backward (+7E with γ). Nothing C×C is stored.
 
 Rule (``channel_attention_path``): the path with the smaller estimated forward + backward time at the
-call's shape and dtype, or ``COVSEG_CHANNEL_ATTENTION_PATH=gram|flash`` to force one. Worked examples
-(B = 16, fwd+bwd estimates):
+call's shape, dtype and device, or ``COVSEG_CHANNEL_ATTENTION_PATH=gram|flash`` to force one (read through
+``ops/knobs.py``). Worked examples (B = 16, fwd+bwd estimates on an H100):
 
 | C, N | where | bf16 gram / flash | fp32 gram / flash |
 |---|---|---|---|
@@ -35,16 +37,17 @@ in fp32 the gram path wins everywhere.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-HBM_BYTES_PER_S = 3.0e12
-PEAK_FLOPS_16BIT = 800e12
-PEAK_FLOPS_FP32 = 67e12
+from .. import knobs
+from .device import REFERENCE_RATES, PeakRates, peak_rates
+
 PATHS = ("gram", "flash")
 PATH_ENV = "COVSEG_CHANNEL_ATTENTION_PATH"
+_META = torch.device("meta")
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,11 @@ class Cost:
     fwd_bytes: float
     bwd_bytes: float
 
-    def seconds(self, dtype: torch.dtype, backward: bool = True) -> float:
-        peak = PEAK_FLOPS_FP32 if dtype == torch.float32 else PEAK_FLOPS_16BIT
-        t = max(self.fwd_bytes / HBM_BYTES_PER_S, self.fwd_flops / peak)
+    def seconds(self, dtype: torch.dtype, backward: bool = True, rates: PeakRates = REFERENCE_RATES) -> float:
+        peak = rates.flops_fp32 if dtype == torch.float32 else rates.flops_16bit
+        t = max(self.fwd_bytes / rates.hbm_bytes_per_s, self.fwd_flops / peak)
         if backward:
-            t += max(self.bwd_bytes / HBM_BYTES_PER_S, self.bwd_flops / peak)
+            t += max(self.bwd_bytes / rates.hbm_bytes_per_s, self.bwd_flops / peak)
         return t
 
 
@@ -68,12 +71,18 @@ def _elem(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def channel_gram_cost(b: int, c: int, n: int, dtype: torch.dtype, split: int | None = None) -> Cost:
-    """The gram path; ``split`` defaults to the launcher's plan on an H100 (132 SMs)."""
+def _gpu(device: Optional[torch.device]) -> torch.device:
+    """The device whose GPU configuration the estimate uses: a CUDA device itself, else meta (an H100)."""
+    return device if device is not None and device.type == "cuda" else _META
+
+
+def channel_gram_cost(b: int, c: int, n: int, dtype: torch.dtype, split: int | None = None,
+                      device: Optional[torch.device] = None) -> Cost:
+    """The gram path; ``split`` defaults to the launcher's plan on ``device`` (a CUDA device; else an H100)."""
     if split is None:
         from .attention_gram_launch import split_plan
 
-        split = split_plan(b, c, n, dtype, torch.device("meta"))[0]
+        split = split_plan(b, c, n, dtype, _gpu(device))[0]
     e, q, k = b * c * n * _elem(dtype), 4.0 * b * c * c, float(b) * c * c * n
     return Cost(4 * k, 8 * k, 3 * e + q * (3 * split + 2), 5 * e + q * (6 * split + 5))
 
@@ -92,16 +101,20 @@ def channel_flash_cost(b: int, c: int, n: int, dtype: torch.dtype, gamma: bool =
     return Cost(fwd_flops, bwd_flops, 2 * e, (18 if gamma else 11) * e)
 
 
-def channel_attention_path(b: int, c: int, n: int, dtype: torch.dtype, gamma: bool = False) -> str:
-    """``gram`` or ``flash``: ``COVSEG_CHANNEL_ATTENTION_PATH`` if set, else the cheaper estimate."""
-    forced = os.environ.get(PATH_ENV, "").strip().lower()
+def channel_attention_path(b: int, c: int, n: int, dtype: torch.dtype, gamma: bool = False,
+                           device: Optional[torch.device] = None) -> str:
+    """``gram`` or ``flash``: ``COVSEG_CHANNEL_ATTENTION_PATH`` if set, else the cheaper estimate on ``device``
+    (its peak rates and SM count; CPU, meta or None: an H100)."""
+    forced = (knobs.value(PATH_ENV) or "").strip().lower()
     if forced and forced != "auto":
         if forced not in PATHS:
             raise ValueError(f"{PATH_ENV}={forced!r}: expected auto, gram or flash")
         return forced
     b = max(b, 1)
-    gram = channel_gram_cost(b, c, n, dtype).seconds(dtype)
-    flash = channel_flash_cost(b, c, n, dtype, gamma).seconds(dtype)
+    gpu = _gpu(device)
+    rates = peak_rates(gpu)
+    gram = channel_gram_cost(b, c, n, dtype, device=gpu).seconds(dtype, rates=rates)
+    flash = channel_flash_cost(b, c, n, dtype, gamma).seconds(dtype, rates=rates)
     return "gram" if gram <= flash else "flash"
 
 

@@ -6,18 +6,18 @@ One batch b; x (C, N) with arbitrary strides, sign s = +1 (pfnet) or −1 (danet
     out = P X             (γ given: out = γ·P X + x, the residual epilogue)
 
 Forward, three launches:
-1. ``gram_kernel``: partial Gram matrices over a split of N, (B, SPLIT, C, C) fp32. A split-N reduction
+1. ``_channel_gram_partial_kernel``: partial Gram matrices over a split of N, (B, SPLIT, C, C) fp32. A split-N reduction
    without atomics, so results do not depend on scheduling.
-2. ``softmax_kernel``: sums the SPLIT partials, row softmax in fp32 (base 2), writes P (B, C, C) fp32 and lse.
-3. ``apply_kernel``: out = P X, a GEMM over channels with the γ·out + x epilogue.
+2. ``_channel_gram_softmax_kernel``: sums the SPLIT partials, row softmax in fp32 (base 2), writes P (B, C, C) fp32 and lse.
+3. ``_channel_gram_apply_kernel``: out = P X, a GEMM over channels with the γ·out + x epilogue.
 
 Backward (dO = γ·dY; with delta_i = Σ_j P_ij dP_ij − dlse_i, the FA2 identity in matrix form):
     dP = dO Xᵀ,   dS = P ⊙ (dP − delta),   dX = Pᵀ dO + s·(dS + dSᵀ) X   (+ dY, the residual),
     dγ = Σ_b Σ_i r_i,   r_i = Σ_j P_ij (dY Xᵀ)_ij = Σ_n dY_in · (P X)_in.
 So no attention output is needed: neither saved nor recomputed. Three launches:
-1. ``gram_kernel`` with DUAL: E (recomputed, cheaper than saving it) and D = dY Xᵀ in one sweep over N.
-2. ``grad_scores_kernel``: P = exp(s·E − lse), r, delta, dS; writes γ·P and dS (B, C, C) fp32 and r (B, C).
-3. ``grad_x_kernel``: dX = (γP)ᵀ dY + s·(dS + dSᵀ) X (+ dY), a GEMM over channels reading dS both ways.
+1. ``_channel_gram_partial_kernel`` with DUAL: E (recomputed, cheaper than saving it) and D = dY Xᵀ in one sweep over N.
+2. ``_channel_gram_backward_scores_kernel``: P = exp(s·E − lse), r, delta, dS; writes γ·P and dS (B, C, C) fp32 and r (B, C).
+3. ``_channel_gram_backward_x_kernel``: dX = (γP)ᵀ dY + s·(dS + dSᵀ) X (+ dY), a GEMM over channels reading dS both ways.
 
 Accumulation is fp32 everywhere; fp32 inputs use IEEE dots. P and dS are cast to x's dtype as GEMM
 operands (as the flash kernels do with p and ds).
@@ -31,7 +31,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def gram_kernel(A, D, Bm, WS, WS2, C, CC, N, CHUNK, NUM_J,
+def _channel_gram_partial_kernel(A, D, Bm, WS, WS2, C, CC, N, CHUNK, NUM_J,
                 s_ab, s_ac, s_an, s_db, s_dc, s_dn, s_bb, s_bc, s_bn,
                 BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, DUAL: tl.constexpr,
                 PREC: tl.constexpr):
@@ -78,7 +78,7 @@ def _split_sum(WS, base, rows, cols, C, SPLIT, cc):
 
 
 @triton.jit
-def softmax_kernel(WS, P, LSE, C, CC, SPLIT, sign_log2e,
+def _channel_gram_softmax_kernel(WS, P, LSE, C, CC, SPLIT, sign_log2e,
                    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
     """Grid (cdiv(C, BLOCK_R), B): rows of P = softmax(s·E) and their lse, two sweeps over the columns
     (online max/sum, then write), each summing the SPLIT partials of E."""
@@ -105,14 +105,23 @@ def softmax_kernel(WS, P, LSE, C, CC, SPLIT, sign_log2e,
 
 
 @triton.jit
-def apply_kernel(P, X, O, GAMMA, C, CC, N,
+def _rows_and_cols(C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Channel rows and pixel columns of this program of the product kernels. Both live on grid axis 0,
+    row blocks fastest (the programs of one pixel block share its x tile in L2): axes 1 and 2 stop at
+    65,535, which N / BLOCK_N passes above 8.4M pixels."""
+    n_rows = tl.cdiv(C, BLOCK_M)
+    pid = tl.program_id(0)
+    return (pid % n_rows) * BLOCK_M + tl.arange(0, BLOCK_M), (pid // n_rows) * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _channel_gram_apply_kernel(P, X, O, GAMMA, C, CC, N,
                  s_xb, s_xc, s_xn, s_ob, s_oc, s_on,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GAMMA: tl.constexpr,
                  PREC: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_M), cdiv(N, BLOCK_N), B): out tile = P[rows, :] X[:, cols] (γ: γ·that + x)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
+    """Grid (cdiv(C, BLOCK_M) · cdiv(N, BLOCK_N), B): out tile = P[rows, :] X[:, cols] (γ: γ·that + x)."""
+    rows, cols = _rows_and_cols(C, BLOCK_M, BLOCK_N)
+    b = tl.program_id(1).to(tl.int64)
     x_base = X + b * s_xb
     p_base = P + b * CC
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -138,7 +147,7 @@ def _probs(WS_E, base, rows, cols, C, SPLIT, cc, valid, sign_log2e, lse2):
 
 
 @triton.jit
-def grad_scores_kernel(WS_E, WS_D, LSE, DLSE, GAMMA, PG, DS, R, C, CC, SPLIT, sign_log2e,
+def _channel_gram_backward_scores_kernel(WS_E, WS_D, LSE, DLSE, GAMMA, PG, DS, R, C, CC, SPLIT, sign_log2e,
                        BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, HAS_DLSE: tl.constexpr,
                        HAS_GAMMA: tl.constexpr):
     """Grid (cdiv(C, BLOCK_R), B). P_ij = exp(s·E_ij − lse_i), D = dY Xᵀ (summed partials);
@@ -173,15 +182,14 @@ def grad_scores_kernel(WS_E, WS_D, LSE, DLSE, GAMMA, PG, DS, R, C, CC, SPLIT, si
 
 
 @triton.jit
-def grad_x_kernel(PG, DS, X, DY, DX, C, CC, N, sign,
+def _channel_gram_backward_x_kernel(PG, DS, X, DY, DX, C, CC, N, sign,
                   s_xb, s_xc, s_xn, s_yb, s_yc, s_yn, s_gb, s_gc, s_gn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GAMMA: tl.constexpr,
                   PREC: tl.constexpr):
-    """Grid (cdiv(C, BLOCK_M), cdiv(N, BLOCK_N), B): dX[m, cols] = Σ_k (γP)_km dY[k] + s (dS_mk + dS_km) X[k]
+    """Grid (cdiv(C, BLOCK_M) · cdiv(N, BLOCK_N), B): dX[m, cols] = Σ_k (γP)_km dY[k] + s (dS_mk + dS_km) X[k]
     (+ dY[m, cols] with γ: the residual's gradient)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
+    rows, cols = _rows_and_cols(C, BLOCK_M, BLOCK_N)
+    b = tl.program_id(1).to(tl.int64)
     pg_base, ds_base = PG + b * CC, DS + b * CC
     x_base, dy_base = X + b * s_xb, DY + b * s_yb
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -12,7 +12,9 @@ import torch
 import triton
 from torch.library import wrap_triton
 
-from .attention import LOG2E, pa_bwd_dk_kernel, pa_bwd_dq_kernel, pa_bwd_dv_kernel, pa_fwd_kernel
+from .attention import (LOG2E, _attention_backward_dk_kernel, _attention_backward_dq_kernel,
+                        _attention_backward_dv_kernel, _attention_forward_kernel)
+from .device import gpu_tiles
 
 # Tile sizes. Not autotuned (no GPU was available while writing them); chosen from an offline compile for
 # sm_90 (triton.compile + cuobjdump --dump-resource-usage) as the largest tiles without register spills:
@@ -29,7 +31,7 @@ def _np2(n: int, lo: int = 16) -> int:
 
 
 def _config(q: torch.Tensor, dqk: int, dv: int, backward: bool) -> dict:
-    cuda = q.device.type != "cpu"  # CUDA, or meta tensors asking for the GPU configuration
+    cuda = gpu_tiles(q.device)  # CUDA, meta tensors asking for the GPU configuration, or force_gpu_tiles()
     wide = q.dtype != torch.float32 or not cuda
     block = 64 if (cuda and wide) else 32
     cap = 128 if (wide and not backward) else 64
@@ -43,7 +45,7 @@ def _config(q: torch.Tensor, dqk: int, dv: int, backward: bool) -> dict:
 
 
 def _launch_opts(q: torch.Tensor) -> dict:
-    return dict(num_warps=8, num_stages=2) if q.device.type != "cpu" else {}
+    return dict(num_warps=8, num_stages=2) if gpu_tiles(q.device) else {}
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -58,9 +60,9 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     lse = torch.empty((b, n), dtype=torch.float32, device=q.device)
     cfg = _config(q, dqk, dv, backward=False)
     num_d = triton.cdiv(dqk, cfg["BLOCK_D"])
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), b, triton.cdiv(dv, cfg["BLOCK_C"]))
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]) * triton.cdiv(dv, cfg["BLOCK_C"]), b)
     has_res = residual is not None
-    wrap_triton(pa_fwd_kernel)[grid](
+    wrap_triton(_attention_forward_kernel)[grid](
         q, k, v, out, lse, residual if has_res else out, gamma if has_res else lse, n, dqk, dv, float(scale) * LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *(residual if has_res else out).stride(),
         NUM_D=num_d, HAS_RES=has_res, **cfg, **_launch_opts(q),
@@ -91,15 +93,15 @@ def attention_backward(
     opts = _launch_opts(q)
     s_log2e = float(scale) * LOG2E
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-    wrap_triton(pa_bwd_dq_kernel)[(triton.cdiv(n, cfg["BLOCK_M"]), b, num_d)](
+    wrap_triton(_attention_backward_dq_kernel)[(triton.cdiv(n, cfg["BLOCK_M"]) * num_d, b)](
         q, k, v, grad_out, lse, delta, dq, n, dqk, dvd, float(scale), s_log2e, *common, *dq.stride(),
         NUM_D=num_d, NUM_C=num_c, **cfg, **opts,
     )
-    wrap_triton(pa_bwd_dk_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b, num_d)](
+    wrap_triton(_attention_backward_dk_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]) * num_d, b)](
         q, k, v, grad_out, lse, delta, dk, n, dqk, dvd, float(scale), s_log2e, *common, *dk.stride(),
         NUM_D=num_d, NUM_C=num_c, **cfg, **opts,
     )
-    wrap_triton(pa_bwd_dv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b, num_c)](
+    wrap_triton(_attention_backward_dv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]) * num_c, b)](
         q, k, grad_out, lse, dv, n, dqk, dvd, s_log2e,
         *q.stride(), *k.stride(), *grad_out.stride(), *dv.stride(),
         NUM_D=num_d, **cfg, **opts,

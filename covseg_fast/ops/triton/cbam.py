@@ -13,7 +13,8 @@ once to x.dtype. Tiles are [BLOCK_C, BLOCK_HW].
 
 Max ties: a running (max, count) pair is merged block by block
     m' = max(m, bm);  n' = n·[m = m'] + bn·[bm = m']
-so the backward can share a max's gradient evenly among ties, as torch.amax does.
+so the backward can share a max's gradient evenly among ties, as torch.amax does. Every max propagates
+NaN, as torch.amax does (Triton's max skips it): a NaN max has count 0 (NaN equals nothing).
 """
 from __future__ import annotations
 
@@ -26,10 +27,16 @@ from torch.library import wrap_triton
 from .cbam_backward import (apply_backward, apply_backward_reduce, block_backward_x,  # noqa: F401
                             channel_stats_backward, spatial_pool_backward, spatial_pool_backward_reduce)
 from .cbam_tiles import Tiling, _dense, _strides, stats_splits
+from .device import sm_count
 
 
 @triton.jit
-def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
+def _nan_max(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _cbam_stats_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_SPLIT, scale,
                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Per-channel partial Σ, max and #max over one HW split.
 
@@ -53,9 +60,9 @@ def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_S
         v = tl.load(base + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask, other=0.0).to(tl.float32)
         acc += tl.sum(v, axis=1)
         vm = tl.where(mask, v, float("-inf"))
-        bm = tl.max(vm, axis=1)
+        bm = tl.reduce(vm, 1, _nan_max)
         bn = tl.sum(((vm == bm[:, None]) & mask).to(tl.int32), axis=1)
-        new_m = tl.maximum(m, bm)
+        new_m = _nan_max(m, bm)
         n = tl.where(m == new_m, n, 0) + tl.where(bm == new_m, bn, 0)
         m = new_m
     out = (b * C + offs_c) * S + split
@@ -65,14 +72,14 @@ def stats_partial_kernel(x_ptr, psum_ptr, pmax_ptr, pcnt_ptr, C, HW, S, HW_PER_S
 
 
 @triton.jit
-def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw,
+def _cbam_pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw,
                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """pooled[b, 0, p] = max_c x·ca, pooled[b, 1, p] = mean_c x·ca, cnt[b, p] = #max; x₁ is never stored.
 
-    grid (B, cdiv(HW, BLOCK_HW)): each program loops over all channels of its pixel block.
+    grid (cdiv(HW, BLOCK_HW), B): each program loops over all channels of its pixel block.
     """
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     acc = tl.zeros([BLOCK_HW], dtype=tl.float32)
     m = tl.full([BLOCK_HW], float("-inf"), dtype=tl.float32)
@@ -86,9 +93,9 @@ def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw
         v = tl.load(base + offs_c[:, None].to(tl.int64) * sxc, mask=mask, other=0.0).to(tl.float32) * ca[:, None]
         acc += tl.sum(v, axis=0)
         vm = tl.where(mask, v, float("-inf"))
-        bm = tl.max(vm, axis=0)
+        bm = tl.reduce(vm, 0, _nan_max)
         bn = tl.sum(((vm == bm[None, :]) & mask).to(tl.int32), axis=0)
-        new_m = tl.maximum(m, bm)
+        new_m = _nan_max(m, bm)
         n = tl.where(m == new_m, n, 0) + tl.where(bm == new_m, bn, 0)
         m = new_m
     tl.store(pooled_ptr + (b * 2) * HW + offs_hw, m, mask=mask_hw)
@@ -97,11 +104,11 @@ def pool_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, inv_c, sxb, sxc, sxhw
 
 
 @triton.jit
-def apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
+def _cbam_apply_kernel(x_ptr, ca_ptr, sa_ptr, out_ptr, C, HW, sxb, sxc, sxhw,
                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """out[b, c, p] = x·ca[b, c]·sa[b, p]; grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); out has x's strides."""
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    """out[b, c, p] = x·ca[b, c]·sa[b, p]; grid (cdiv(HW, BLOCK_HW), B, cdiv(C, BLOCK_C)); out has x's strides."""
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask_hw = offs_hw < HW
@@ -121,7 +128,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     x = _dense(x)
     b, c, h, w = (int(s) for s in x.shape)  # tile and grid choices specialise on the shape
     hw = h * w
-    bc, bhw, splits, per_split = stats_splits(b, c, hw)
+    bc, bhw, splits, per_split = stats_splits(b, c, hw, sm_count(x.device))
     ncb = triton.cdiv(c, bc)
     # One split: the kernel writes the final (B, C) mean/max/count (index (b·C + c)·1 + 0) in one launch.
     shape = (b, c) if splits == 1 else (b, c, splits)
@@ -129,7 +136,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     pmax = x.new_empty(shape, dtype=torch.float32)
     pcnt = x.new_empty(shape, dtype=torch.int32)
     if b > 0:
-        wrap_triton(stats_partial_kernel)[(b, ncb, splits)](
+        wrap_triton(_cbam_stats_kernel)[(b, ncb, splits)](
             x, psum, pmax, pcnt, c, hw, splits, per_split, 1.0 / hw if splits == 1 else 1.0, *_strides(x),
             BLOCK_C=bc, BLOCK_HW=bhw)
     if splits == 1:
@@ -146,7 +153,7 @@ def spatial_pool(x: torch.Tensor, ca: torch.Tensor) -> tuple[torch.Tensor, torch
     pooled = x.new_empty((t.b, 2, t.h, t.w), dtype=torch.float32)
     cnt = x.new_empty((t.b, t.h, t.w), dtype=torch.int32)
     if t.b > 0:
-        wrap_triton(pool_kernel)[t.grid2](
+        wrap_triton(_cbam_pool_kernel)[t.grid2](
             x, ca.contiguous(), pooled, cnt, t.c, t.hw, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return pooled, cnt
 
@@ -157,6 +164,6 @@ def apply(x: torch.Tensor, ca: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
     t = Tiling(x)
     out = torch.empty_like(x)
     if t.b > 0:
-        wrap_triton(apply_kernel)[t.grid3](
+        wrap_triton(_cbam_apply_kernel)[t.grid3](
             x, ca.contiguous(), sa.contiguous(), out, t.c, t.hw, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return out

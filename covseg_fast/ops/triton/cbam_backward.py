@@ -17,14 +17,14 @@ from .cbam_tiles import Tiling, _dense, _strides
 
 
 @triton.jit
-def stats_backward_kernel(x_ptr, gmean_ptr, gmax_ptr, mx_ptr, cnt_ptr, gx_ptr, C, HW, inv_hw,
+def _cbam_stats_backward_kernel(x_ptr, gmean_ptr, gmax_ptr, mx_ptr, cnt_ptr, gx_ptr, C, HW, inv_hw,
                           sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """grad_x[b, c, p] = g_mean[b, c]/HW + g_max[b, c]·[x = max[b, c]]/count[b, c].
 
-    grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); grad_x has x's strides.
+    grid (cdiv(HW, BLOCK_HW), B, cdiv(C, BLOCK_C)); grad_x has x's strides.
     """
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask = mask_c[:, None] & (offs_hw < HW)[None, :]
@@ -40,16 +40,16 @@ def stats_backward_kernel(x_ptr, gmean_ptr, gmax_ptr, mx_ptr, cnt_ptr, gx_ptr, C
 
 
 @triton.jit
-def pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca_ptr, C, HW, NB, inv_c,
+def _cbam_pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca_ptr, C, HW, NB, inv_c,
                          sxb, sxc, sxhw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, WRITE_GX: tl.constexpr):
     """g₁ = g_max·[x·ca = max]/count + g_mean/C;  grad_x = g₁·ca;  partial grad_ca = Σ_(pixel block) g₁·x.
 
-    grid (B, NB = cdiv(HW, BLOCK_HW)); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
+    grid (NB = cdiv(HW, BLOCK_HW), B); partial grad_ca goes to pca[b, c, block] ((B, C, NB)), summed
     over blocks by the launcher (deterministic, no atomics). gp is (B, 2, HW) contiguous, any float dtype.
     WRITE_GX = False is pass B of the fused block backward: only grad_ca, x read once, nothing full-size written.
     """
-    b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0)
     offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     mx = tl.load(pooled_ptr + (b * 2) * HW + offs_hw, mask=mask_hw, other=0.0)
@@ -72,18 +72,18 @@ def pool_backward_kernel(x_ptr, ca_ptr, pooled_ptr, cnt_ptr, gp_ptr, gx_ptr, pca
 
 
 @triton.jit
-def apply_backward_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, gx_ptr, pca_ptr, gsa_ptr, C, HW, NB,
+def _cbam_apply_backward_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, gx_ptr, pca_ptr, gsa_ptr, C, HW, NB,
                           sxb, sxc, sxhw, sgb, sgc, sghw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                           WRITE_GX: tl.constexpr):
     """grad_x = g·ca·sa;  grad_sa[b, p] = Σ_c g·x·ca;  partial grad_ca[b, c, block] = Σ_(pixel block) g·x·sa.
 
-    grid (B, NB = cdiv(HW, BLOCK_HW)): each program loops over all channels of its pixel block, so
+    grid (NB = cdiv(HW, BLOCK_HW), B): each program loops over all channels of its pixel block, so
     grad_sa is complete in-program (fp32, (B, HW)); pca is (B, C, NB) fp32, summed by the launcher.
     g has its own strides; grad_x has x's. WRITE_GX = False is pass A of the fused block backward
     (reads g and x, writes only the (B, C) and (B, HW) reductions).
     """
-    b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0)
     offs_hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     sa = tl.load(sa_ptr + b * HW + offs_hw, mask=mask_hw, other=0.0).to(tl.float32)
@@ -107,7 +107,7 @@ def apply_backward_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, gx_ptr, pca_ptr, gsa_ptr
 
 
 @triton.jit
-def block_backward_x_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, pooled_ptr, pcnt_ptr, gp_ptr, gmean_ptr, gmax_ptr, mx_ptr,
+def _cbam_block_backward_x_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, pooled_ptr, pcnt_ptr, gp_ptr, gmean_ptr, gmax_ptr, mx_ptr,
                             ccnt_ptr, gx_ptr, C, HW, inv_c, inv_hw, sxb, sxc, sxhw, sgb, sgc, sghw,
                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Pass C of the fused block backward: grad_x written once, the three ops' grad_x terms summed in registers.
@@ -115,13 +115,13 @@ def block_backward_x_kernel(x_ptr, g_ptr, ca_ptr, sa_ptr, pooled_ptr, pcnt_ptr, 
         g₁     = g_max_C[p]·[x·ca = max_C[p]]/count_C[p] + g_mean_C[p]/C        (spatial pool)
         grad_x = ca[c]·(g·sa[p] + g₁) + g_mean_HW[c]/HW + g_max_HW[c]·[x = max_HW[c]]/count_HW[c]
 
-    grid (B, cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); reads g (own strides) and x, writes grad_x with x's strides.
+    grid (cdiv(HW, BLOCK_HW), B, cdiv(C, BLOCK_C)); reads g (own strides) and x, writes grad_x with x's strides.
     Per-pixel inputs sa (B, HW), pooled (B, 2, HW) fp32, count_C (B, HW), g_pooled (B, 2, HW) and per-channel
-    ca, g_mean_HW, g_max_HW, max_HW, count_HW (B, C) are contiguous. x·ca is formed as in pool_kernel
+    ca, g_mean_HW, g_max_HW, max_HW, count_HW (B, C) are contiguous. x·ca is formed as in _cbam_pool_kernel
     (cbam.py; fp32 product), so the max test picks exactly the elements the forward counted.
     """
-    b = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    b = tl.program_id(1).to(tl.int64)
+    offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask_hw = offs_hw < HW
@@ -157,7 +157,7 @@ def channel_stats_backward(g_mean, g_max, x, mx, cnt) -> torch.Tensor:
     t = Tiling(x)
     gx = torch.empty_like(x)
     if t.b > 0:
-        wrap_triton(stats_backward_kernel)[t.grid3](
+        wrap_triton(_cbam_stats_backward_kernel)[t.grid3](
             x, g_mean.float().contiguous(), g_max.float().contiguous(), mx.contiguous(), cnt.contiguous(), gx,
             t.c, t.hw, 1.0 / t.hw, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw)
     return gx
@@ -170,7 +170,7 @@ def spatial_pool_backward(g_pooled, x, ca, pooled, cnt) -> tuple[torch.Tensor, t
     gx = torch.empty_like(x)
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     if t.b > 0:
-        wrap_triton(pool_backward_kernel)[t.grid2](
+        wrap_triton(_cbam_pool_backward_kernel)[t.grid2](
             x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.contiguous(), gx, pca,
             t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=True)
     return gx, pca.sum(dim=-1).to(ca.dtype)
@@ -184,7 +184,7 @@ def apply_backward(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     gsa = x.new_empty((t.b, 1, t.h, t.w), dtype=torch.float32)
     if t.b > 0:
-        wrap_triton(apply_backward_kernel)[t.grid2](
+        wrap_triton(_cbam_apply_backward_kernel)[t.grid2](
             x, g, ca.contiguous(), sa.contiguous(), gx, pca, gsa, t.c, t.hw, t.nb,
             *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=True)
     return gx, pca.sum(dim=-1).to(ca.dtype), gsa.to(sa.dtype)
@@ -198,7 +198,7 @@ def apply_backward_reduce(g, x, ca, sa) -> tuple[torch.Tensor, torch.Tensor]:
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     gsa = x.new_empty((t.b, 1, t.h, t.w), dtype=torch.float32)
     if t.b > 0:
-        wrap_triton(apply_backward_kernel)[t.grid2](
+        wrap_triton(_cbam_apply_backward_kernel)[t.grid2](
             x, g, ca.contiguous(), sa.contiguous(), pca, pca, gsa, t.c, t.hw, t.nb,  # gx_ptr unused: WRITE_GX=False
             *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=False)
     return pca.sum(dim=-1), gsa
@@ -210,7 +210,7 @@ def spatial_pool_backward_reduce(g_pooled, x, ca, pooled, cnt) -> torch.Tensor:
     t = Tiling(x, per_pixel=True)
     pca = x.new_empty((t.b, t.c, t.nb), dtype=torch.float32)
     if t.b > 0:
-        wrap_triton(pool_backward_kernel)[t.grid2](
+        wrap_triton(_cbam_pool_backward_kernel)[t.grid2](
             x, ca.contiguous(), pooled.contiguous(), cnt.contiguous(), g_pooled.contiguous(), pca, pca,
             t.c, t.hw, t.nb, 1.0 / t.c, *_strides(x), BLOCK_C=t.bc, BLOCK_HW=t.bhw, WRITE_GX=False)  # gx_ptr unused
     return pca.sum(dim=-1)
@@ -222,7 +222,7 @@ def block_backward_x(g, x, ca, sa, g_pooled, pooled, pool_cnt, g_mean, g_max, mx
     t = Tiling(x)
     gx = torch.empty_like(x)
     if t.b > 0:
-        wrap_triton(block_backward_x_kernel)[t.grid3](
+        wrap_triton(_cbam_block_backward_x_kernel)[t.grid3](
             x, g, ca.contiguous(), sa.contiguous(), pooled.contiguous(), pool_cnt.contiguous(),
             g_pooled.contiguous(), g_mean.contiguous(), g_max.contiguous(), mx.contiguous(), stats_cnt.contiguous(),
             gx, t.c, t.hw, 1.0 / t.c, 1.0 / t.hw, *_strides(x), *_strides(g), BLOCK_C=t.bc, BLOCK_HW=t.bhw)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from .device import AOT_SM_COUNT, sm_count
+
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """t itself if NCHW- or channels_last-contiguous, else an NCHW-contiguous copy."""
@@ -26,29 +28,31 @@ def _blocks(c: int, hw: int) -> tuple[int, int]:
     return min(32, triton.next_power_of_2(c)), min(64, triton.next_power_of_2(hw))
 
 
-_TARGET_PROGRAMS = 528  # ≈ 4 programs per SM on an H100 (132 SMs): enough to fill it for the stats pass
+_PROGRAMS_PER_SM = 4  # the stats pass fills the GPU with ≈ 4 programs per SM
 
 
-def stats_splits(b: int, c: int, hw: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_HW, splits, HW per split) of the channel-stats pass.
+def stats_splits(b: int, c: int, hw: int, sms: int = AOT_SM_COUNT) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_HW, splits, HW per split) of the channel-stats pass on a GPU with ``sms`` SMs.
 
     HW is split over programs only while B·cdiv(C, BLOCK_C) programs cannot fill the GPU; with one split the
     kernel writes the final mean/max/count and nothing is merged afterwards (one launch instead of seven).
     """
     bc, bhw = _blocks(c, hw)
-    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, max(1, b * triton.cdiv(c, bc))), triton.cdiv(hw, bhw)))
+    target = _PROGRAMS_PER_SM * sms
+    splits = max(1, min(triton.cdiv(target, max(1, b * triton.cdiv(c, bc))), triton.cdiv(hw, bhw)))
     per_split = triton.cdiv(triton.cdiv(hw, splits), bhw) * bhw
     return bc, bhw, triton.cdiv(hw, per_split), per_split
 
 
-def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
-    """Tiles for the kernels whose programs own a pixel block and loop over C (grid (B, cdiv(HW, BLOCK_HW))).
+def _pixel_blocks(b: int, c: int, hw: int, sms: int = AOT_SM_COUNT) -> tuple[int, int]:
+    """Tiles for the kernels whose programs own a pixel block and loop over C (grid (cdiv(HW, BLOCK_HW), B)).
 
-    Small maps (refnet_f5: 16×2048×11²) would give too few programs to fill the GPU, so BLOCK_HW shrinks
-    (down to 16) until there are ≥ 2 programs per SM, and BLOCK_C grows to keep a ~2048-element tile.
+    Small maps (refnet_f5: 16×2048×11²) would give too few programs to fill the GPU (``sms`` SMs), so
+    BLOCK_HW shrinks (down to 16) until there are ≥ 2 programs per SM, and BLOCK_C grows to keep a
+    ~2048-element tile.
     """
     bhw = min(64, triton.next_power_of_2(hw))
-    while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * 132:
+    while bhw > 16 and b * triton.cdiv(hw, bhw) < 2 * sms:
         bhw //= 2
     return min(triton.next_power_of_2(c), 2048 // bhw), bhw
 
@@ -56,14 +60,17 @@ def _pixel_blocks(b: int, c: int, hw: int) -> tuple[int, int]:
 class Tiling:
     """Shape and tiles of one CBAM launch over a dense (B, C, H, W) tensor (ints: grids specialise on them).
 
-    ``per_pixel=False``: [BLOCK_C, BLOCK_HW] tiles over the grid ``grid3`` = (B, pixel blocks, channel
-    blocks); ``per_pixel=True``: programs own a pixel block and loop over C, grid ``grid2`` = (B, nb).
+    ``per_pixel=False``: [BLOCK_C, BLOCK_HW] tiles over the grid ``grid3`` = (pixel blocks, B, channel
+    blocks); ``per_pixel=True``: programs own a pixel block and loop over C, grid ``grid2`` = (nb, B).
+    The pixel blocks are on axis 0 (up to 2³¹−1 programs): axes 1 and 2 stop at 65,535, which
+    cdiv(H·W, 64) passes above 4,194,240 pixels; a batch above 65,535 goes to the reference (ops/cbam.py).
     """
 
     def __init__(self, x: torch.Tensor, per_pixel: bool = False) -> None:
         self.b, self.c, self.h, self.w = (int(s) for s in x.shape)
         self.hw = self.h * self.w
-        self.bc, self.bhw = _pixel_blocks(self.b, self.c, self.hw) if per_pixel else _blocks(self.c, self.hw)
+        sms = sm_count(x.device)
+        self.bc, self.bhw = _pixel_blocks(self.b, self.c, self.hw, sms) if per_pixel else _blocks(self.c, self.hw)
         self.nb = triton.cdiv(self.hw, self.bhw)
-        self.grid2 = (self.b, self.nb)
-        self.grid3 = (self.b, self.nb, triton.cdiv(self.c, self.bc))
+        self.grid2 = (self.nb, self.b)
+        self.grid3 = (self.nb, self.b, triton.cdiv(self.c, self.bc))

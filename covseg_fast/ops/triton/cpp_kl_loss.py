@@ -18,8 +18,10 @@ writes dz. Accumulation dtype = the partial/grad buffer's dtype (float32, or flo
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 
 @triton.jit
@@ -41,8 +43,12 @@ def _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC: 
     row = i[:, None] * s + dy[None, :]
     col = j[:, None] * s + dx[None, :]
     lab_off = b[:, None].to(tl.int64) * H * W + row * W + col
-    lab = tl.load(lab_ptr + lab_off, mask=pm[:, None] & qm[None, :], other=-1).to(tl.int32)
-    valid = (lab != ignore) & (lab >= 0)
+    lm = pm[:, None] & qm[None, :]
+    # validity in the labels' own width (an int64 label 2³² + 1 must not become class 1), and < K: a label
+    # of K..BLOCK_K−1 would otherwise land in a padded class and enter Σ_k t (what the reference counts nowhere)
+    raw = tl.load(lab_ptr + lab_off, mask=lm, other=0)
+    valid = lm & (raw >= 0) & (raw < K) & (raw != ignore)
+    lab = tl.where(valid, raw, 0).to(tl.int32)
     hit = (lab[:, :, None] == kk[None, None, :]) & valid[:, :, None]
     t = tl.sum(hit.to(ACC), axis=1) / (s * s)                               # (BLOCK_P, BLOCK_K)
     z_off = b[:, None].to(tl.int64) * K * hw + kk[None, :] * hw + r[:, None]
@@ -57,7 +63,7 @@ def _cpp_target_and_logq(z_ptr, lab_ptr, pid, P, K, h, w, H, W, s, ignore, ACC: 
 
 
 @triton.jit
-def cpp_kl_fwd_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
+def _cpp_kl_forward_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
                       BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     pid = tl.program_id(0)
     ACC: tl.constexpr = part_ptr.dtype.element_ty
@@ -70,7 +76,7 @@ def cpp_kl_fwd_kernel(z_ptr, lab_ptr, part_ptr, P, K, h, w, H, W, s, ignore,
 
 
 @triton.jit
-def cpp_kl_bwd_kernel(g_ptr, z_ptr, lab_ptr, dz_ptr, P, K, h, w, H, W, s, ignore,
+def _cpp_kl_backward_kernel(g_ptr, z_ptr, lab_ptr, dz_ptr, P, K, h, w, H, W, s, ignore,
                       BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     pid = tl.program_id(0)
     ACC: tl.constexpr = g_ptr.dtype.element_ty
@@ -88,3 +94,37 @@ def block_sizes(num_classes: int, scale: int) -> tuple[int, int, int]:
     block_s = triton.next_power_of_2(scale * scale)
     block_p = max(1, min(128, 4096 // (block_k * block_s)))
     return block_p, block_k, block_s
+
+
+def _accumulator_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _launch_args(logits, labels, scale, ignore_index):
+    b, k, h, w = logits.shape
+    big_h, big_w = labels.shape[1:]
+    n = b * h * w
+    block_p, block_k, block_s = block_sizes(k, scale)
+    grid = (max(1, triton.cdiv(n, block_p)),)
+    ignore = -1 if ignore_index is None else int(ignore_index)
+    return grid, (n, k, h, w, big_h, big_w, scale, ignore), dict(BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_S=block_s)
+
+
+def cpp_kl_forward(logits: torch.Tensor, labels: torch.Tensor, scale: int, ignore_index) -> torch.Tensor:
+    """The loss (0-dim, fp32 or fp64): per-program partial sums in a fixed order, divided by B·h·w."""
+    logits, labels = logits.contiguous(), labels.contiguous()
+    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
+    partial = torch.empty(grid[0], device=logits.device, dtype=_accumulator_dtype(logits))
+    wrap_triton(_cpp_kl_forward_kernel)[grid](logits, labels, partial, *args, **meta)
+    return partial.sum() / max(args[0], 1)
+
+
+def cpp_kl_backward(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, scale: int,
+                    ignore_index) -> torch.Tensor:
+    """∂loss/∂logits in the logits' dtype, for the upstream gradient ``grad`` (0-dim)."""
+    logits, labels = logits.contiguous(), labels.contiguous()
+    grid, args, meta = _launch_args(logits, labels, scale, ignore_index)
+    dz = torch.empty_like(logits)
+    g = grad.reshape(1).to(_accumulator_dtype(logits)).contiguous()
+    wrap_triton(_cpp_kl_backward_kernel)[grid](g, logits, labels, dz, *args, **meta)
+    return dz

@@ -28,11 +28,11 @@ This module holds no kernel. The split schedule's launch wrappers (``dwconv``, `
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
+from .. import knobs
 from .strip_conv_single import strip_conv_single_pass
 from .strip_conv_single_backward import strip_conv_single_pass_backward, tap_layout
 from .strip_conv_split import (MAX_BRANCHES, _pad3, dwconv, dwconv_wgrad, split_backward,  # noqa: F401
@@ -44,7 +44,7 @@ SCHEDULES = ("single", "split")
 def forward_schedule() -> str:
     """The forward schedule: ``COVSEG_STRIP_CONV_SCHEDULE`` = ``single`` (default: one launch,
     strip_conv_single.py) or ``split`` (three launches through HBM, strip_conv_split.py). Both are benchmarked."""
-    name = os.environ.get("COVSEG_STRIP_CONV_SCHEDULE", "single").strip().lower() or "single"
+    name = (knobs.value("COVSEG_STRIP_CONV_SCHEDULE") or "single").strip().lower() or "single"
     if name not in SCHEDULES:
         raise ValueError(f"COVSEG_STRIP_CONV_SCHEDULE={name!r}: expected one of {', '.join(SCHEDULES)}")
     return name

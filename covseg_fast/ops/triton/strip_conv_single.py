@@ -24,26 +24,44 @@ Scratch is in x's dtype, rounding a0 and t_i where the reference (F.conv2d in th
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .device import gpu_tiles, needs_int64, sm_count
+
 
 @triton.jit
-def tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr):
-    """Tile index → (batch, channel block, first row, first column); columns vary fastest, batch slowest."""
+def _tile_origin(tile, n_tw, n_th, n_cb, TH: tl.constexpr, TW: tl.constexpr, INT64: tl.constexpr):
+    """Tile index → (batch, channel block, first row, first column); columns vary fastest, batch slowest.
+    INT64: the channel block and the coordinates are int64, so every channel/row/column · stride product
+    derived from them is (an image of C·H·W ≥ 2³¹ elements would wrap int32 products)."""
     tw_i = tile % n_tw
     rest = tile // n_tw
     th_i = rest % n_th
     rest = rest // n_th
-    return (rest // n_cb).to(tl.int64), rest % n_cb, th_i * TH, tw_i * TW
+    cb, h0, w0 = rest % n_cb, th_i * TH, tw_i * TW
+    if INT64:
+        cb, h0, w0 = tl.cast(cb, tl.int64), tl.cast(h0, tl.int64), tl.cast(w0, tl.int64)
+    return (rest // n_cb).to(tl.int64), cb, h0, w0
 
 
 @triton.jit
-def stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+def _tile_chunk(start, lane, h0, w0, H, W, cmask, TW: tl.constexpr, NO: tl.constexpr):
+    """Row/column in the tile, image row/column and masks (in the tile; and in the image) of the chunk of
+    tile pixels starting at ``start``."""
+    idx = start + lane
+    rr = idx // TW
+    cc = idx % TW
+    gh = h0 + rr
+    gw = w0 + cc
+    lmask = (idx < NO) & cmask
+    return rr, cc, gh, gw, lmask, lmask & (gh < H) & (gw < W)
+
+
+@triton.jit
+def _stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
              K0: tl.constexpr, P: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
              BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """sa[c, r·RWA + q] = a0 at image pixel (h0 − P + r, w0 − P + q), RWA = TW + 2P, for the
@@ -70,12 +88,12 @@ def stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H,
 
 
 @triton.jit
-def stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+def _stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
                    ch, cmask, lane, h0, w0, H, W,
                    K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, P: tl.constexpr,
                    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """st_i[c, r·TW + q] = t_i at image pixel (h0 − P + r, w0 + q) on the TH+2P halo rows × the tile's
-    TW columns, from the a0 region in sa (stage_a0's layout)."""
+    TW columns, from the a0 region in sa (_stage_a0's layout)."""
     RWA: tl.constexpr = TW + 2 * P
     NT: tl.constexpr = (TH + 2 * P) * TW
     # (absent branches point at dummies: their biases are never read)
@@ -118,7 +136,7 @@ def stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_pt
 
 
 @triton.jit
-def _msca_single_pass_kernel(
+def _strip_conv_single_kernel(
     x_ptr, w0_ptr, b0_ptr,
     wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
     wv1_ptr, wv2_ptr, wv3_ptr, bv1_ptr, bv2_ptr, bv3_ptr,
@@ -127,10 +145,11 @@ def _msca_single_pass_kernel(
     s_xb, s_xc, s_xh, s_xw,
     s_ob, s_oc, s_oh, s_ow,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, P: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr, INT64: tl.constexpr,
 ):
-    """Layout: x/out any strides (elements); w0 (C, K0*K0) fp32; wh_i/wv_i (C, K_i) fp32; biases (C,)
-    fp32; K_i = 0 means "no branch i"; P = max K_i // 2 (≥ 0). scratch: (programs, slot) in x's dtype,
+    """Layout: x/out any strides (elements; INT64 when an offset passes 2³¹ − 1); w0 (C, K0*K0) fp32;
+    wh_i/wv_i (C, K_i) fp32; biases (C,) fp32; K_i = 0 means "no branch i"; P = max K_i // 2 (≥ 0).
+    scratch: (programs, slot) in x's dtype,
     slot = BLOCK_C·(NA + 3·NT) with NA = (TH+2P)(TW+2P), NT = (TH+2P)·TW.
     Grid: (programs,); program p handles tiles p, p + programs, ... < n_tiles, where a tile id is
     ((b · n_cb + cb) · n_th + th) · n_tw + tw (tile columns fastest, so concurrently running programs
@@ -154,18 +173,18 @@ def _msca_single_pass_kernel(
     st2 = st1 + BLOCK_C * NT
     st3 = st2 + BLOCK_C * NT
     for tile in range(pid, n_tiles, n_prog):
-        b, cb, h0, w0 = tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
+        b, cb, h0, w0 = _tile_origin(tile, n_tw, n_th, n_cb, TH, TW, INT64)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc
 
         # 1. a0 = b0 + dw(x) on the (TH+2P)×(TW+2P) halo region, zero outside the image.
-        stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+        _stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
                  K0, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
 
         # 2. t_i = bh_i + h_i(a0) on the halo rows × the tile's columns, zero outside the image.
-        stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+        _stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
                        ch, cmask, lane, h0, w0, H, W, K1, K2, K3, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
 
@@ -178,13 +197,7 @@ def _msca_single_pass_kernel(
         if K3 > 0:
             bias += tl.load(bv3_ptr + ch, mask=cmask, other=0.0)
         for start in range(0, NO, CHUNK):
-            idx = start + lane
-            rr = idx // TW
-            cc = idx % TW
-            gh = h0 + rr
-            gw = w0 + cc
-            lmask = (idx < NO) & cmask
-            omask = lmask & (gh < H) & (gw < W)
+            rr, cc, gh, gw, lmask, omask = _tile_chunk(start, lane, h0, w0, H, W, cmask, TW, NO)
             acc = tl.load(sa + (rr + P) * RWA + cc + P, mask=lmask, other=0.0).to(tl.float32) + bias
             if K1 > 0:
                 for d in tl.static_range(K1):
@@ -203,15 +216,6 @@ def _msca_single_pass_kernel(
         tl.debug_barrier()  # the next tile overwrites this slot
 
 
-def _sm_count(device: torch.device) -> int:
-    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count_of(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def single_pass_config(x: torch.Tensor) -> dict:
     """Tile geometry and grid: BLOCK_C, TH×TW output tile, CHUNK, programs (or per SM), num_warps.
 
@@ -226,7 +230,7 @@ def single_pass_config(x: torch.Tensor) -> dict:
     Tiles never exceed the image (a smaller image gets a tile of its own size: less halo work).
     """
     cl = x.shape[1] > 1 and x.stride(1) == 1
-    if x.device.type == "cpu":
+    if not gpu_tiles(x.device):
         cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=512, per_sm=0, programs=2, num_warps=4)
     elif cl:
         cfg = dict(BLOCK_C=8, TH=32, TW=32, CHUNK=64, per_sm=2, programs=None, num_warps=4)
@@ -247,16 +251,16 @@ def strip_conv_single_pass(x, w0, b0, wf, bf, vf, vbf, ks, out: torch.Tensor) ->
     cfg = single_pass_config(x)
     bc, th, tw = cfg["BLOCK_C"], cfg["TH"], cfg["TW"]
     n_tiles = bsz * triton.cdiv(c, bc) * triton.cdiv(h, th) * triton.cdiv(w, tw)
-    programs = cfg["programs"] or cfg["per_sm"] * _sm_count(x.device)
+    programs = cfg["programs"] or cfg["per_sm"] * sm_count(x.device)
     programs = max(1, min(programs, n_tiles))
     slot = bc * ((th + 2 * p) * (tw + 2 * p) + 3 * (th + 2 * p) * tw)
     scratch = torch.empty((programs, slot), device=x.device, dtype=x.dtype)
     w0f = w0.reshape(c, k0 * k0).to(torch.float32).contiguous()
     b0f = b0.to(torch.float32).contiguous()
-    wrap_triton(_msca_single_pass_kernel)[(programs,)](
+    wrap_triton(_strip_conv_single_kernel)[(programs,)](
         x, w0f, b0f, *wf, *bf, *vf, *vbf, out, scratch,
         c, h, w, n_tiles, *x.stride(), *out.stride(),
         K0=k0, K1=ks[0], K2=ks[1], K3=ks[2], P=p,
-        TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"],
+        TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], INT64=needs_int64(x, out), num_warps=cfg["num_warps"],
     )
     return out

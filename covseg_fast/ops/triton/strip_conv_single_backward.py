@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .strip_conv_single import _sm_count, stage_a0, stage_strips_h, tile_origin
+from .device import gpu_tiles, needs_int64, sm_count
+from .strip_conv_single import _stage_a0, _stage_strips_h, _tile_chunk, _tile_origin
 
 
 def tap_layout(k0: int, ks: list[int]) -> dict:
@@ -150,7 +151,26 @@ def _branch_wgrads(wacc, taps, gv, st, sg, sa, ptile, lmask, rr, cc,
 
 
 @triton.jit
-def _msca_single_pass_backward_kernel(
+def _strip_wgrads(wacc, taps, g_base, s_gh, s_gw, st1, st2, st3, sg1, sg2, sg3, sa, gh, gw, ptile, lmask, rr, cc,
+                  K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
+                  OFF_WH1: tl.constexpr, OFF_WH2: tl.constexpr, OFF_WH3: tl.constexpr,
+                  OFF_WV1: tl.constexpr, OFF_WV2: tl.constexpr, OFF_WV3: tl.constexpr,
+                  OFF_BH1: tl.constexpr, OFF_BH2: tl.constexpr, OFF_BH3: tl.constexpr, OFF_BV: tl.constexpr,
+                  P: tl.constexpr, Q: tl.constexpr, TW: tl.constexpr):
+    # ∂bv (shared by the branches) and every branch's ∂wv, ∂wh, ∂bh over one chunk of tile pixels
+    gv = tl.load(g_base + gh * s_gh + gw * s_gw, mask=ptile, other=0.0).to(tl.float32)
+    wacc = _acc_tap(wacc, taps, OFF_BV, gv)
+    if K1 > 0:
+        wacc = _branch_wgrads(wacc, taps, gv, st1, sg1, sa, ptile, lmask, rr, cc, K1, OFF_WH1, OFF_WV1, OFF_BH1, P, Q, TW)
+    if K2 > 0:
+        wacc = _branch_wgrads(wacc, taps, gv, st2, sg2, sa, ptile, lmask, rr, cc, K2, OFF_WH2, OFF_WV2, OFF_BH2, P, Q, TW)
+    if K3 > 0:
+        wacc = _branch_wgrads(wacc, taps, gv, st3, sg3, sa, ptile, lmask, rr, cc, K3, OFF_WH3, OFF_WV3, OFF_BH3, P, Q, TW)
+    return wacc
+
+
+@triton.jit
+def _strip_conv_single_backward_kernel(
     g_ptr, x_ptr, w0_ptr, b0_ptr,
     wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr, wv1_ptr, wv2_ptr, wv3_ptr,
     gx_ptr, part_ptr, scratch_ptr,
@@ -163,11 +183,14 @@ def _msca_single_pass_backward_kernel(
     OFF_WV1: tl.constexpr, OFF_WV2: tl.constexpr, OFF_WV3: tl.constexpr,
     OFF_B0: tl.constexpr, OFF_BH1: tl.constexpr, OFF_BH2: tl.constexpr, OFF_BH3: tl.constexpr,
     OFF_BV: tl.constexpr, NTAP_P2: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr, INT64: tl.constexpr,
+    TWO_SWEEPS: tl.constexpr,
 ):
-    """Layout: g, x, gx any strides; weights (C, K) fp32, biases (C,) fp32 (only bh is read); K_i = 0:
+    """Layout: g, x, gx any strides (INT64 when an offset, or the partials' size, passes 2³¹ − 1); weights (C, K) fp32, biases (C,) fp32 (only bh is read); K_i = 0:
     no branch i. part: (n_tiles, BLOCK_C, NTAP_P2) fp32, one row of tap sums per tile and channel.
     scratch: (programs, slot) fp32, slot = BLOCK_C·(NA + 3·NT + 3·NG + ND) (see the stages).
+    TWO_SWEEPS: steps 5–6 sweep the tile twice (gx, ∂w0, ∂b0; then the strip branches' sums), so fewer
+    values are live at once (see single_pass_backward_config).
     Grid: (programs,), persistent over tiles numbered as in the forward kernel.
     """
     Q: tl.constexpr = K0 // 2
@@ -195,16 +218,16 @@ def _msca_single_pass_backward_kernel(
     sg3 = sg2 + BLOCK_C * NG
     sga = slot + BLOCK_C * (NA + 3 * NT + 3 * NG) + cl * ND
     for tile in range(pid, n_tiles, n_prog):
-        b, cb, h0, w0 = tile_origin(tile, n_tw, n_th, n_cb, TH, TW)
+        b, cb, h0, w0 = _tile_origin(tile, n_tw, n_th, n_cb, TH, TW, INT64)
         ch = cb * BLOCK_C + cl
         cmask = ch < C
         x_base = x_ptr + b * s_xb + ch * s_xc
         g_base = g_ptr + b * s_gb + ch * s_gc
 
-        stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
+        _stage_a0(x_base, s_xh, s_xw, w0_ptr, b0_ptr, sa, ch, cmask, lane, h0, w0, H, W,
                  K0, P, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
-        stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
+        _stage_strips_h(sa, st1, st2, st3, wh1_ptr, wh2_ptr, wh3_ptr, bh1_ptr, bh2_ptr, bh3_ptr,
                        ch, cmask, lane, h0, w0, H, W, K1, K2, K3, P, TH, TW, BLOCK_C, CHUNK)
         _gt_stage(g_base, s_gh, s_gw, sg1, sg2, sg3, wv1_ptr, wv2_ptr, wv3_ptr, ch, cmask, lane, h0, w0, H, W,
                   K1, K2, K3, P, Q, TH, TW, BLOCK_C, CHUNK)
@@ -213,16 +236,10 @@ def _msca_single_pass_backward_kernel(
                    h0, w0, H, W, K1, K2, K3, P, Q, TH, TW, BLOCK_C, CHUNK)
         tl.debug_barrier()
 
-        # 5–6. gx and the weight-gradient sums over the tile's pixels
+        # 5–6. gx and the weight-gradient sums over the tile's pixels (one sweep, or two with TWO_SWEEPS)
         wacc = tl.zeros((BLOCK_C, NTAP_P2), dtype=tl.float32)
         for start in tl.range(0, NO, CHUNK, disable_licm=True):
-            idx = start + lane
-            rr = idx // TW
-            cc = idx % TW
-            gh = h0 + rr
-            gw = w0 + cc
-            lmask = (idx < NO) & cmask
-            ptile = lmask & (gh < H) & (gw < W)
+            rr, cc, gh, gw, lmask, ptile = _tile_chunk(start, lane, h0, w0, H, W, cmask, TW, NO)
             ga = tl.load(sga + (rr + Q) * RWD + cc + Q, mask=ptile, other=0.0)
             gx = tl.zeros((BLOCK_C, CHUNK), dtype=tl.float32)
             for i in tl.static_range(K0):
@@ -238,18 +255,21 @@ def _msca_single_pass_backward_kernel(
             tl.store(gx_ptr + b * s_ob + ch * s_oc + gh * s_oh + gw * s_ow, gx.to(gx_ptr.dtype.element_ty),
                      mask=ptile)
             wacc = _acc_tap(wacc, taps, OFF_B0, ga)
-            gv = tl.load(g_base + gh * s_gh + gw * s_gw, mask=ptile, other=0.0).to(tl.float32)
-            wacc = _acc_tap(wacc, taps, OFF_BV, gv)
-            if K1 > 0:
-                wacc = _branch_wgrads(wacc, taps, gv, st1, sg1, sa, ptile, lmask, rr, cc,
-                                      K1, OFF_WH1, OFF_WV1, OFF_BH1, P, Q, TW)
-            if K2 > 0:
-                wacc = _branch_wgrads(wacc, taps, gv, st2, sg2, sa, ptile, lmask, rr, cc,
-                                      K2, OFF_WH2, OFF_WV2, OFF_BH2, P, Q, TW)
-            if K3 > 0:
-                wacc = _branch_wgrads(wacc, taps, gv, st3, sg3, sa, ptile, lmask, rr, cc,
-                                      K3, OFF_WH3, OFF_WV3, OFF_BH3, P, Q, TW)
-        tl.store(part_ptr + tile * (BLOCK_C * NTAP_P2) + cl * NTAP_P2 + taps, wacc, mask=cmask)
+            if not TWO_SWEEPS:
+                wacc = _strip_wgrads(wacc, taps, g_base, s_gh, s_gw, st1, st2, st3, sg1, sg2, sg3, sa,
+                                     gh, gw, ptile, lmask, rr, cc, K1, K2, K3, OFF_WH1, OFF_WH2, OFF_WH3,
+                                     OFF_WV1, OFF_WV2, OFF_WV3, OFF_BH1, OFF_BH2, OFF_BH3, OFF_BV, P, Q, TW)
+        if TWO_SWEEPS:
+            for start in tl.range(0, NO, CHUNK, disable_licm=True):
+                rr, cc, gh, gw, lmask, ptile = _tile_chunk(start, lane, h0, w0, H, W, cmask, TW, NO)
+                wacc = _strip_wgrads(wacc, taps, g_base, s_gh, s_gw, st1, st2, st3, sg1, sg2, sg3, sa,
+                                     gh, gw, ptile, lmask, rr, cc, K1, K2, K3, OFF_WH1, OFF_WH2, OFF_WH3,
+                                     OFF_WV1, OFF_WV2, OFF_WV3, OFF_BH1, OFF_BH2, OFF_BH3, OFF_BV, P, Q, TW)
+        if INT64:
+            part_tile = part_ptr + tl.cast(tile, tl.int64) * (BLOCK_C * NTAP_P2)
+        else:
+            part_tile = part_ptr + tile * (BLOCK_C * NTAP_P2)
+        tl.store(part_tile + cl * NTAP_P2 + taps, wacc, mask=cmask)
         tl.debug_barrier()  # the next tile overwrites this slot
 
 
@@ -257,20 +277,22 @@ def single_pass_backward_config(x: torch.Tensor) -> dict:
     """Tiles for the backward: smaller than the forward's (four fp32 scratch regions per slot).
 
     NCHW: 1 channel, 32×32 tiles, 128-element chunks, 3 programs per SM: slot ≈ 62 KB, ≈ 25 MB of
-    scratch on an H100. channels_last: 4 channels, 16×16 tiles, 32-pixel chunks, 2 per SM (≈ 25 MB).
-    Compiled for sm_90 (tests/triton_aot.py) with Triton 3.9 these take 128 and 148 registers and no
-    stack; Triton 3.6 (the GPU machine's) needs 255 and spills 8 bytes in the NCHW bf16 case (24 with
-    256-element chunks); its chunk loops keep the weights in registers unless LICM is off there
-    (channels_last 230 → 168 registers). 8 channels × 64 pixels at 4 warps spilled 80 bytes.
-    Interpreter: 4 channels, 16×16 tiles, 2 programs. Tiles never exceed the image.
+    scratch on an H100; the weight sums in a second sweep of the tile (TWO_SWEEPS). channels_last:
+    4 channels, 16×16 tiles, 32-pixel chunks, 2 per SM (≈ 25 MB), one sweep.
+    Why (sm_90 compiles of tests/triton_aot.py, Triton 3.6 = the GPU machine's, 3.9 = CI's): with one sweep
+    NCHW took 255 registers and spilled 8 bytes of stack under 3.6 (3.9: 128, none; 8 channels × 64
+    pixels spilled 80); two sweeps take 239 under 3.6, 128 under 3.9, no stack. channels_last spills
+    16 bytes under 3.6 with two sweeps and none with one (168 registers; 148 under 3.9). The chunk
+    loops keep LICM off: hoisted weight loads held every tap's weight in registers under 3.6.
+    Interpreter: 4 channels, 16×16 tiles, 2 programs (one sweep). Tiles never exceed the image.
     """
     cl = x.shape[1] > 1 and x.stride(1) == 1
-    if x.device.type == "cpu":
-        cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=512, per_sm=0, programs=2, num_warps=4)
+    if not gpu_tiles(x.device):
+        cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=512, per_sm=0, programs=2, num_warps=4, TWO_SWEEPS=False)
     elif cl:
-        cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=32, per_sm=2, programs=None, num_warps=4)
+        cfg = dict(BLOCK_C=4, TH=16, TW=16, CHUNK=32, per_sm=2, programs=None, num_warps=4, TWO_SWEEPS=False)
     else:
-        cfg = dict(BLOCK_C=1, TH=32, TW=32, CHUNK=128, per_sm=3, programs=None, num_warps=4)
+        cfg = dict(BLOCK_C=1, TH=32, TW=32, CHUNK=128, per_sm=3, programs=None, num_warps=4, TWO_SWEEPS=True)
     cfg["TH"], cfg["TW"] = min(cfg["TH"], x.shape[2]), min(cfg["TW"], x.shape[3])
     return cfg
 
@@ -292,21 +314,22 @@ def strip_conv_single_pass_backward(grad, x, w0, b0, wf, bf, vf, ks) -> tuple[to
     bc, th, tw = cfg["BLOCK_C"], cfg["TH"], cfg["TW"]
     n_cb = triton.cdiv(c, bc)
     n_tiles = bsz * n_cb * triton.cdiv(h, th) * triton.cdiv(w, tw)
-    programs = max(1, min(cfg["programs"] or cfg["per_sm"] * _sm_count(x.device), n_tiles))
+    programs = max(1, min(cfg["programs"] or cfg["per_sm"] * sm_count(x.device), n_tiles))
     slot = bc * ((th + 2 * p) * (tw + 2 * p) + 3 * (th + 2 * p) * tw + 3 * (th + 2 * q) * (tw + 2 * q + 2 * p)
                  + (th + 2 * q) * (tw + 2 * q))
     scratch = torch.empty((programs, slot), device=x.device, dtype=torch.float32)
     part = torch.empty((n_tiles, bc, ntap_p2), device=x.device, dtype=torch.float32)
     w0f = w0.reshape(c, k0 * k0).to(torch.float32).contiguous()
     b0f = b0.to(torch.float32).contiguous()
-    wrap_triton(_msca_single_pass_backward_kernel)[(programs,)](
+    wrap_triton(_strip_conv_single_backward_kernel)[(programs,)](
         grad, x, w0f, b0f, *wf, *bf, *vf, gx, part, scratch,
         c, h, w, n_tiles, *grad.stride(), *x.stride(), *gx.stride(),
         K0=k0, K1=ks[0], K2=ks[1], K3=ks[2], P=p,
         OFF_WH1=lay["wh0"], OFF_WH2=lay["wh1"], OFF_WH3=lay["wh2"],
         OFF_WV1=lay["wv0"], OFF_WV2=lay["wv1"], OFF_WV3=lay["wv2"],
         OFF_B0=lay["b0"], OFF_BH1=lay["bh0"], OFF_BH2=lay["bh1"], OFF_BH3=lay["bh2"], OFF_BV=lay["bv"],
-        NTAP_P2=ntap_p2, TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"],
+        NTAP_P2=ntap_p2, TH=th, TW=tw, BLOCK_C=bc, CHUNK=cfg["CHUNK"], INT64=needs_int64(grad, x, gx, part),
+        TWO_SWEEPS=cfg["TWO_SWEEPS"], num_warps=cfg["num_warps"],
     )
     # tiles are numbered ((b · n_cb + cb) · n_th + th) · n_tw + tw: sum over b and the spatial tiles
     sums = part.view(bsz, n_cb, -1, bc, ntap_p2).sum(dim=(0, 2)).reshape(n_cb * bc, ntap_p2)[:c, :lay["n"]]

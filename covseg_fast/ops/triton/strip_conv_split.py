@@ -4,10 +4,10 @@ Chosen by ``COVSEG_STRIP_CONV_SCHEDULE=split`` (``strip_conv.py`` dispatches bet
 the single-pass one) and kept as the benchmark's comparison point.
 
 Forward (``split_forward``), three launches through HBM:
-  1. ``_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
-  2. ``_strips_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
+  1. ``_strip_conv_dwconv_kernel``: a0 = b0 + dw_{k0×k0}(x), stored in x's dtype (fp32 accumulation).
+  2. ``_strip_conv_spread_kernel``: all horizontal strips t_i = bh_i + h_i(a0) in one pass; each shifted
      a0 tile is loaded once and shared by every branch with that tap.
-  3. ``_strips_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
+  3. ``_strip_conv_gather_kernel``: s = a0 + Σ_i (bv_i + v_i(t_i)), the biases, the 4-way sum and the cast
      to the output dtype/layout fused into one pass.
   HBM traffic in bf16 is 2E (x) + 2E (a0 out) + 2E+6E (spread) + 2E+6E+2E (gather) = 22E bytes
   versus ≈ 60E for the eager 13-kernel chain (KERNELS.md §2.2).
@@ -15,7 +15,7 @@ Forward (``split_forward``), three launches through HBM:
 Backward (``split_backward``): recompute a0 and the t_i, then the transposed convs with the same kernels
 and flipped weights (grad of an odd "same" correlation wrt its input is the correlation with the flipped
 kernel): all gt_i = v_iᵀ(g) in one spread pass, ga0 = g + Σ h_iᵀ(gt_i) in one gather pass,
-gx = c0ᵀ(ga0); weight grads by ``_dwconv_wgrad_kernel`` (per-tile partial sums reduced in fp32 by
+gx = c0ᵀ(ga0); weight grads by ``_strip_conv_dwconv_wgrad_kernel`` (per-tile partial sums reduced in fp32 by
 torch), bias grads by torch sums: ≈ 50E bytes. Backward intermediates are fp32.
 
 All kernels take arbitrary input/output strides, so NCHW and channels_last are read in place; the
@@ -31,16 +31,31 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .device import gpu_tiles, needs_int64
+
 
 @triton.jit
-def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _batch_and_tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """(batch (int64), tile within the image) of this program: both on grid axis 0, tiles fastest (axis 1
+    stops at 65,535 images)."""
+    per_image = tl.cdiv(C, BLOCK_C) * tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W)
+    pid = tl.program_id(0)
+    return tl.cast(pid // per_image, tl.int64), pid % per_image
+
+
+@triton.jit
+def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                 INT64: tl.constexpr):
     # program tile t -> (channel-block, tile-row, tile-col); pixels flattened row-major in the tile.
+    # INT64: channels, rows and columns are int64, so their products with the strides are too.
     n_tw = tl.cdiv(W, BLOCK_W)
     n_tc = tl.cdiv(C, BLOCK_C)
     tc = pid_t % n_tc
     rest = pid_t // n_tc
     th = rest // n_tw
     tw = rest % n_tw
+    if INT64:
+        tc, th, tw = tl.cast(tc, tl.int64), tl.cast(th, tl.int64), tl.cast(tw, tl.int64)
     ch = tc * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
     p = tl.arange(0, BLOCK_H * BLOCK_W)[None, :]
     rows = th * BLOCK_H + p // BLOCK_W
@@ -49,25 +64,26 @@ def _tile_coords(pid_t, C, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOC
 
 
 @triton.jit
-def _dwconv_kernel(
+def _strip_conv_dwconv_kernel(
     inp_ptr, w_ptr, bias_ptr, out_ptr,
     C, H, W,
     s_ib, s_ic, s_ih, s_iw,
     s_ob, s_oc, s_oh, s_ow,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr,
 ):
     """out[b,c,h,w] = bias[c] + Σ_{i<KH, j<KW} w[c, i*KW+j] · inp[b,c,h+i-KH//2, w+j-KW//2].
 
     Layout: inp/out any strides (in elements, so NCHW and channels_last are read in place); w is
     (C, KH*KW) fp32 contiguous; bias (C,) fp32. Out-of-image taps read 0.
-    Grid: (cdiv(C, BLOCK_C) · cdiv(H, BLOCK_H) · cdiv(W, BLOCK_W), B); program (t, b) computes a
+    Grid: (B · cdiv(C, BLOCK_C) · cdiv(H, BLOCK_H) · cdiv(W, BLOCK_W),), tiles of one image consecutive
+    (``_batch_and_tile``); INT64 when an offset passes 2³¹ − 1. Program (b, t) computes a
     [BLOCK_C, BLOCK_H·BLOCK_W] tile (channels × flattened pixels) in fp32 registers, one pass over
     the KH·KW taps (each a masked shifted load + a per-channel weight vector), then one store.
     """
-    b = tl.program_id(1).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b, pid_t = _batch_and_tile(C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W, INT64)
     cmask = ch < C
     in_base = inp_ptr + b * s_ib + ch * s_ic
     acc = tl.zeros((BLOCK_C, BLOCK_H * BLOCK_W), dtype=tl.float32)
@@ -88,25 +104,24 @@ def _dwconv_kernel(
 
 
 @triton.jit
-def _dwconv_wgrad_kernel(
+def _strip_conv_dwconv_wgrad_kernel(
     g_ptr, inp_ptr, part_ptr,
     C, H, W, n_tiles,
     s_gb, s_gc, s_gh, s_gw,
     s_ib, s_ic, s_ih, s_iw,
     KH: tl.constexpr, KW: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr,
 ):
     """part[b, t, i*KW+j, c] = Σ_{(h,w) in tile t} g[b,c,h,w] · inp[b,c,h+i-KH//2, w+j-KW//2].
 
     Layout: g and inp any strides; part is fp32 contiguous (B, n_tiles, KH*KW, C) where n_tiles
     counts the spatial tiles (a program covers channels [tc·BLOCK_C, ...) of one spatial tile); the
     caller sums dims 0 and 1 to get the (KH*KW, C) weight gradient. Out-of-image inp taps read 0.
-    Grid: as _dwconv_kernel; program (t, b) loads its g tile once and, per tap, reduces g · shifted
+    Grid: as _strip_conv_dwconv_kernel; program (t, b) loads its g tile once and, per tap, reduces g · shifted
     inp over the pixel axis into a BLOCK_C vector (one vector store per tap).
     """
-    b = tl.program_id(1).to(tl.int64)
-    pid_t = tl.program_id(0)
-    ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b, pid_t = _batch_and_tile(C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W, INT64)
     spatial_t = pid_t // tl.cdiv(C, BLOCK_C)
     cmask = ch < C
     omask = cmask & (rows < H) & (cols < W)
@@ -125,13 +140,13 @@ def _dwconv_wgrad_kernel(
 
 
 @triton.jit
-def _strips_spread_kernel(
+def _strip_conv_spread_kernel(
     inp_ptr, w1_ptr, w2_ptr, w3_ptr, b1_ptr, b2_ptr, b3_ptr, o1_ptr, o2_ptr, o3_ptr,
     C, H, W,
     s_ib, s_ic, s_ih, s_iw,
     K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, P: tl.constexpr,
     VERTICAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr,
 ):
     """One input, up to three 1-D strips: o_i = b_i + Σ_{|d| ≤ K_i//2} w_i[c, d + K_i//2] · inp(shifted by d).
 
@@ -139,10 +154,10 @@ def _strips_spread_kernel(
     branch i"; P = max K_i // 2. Each of the 2P+1 shifted tiles of inp is loaded once and used by
     every branch that has that tap (the 7- and 11-strips reuse the 21-strip's loads).
     Layout: inp any strides; w_i (C, K_i) fp32; b_i (C,) fp32; o_i contiguous NCHW in any dtype.
-    Grid/tile: as _dwconv_kernel.
+    Grid/tile: as _strip_conv_dwconv_kernel.
     """
-    b = tl.program_id(1).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b, pid_t = _batch_and_tile(C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W, INT64)
     cmask = ch < C
     omask = cmask & (rows < H) & (cols < W)
     in_base = inp_ptr + b * s_ib + ch * s_ic
@@ -206,23 +221,23 @@ def _strip_taps(acc, in_ptr, w_ptr, b_ptr, ch, rows, cols, cmask, omask, b, C, H
 
 
 @triton.jit
-def _strips_gather_kernel(
+def _strip_conv_gather_kernel(
     base_ptr, i1_ptr, i2_ptr, i3_ptr, w1_ptr, w2_ptr, w3_ptr, b1_ptr, b2_ptr, b3_ptr, out_ptr,
     C, H, W,
     s_bb, s_bc, s_bh, s_bw,
     s_ob, s_oc, s_oh, s_ow,
     K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     VERTICAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr,
 ):
     """Up to three inputs, one output: out = base + Σ_i (b_i + strip_i(in_i)), the 4-way MSCA sum.
 
     strip_i is a 1-D correlation of length K_i along H (VERTICAL) or W; K_i = 0 means "no branch i".
     Layout: base and out any strides (out in any dtype, the cast is the epilogue); in_i contiguous
-    NCHW; w_i (C, K_i) fp32; b_i (C,) fp32. Grid/tile: as _dwconv_kernel.
+    NCHW; w_i (C, K_i) fp32; b_i (C,) fp32. Grid/tile: as _strip_conv_dwconv_kernel.
     """
-    b = tl.program_id(1).to(tl.int64)
-    ch, rows, cols = _tile_coords(tl.program_id(0), C, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    b, pid_t = _batch_and_tile(C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    ch, rows, cols = _tile_coords(pid_t, C, W, BLOCK_C, BLOCK_H, BLOCK_W, INT64)
     cmask = ch < C
     omask = cmask & (rows < H) & (cols < W)
     acc = tl.load(base_ptr + b * s_bb + ch * s_bc + rows * s_bh + cols * s_bw, mask=omask, other=0.0).to(tl.float32)
@@ -238,7 +253,7 @@ def _strips_gather_kernel(
 def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_H, BLOCK_W): channels-heavy tiles for channels_last, row-heavy for NCHW."""
     c = x.shape[1]
-    if x.device.type == "cpu":  # interpreter: few large programs (its cost is per program and per op)
+    if not gpu_tiles(x.device):  # interpreter: few large programs (its cost is per program and per op)
         return min(16, triton.next_power_of_2(c)), 16, 32
     # GPU: 256-element tiles (2 per thread at 4 warps). Larger ones spill: compiled for sm_90
     # (tests/triton_aot.py) the gather kernel needed 255 registers + 450–700 bytes of stack at 1024.
@@ -247,10 +262,10 @@ def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     return 1, 8, 32
 
 
-def _grid(x: torch.Tensor, bc: int, bh: int, bw: int) -> tuple[int, int]:
+def _grid(x: torch.Tensor, bc: int, bh: int, bw: int) -> tuple[int]:
     b, c, h, w = x.shape
-    # tiles on grid x (up to 2³¹−1 programs), batch on grid y (≤ 65535)
-    return (triton.cdiv(c, bc) * triton.cdiv(h, bh) * triton.cdiv(w, bw), b)
+    # batch and tiles on grid axis 0 (up to 2³¹−1 programs; axis 1 would stop at 65,535 images)
+    return (b * triton.cdiv(c, bc) * triton.cdiv(h, bh) * triton.cdiv(w, bw),)
 
 
 def dwconv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
@@ -269,10 +284,10 @@ def dwconv(inp: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if inp.numel() == 0:
         return out
     bc, bh, bw = _blocks(inp)
-    wrap_triton(_dwconv_kernel)[_grid(inp, bc, bh, bw)](
+    wrap_triton(_strip_conv_dwconv_kernel)[_grid(inp, bc, bh, bw)](
         inp, wf, bf, out, c, h, w, *inp.stride(), *out.stride(),
         KH=kh, KW=kw, HAS_BIAS=bias is not None,
-        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
+        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, INT64=needs_int64(inp, out),
     )
     return out
 
@@ -285,9 +300,9 @@ def dwconv_wgrad(g: torch.Tensor, inp: torch.Tensor, kh: int, kw: int) -> torch.
     bc, bh, bw = _blocks(g)
     n_tiles = triton.cdiv(h, bh) * triton.cdiv(w, bw)
     part = torch.empty((b, n_tiles, kh * kw, c), device=g.device, dtype=torch.float32)
-    wrap_triton(_dwconv_wgrad_kernel)[_grid(g, bc, bh, bw)](
+    wrap_triton(_strip_conv_dwconv_wgrad_kernel)[_grid(g, bc, bh, bw)](
         g, inp, part, c, h, w, n_tiles, *g.stride(), *inp.stride(),
-        KH=kh, KW=kw, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
+        KH=kh, KW=kw, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, INT64=needs_int64(g, inp, part),
     )
     return part.sum(dim=(0, 1)).t().reshape(c, 1, kh, kw)
 
@@ -313,10 +328,10 @@ def strips_spread(inp, ws, bs, outs, vertical: bool, flip: bool = False):
     wf, bf, ks = _pad3(ws, bs, flip)
     o = list(outs) + [outs[0]] * (MAX_BRANCHES - len(outs))
     bc, bh, bw = _blocks(inp)
-    wrap_triton(_strips_spread_kernel)[_grid(inp, bc, bh, bw)](
+    wrap_triton(_strip_conv_spread_kernel)[_grid(inp, bc, bh, bw)](
         inp, *wf, *bf, *o, inp.shape[1], inp.shape[2], inp.shape[3], *inp.stride(),
         K1=ks[0], K2=ks[1], K3=ks[2], P=max(ks) // 2, VERTICAL=vertical, HAS_BIAS=bs is not None,
-        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
+        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, INT64=needs_int64(inp, *o),
     )
     return outs
 
@@ -328,10 +343,10 @@ def strips_gather(base, ins, ws, bs, out, vertical: bool, flip: bool = False):
     wf, bf, ks = _pad3(ws, bs, flip)
     i3 = list(ins) + [ins[0]] * (MAX_BRANCHES - len(ins))
     bc, bh, bw = _blocks(out)
-    wrap_triton(_strips_gather_kernel)[_grid(out, bc, bh, bw)](
+    wrap_triton(_strip_conv_gather_kernel)[_grid(out, bc, bh, bw)](
         base, *i3, *wf, *bf, out, out.shape[1], out.shape[2], out.shape[3], *base.stride(), *out.stride(),
         K1=ks[0], K2=ks[1], K3=ks[2], VERTICAL=vertical, HAS_BIAS=bs is not None,
-        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
+        BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, INT64=needs_int64(base, out, *i3),
     )
     return out
 

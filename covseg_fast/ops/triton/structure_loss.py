@@ -5,12 +5,12 @@ All maths in fp32; z/g may be fp16/bf16/fp32. Every kernel works on 2-D tiles
 (BLOCK_H rows × BLOCK_W columns of one sample); grid = (B · ⌈H/BLOCK_H⌉, ⌈W/BLOCK_W⌉).
 
 Forward, two launches:
-  1. ``_box_rows``:      t[b,i,j] = Σ_{|d| ≤ 15, 0 ≤ j+d < W} g[b,i,j+d]       (row pass, zero pad)
-  2. ``_structure_fwd``: A = Σ_{|d| ≤ 15, 0 ≤ i+d < H} t[b,i+d,j] / 961        (column pass)
+  1. ``_structure_loss_box_rows_kernel``:      t[b,i,j] = Σ_{|d| ≤ 15, 0 ≤ j+d < W} g[b,i,j+d]       (row pass, zero pad)
+  2. ``_structure_loss_forward_kernel``: A = Σ_{|d| ≤ 15, 0 ≤ i+d < H} t[b,i+d,j] / 961        (column pass)
      w = 1 + 5|A − g|; bce = max(z,0) − z g + log(1 + e^{−|z|}); p = σ(z);
      writes w and, per tile, partial sums [Σ w p g, Σ w (p+g), Σ w, Σ w bce, Σ bce] to
      partial[b, tile, 0:5]; the host sums them per sample (deterministic, no atomics).
-Backward, one launch (``_structure_bwd``), with per-sample coefficients coef[b] = (ca, cb, cbce):
+Backward, one launch (``_structure_loss_backward_kernel``), with per-sample coefficients coef[b] = (ca, cb, cbce):
      dz = w (ca g + cb (1 − g)) p (1 − p) + cbce (w if WEIGHTED else 1) (p − g).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _tile(H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
-def _box_rows(g_ptr, t_ptr, H, W, R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _structure_loss_box_rows_kernel(g_ptr, t_ptr, H, W, R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     b, rows, cols, _ = _tile(H, W, BLOCK_H, BLOCK_W)
     base = b.to(tl.int64) * H * W
     rmask = (rows < H)[:, None]
@@ -50,7 +50,7 @@ def _box_rows(g_ptr, t_ptr, H, W, R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _structure_fwd(z_ptr, g_ptr, t_ptr, w_ptr, part_ptr, H, W, NT, R: tl.constexpr, BLOCK_H: tl.constexpr,
+def _structure_loss_forward_kernel(z_ptr, g_ptr, t_ptr, w_ptr, part_ptr, H, W, NT, R: tl.constexpr, BLOCK_H: tl.constexpr,
                    BLOCK_W: tl.constexpr):
     b, rows, cols, tile = _tile(H, W, BLOCK_H, BLOCK_W)
     base = b.to(tl.int64) * H * W
@@ -80,7 +80,7 @@ def _structure_fwd(z_ptr, g_ptr, t_ptr, w_ptr, part_ptr, H, W, NT, R: tl.constex
 
 
 @triton.jit
-def _structure_bwd(z_ptr, g_ptr, w_ptr, coef_ptr, dz_ptr, H, W, WEIGHTED: tl.constexpr, BLOCK_H: tl.constexpr,
+def _structure_loss_backward_kernel(z_ptr, g_ptr, w_ptr, coef_ptr, dz_ptr, H, W, WEIGHTED: tl.constexpr, BLOCK_H: tl.constexpr,
                    BLOCK_W: tl.constexpr):
     b, rows, cols, _ = _tile(H, W, BLOCK_H, BLOCK_W)
     inside = (rows < H)[:, None] & (cols < W)[None, :]
@@ -118,8 +118,8 @@ def forward(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     rows = torch.empty((b, 1, h, w), device=z.device, dtype=torch.float32)
     weight = torch.empty_like(rows)
     partial = torch.empty((b, n_tiles, 5), device=z.device, dtype=torch.float32)
-    wrap_triton(_box_rows)[grid](g, rows, h, w, R=RADIUS, BLOCK_H=bh, BLOCK_W=bw)
-    wrap_triton(_structure_fwd)[grid](z, g, rows, weight, partial, h, w, n_tiles, R=RADIUS, BLOCK_H=bh, BLOCK_W=bw)
+    wrap_triton(_structure_loss_box_rows_kernel)[grid](g, rows, h, w, R=RADIUS, BLOCK_H=bh, BLOCK_W=bw)
+    wrap_triton(_structure_loss_forward_kernel)[grid](z, g, rows, weight, partial, h, w, n_tiles, R=RADIUS, BLOCK_H=bh, BLOCK_W=bw)
     return weight, partial.sum(1)
 
 
@@ -131,6 +131,6 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, c
     bh, bw = _blocks(h, w)
     dz = torch.empty_like(z)
     grid = (b * triton.cdiv(h, bh), triton.cdiv(w, bw))
-    wrap_triton(_structure_bwd)[grid](z, g, weight.contiguous(), coef.contiguous(), dz, h, w, WEIGHTED=weighted,
+    wrap_triton(_structure_loss_backward_kernel)[grid](z, g, weight.contiguous(), coef.contiguous(), dz, h, w, WEIGHTED=weighted,
                                       BLOCK_H=bh, BLOCK_W=bw)
     return dz

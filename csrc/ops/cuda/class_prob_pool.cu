@@ -35,10 +35,13 @@ struct ScaleArgs {
   float* out[kMaxScales];
 };
 
+// The scales are indexed at run time (args.scale[si], args.out[si]): a by-value struct parameter would be
+// copied to a 104-byte local-memory stack frame for that; __grid_constant__ (sm_70+, CUDA 11.7+) lets the
+// kernel index it in the constant parameter space. tests/test_cuda_sources_compile.py checks the frame is 0.
 template <typename label_t>
-__global__ void class_prob_pool_kernel(const label_t* __restrict__ labels, ScaleArgs args, int H, int W, int K,
-                                       int T, long long ignore, bool has_ignore, int* __restrict__ bad_flag,
-                                       long long* __restrict__ bad_value) {
+__global__ void class_prob_pool_kernel(const label_t* __restrict__ labels, const __grid_constant__ ScaleArgs args,
+                                       int H, int W, int K, int T, long long ignore, bool has_ignore,
+                                       int* __restrict__ bad_flag, long long* __restrict__ bad_value) {
   extern __shared__ short tile[];
   const int tiles_w = (W + T - 1) / T;
   const int b = blockIdx.y;
