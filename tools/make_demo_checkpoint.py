@@ -1,12 +1,19 @@
-"""Build covseg_fast/assets/demo_checkpoint.pt: train the demo MSA-UNet with `covseg train`, then pack best.pt.
+"""Build covseg_fast/assets/demo_checkpoint.pt: train the shipped MSA-UNet with `covseg train`, then pack it.
 
-Runs exactly ``COMMAND`` (the one the README quotes), keeps best.pt's weights and configuration, drops the
-training state (optimiser, RNG: the asset should stay small) and adds ``provenance``: the command, the
-commit and date it was trained at, the epoch and validation scores of best.pt, the data and its licence.
-Run from the repository root with ../shared beside it: ``python tools/make_demo_checkpoint.py [dest]``.
+Runs exactly ``COMMAND`` (the recipe chosen by cross-validation, docs/recipe_search.md): a pseudo-label stage
+on the 1600 COVID-SemiSeg pseudo-labelled slices, then 30 epochs on all 50 labelled slices. It ships the
+fine-tune stage's **last** checkpoint, the one cross-validation scores (no validation split exists to pick a
+"best" one). The asset keeps the weights, the model configuration, the training configuration (the input
+size screening feeds) and the recorded input (window, slice plane); it drops the training state (optimiser,
+RNG: the asset should stay small) and adds ``provenance``: command, commit and date, data, licence, and the
+cross-validated scores of the recipe read from a ``covseg crossval`` results.json when one is given.
+
+Run from the repository root with ../shared beside it:
+``python tools/make_demo_checkpoint.py [--dest PATH] [--cv-results results.json]``.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -20,32 +27,64 @@ from covseg_fast.experiments.crossval import code_commit
 from covseg_fast.models.registry import load_model, read_checkpoint, save_checkpoint
 
 RUN_DIR = "/tmp/demo_run"
-COMMAND = ("covseg train --model msa_unet --config base=8 --data ../shared/data/covid-semiseg/train "
-           f"--val-fraction 0.1 --out {RUN_DIR} --epochs 25 --seed 0 --workers 0 --device cpu")
+COMMAND = ("covseg train --model msa_unet --config base=16 --data ../shared/data/covid-semiseg/train "
+           "--pseudo-data ../shared/data/covid-semiseg/pseudo --pseudo-epochs 3 --epochs 30 "
+           "--set input_size=128 channels_last=true --window -1110 260 --slice-plane transposed "
+           f"--out {RUN_DIR} --seed 0 --workers 0 --device cpu --no-progress")
+SHIPPED = os.path.join(RUN_DIR, "finetune", "last.pt")
 DST = "covseg_fast/assets/demo_checkpoint.pt"
-DATA = "COVID-SemiSeg 50 labelled training slices (Fan et al., Inf-Net, TMI 2020), non-commercial use only"
+DATA = ("COVID-SemiSeg (Fan et al., Inf-Net, TMI 2020): 1600 pseudo-labelled slices (labels made by a model), "
+        "then the 50 labelled training slices; non-commercial use only")
 LICENCE = "weights for non-commercial research use only (data licence); not a medical device"
+MAX_BYTES = 25_000_000
 
 
-def main(dst: str = DST) -> None:
+def cross_validation(path: str, label: str = "msa_unet") -> dict:
+    """The recipe's cross-validated scores from a `covseg crossval` results.json (its ``label`` arm)."""
+    with open(path, encoding="utf-8") as fh:
+        results = json.load(fh)
+    arm = next(a for a in results["arms"] if a["label"] == label)
+    seeds = [s for s in arm["seeds"] if s.get("complete")]
+    return {"results": path, "command": results["command"], "commit": results["commit"],
+            "protocol": f"{results['folds']}-fold, pooled out-of-fold, {results['protocol']} metrics",
+            "seeds": [s["seed"] for s in seeds],
+            "dice_per_seed": [round(s["scores"]["Dice"], 4) for s in seeds],
+            "dice": {k: round(v, 4) for k, v in arm["summary"]["Dice"].items()},
+            "s_alpha": {k: round(v, 4) for k, v in arm["summary"]["S_alpha"].items()},
+            "mae": {k: round(v, 4) for k, v in arm["summary"]["MAE"].items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", default=DST)
+    parser.add_argument("--cv-results", help="covseg crossval results.json of this recipe (its scores are "
+                                             "recorded in the provenance)")
+    args = parser.parse_args(argv)
     if os.path.exists(RUN_DIR):
         sys.exit(f"{RUN_DIR} exists: remove it first (the demo is trained from scratch, not resumed)")
     commit = code_commit()  # before training: the code that trains is the code checked out now
     subprocess.run(shlex.split(COMMAND), check=True)
-    best = read_checkpoint(os.path.join(RUN_DIR, "best.pt"))
-    state = best["train"]
-    epoch = state["best_epoch"]
-    row = next(r for r in state["history"] if r.get("epoch") == epoch)
-    provenance = {"command": COMMAND, "commit": commit,
+    payload = read_checkpoint(SHIPPED)
+    state = payload["train"]
+    provenance = {"command": COMMAND, "commit": commit, "checkpoint": "finetune/last.pt",
                   "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "torch": torch.__version__, "data": DATA, "epoch": epoch,
-                  "validation": {k: v for k, v in row.items() if k.startswith("val_")},
-                  "best_val_dice_at_0.5": row.get("val_dice"), "licence": LICENCE}
-    model = load_model(os.path.join(RUN_DIR, "best.pt"))
-    save_checkpoint(dst, model, {"provenance": provenance})
+                  "torch": torch.__version__, "data": DATA, "licence": LICENCE,
+                  "epochs": {"pseudo": 3, "finetune": len(state.get("history", []))},
+                  "final_train_loss": (state.get("history") or [{}])[-1].get("loss")}
+    if args.cv_results:
+        provenance["cross_validation"] = cross_validation(args.cv_results)
+    if not payload.get("input"):
+        sys.exit(f"{SHIPPED} records no input window/plane: COMMAND must pass --window and --slice-plane")
+    model = load_model(SHIPPED)
+    # the training configuration (input size) and recorded input (window, plane) are what screening reads
+    save_checkpoint(args.dest, model, {"train": {"config": state["config"]}, "input": payload["input"],
+                                       "provenance": provenance})
+    size = os.path.getsize(args.dest)
     print(json.dumps(provenance, indent=1))
-    print(f"wrote {dst} ({os.path.getsize(dst) / 1e6:.1f} MB)")
+    print(f"wrote {args.dest} ({size / 1e6:.1f} MB)")
+    if size > MAX_BYTES:
+        sys.exit(f"{args.dest} is {size / 1e6:.1f} MB, over the 25 MB limit for committed weights")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()
