@@ -10,6 +10,8 @@ cross-validated scores of the recipe read from a ``covseg crossval`` results.jso
 
 Run from the repository root with ../shared beside it:
 ``python tools/make_demo_checkpoint.py [--dest PATH] [--cv-results results.json]``.
+``--record-cv results.json`` records the scores in an existing asset without training (the recipe's
+cross-validation may finish after the asset was trained; the weights are not touched).
 """
 from __future__ import annotations
 
@@ -54,12 +56,27 @@ def cross_validation(path: str, label: str = "msa_unet") -> dict:
             "mae": {k: round(v, 4) for k, v in arm["summary"]["MAE"].items()}}
 
 
+def record_cv(dst: str, results: str) -> None:
+    """Add the recipe's cross-validated scores to the provenance of the packed asset ``dst``."""
+    payload = read_checkpoint(dst)
+    payload["provenance"]["cross_validation"] = cross_validation(results)
+    model = load_model(dst)
+    extra = {k: v for k, v in payload.items() if k in ("train", "input", "provenance")}
+    save_checkpoint(dst, model, extra)
+    print(json.dumps(payload["provenance"]["cross_validation"], indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", default=DST)
     parser.add_argument("--cv-results", help="covseg crossval results.json of this recipe (its scores are "
                                              "recorded in the provenance)")
+    parser.add_argument("--record-cv", metavar="RESULTS_JSON",
+                        help="only record these cross-validated scores in --dest's provenance, then stop")
     args = parser.parse_args(argv)
+    if args.record_cv:
+        record_cv(args.dest, args.record_cv)
+        return
     if os.path.exists(RUN_DIR):
         sys.exit(f"{RUN_DIR} exists: remove it first (the demo is trained from scratch, not resumed)")
     commit = code_commit()  # before training: the code that trains is the code checked out now
