@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     state = payload["train"]
     provenance = {"command": COMMAND, "commit": commit, "checkpoint": "finetune/last.pt",
                   "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "torch": torch.__version__, "data": DATA, "licence": LICENCE,
+                  "torch": str(torch.__version__), "data": DATA, "licence": LICENCE,
                   "epochs": {"pseudo": 3, "finetune": len(state.get("history", []))},
                   "final_train_loss": (state.get("history") or [{}])[-1].get("loss")}
     if args.cv_results:
