@@ -10,7 +10,7 @@ cross-validated scores of the recipe read from a ``covseg crossval`` results.jso
 
 Run from the repository root with ../shared beside it:
 ``python tools/make_demo_checkpoint.py [--dest PATH] [--cv-results results.json]``.
-``--record-cv results.json`` records the scores in an existing asset without training (the recipe's
+``--record-cv RESULTS...`` records the scores in an existing asset without training (the recipe's
 cross-validation may finish after the asset was trained; the weights are not touched).
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
+import statistics
 import subprocess
 import sys
 
@@ -42,24 +44,46 @@ MAX_BYTES = 25_000_000
 
 
 def cross_validation(path: str, label: str = "msa_unet") -> dict:
-    """The recipe's cross-validated scores from a `covseg crossval` results.json (its ``label`` arm)."""
+    """The recipe's cross-validated scores from a `covseg crossval` results.json or its results .md.
+
+    The .md form (the table crossval writes, e.g. docs/results_cpu_semi.md) is read from its per-seed lines
+    ("- msa_unet seed 0: Dice 0.568, S_α 0.717, MAE 0.102, ...") and its "models trained at commit" line,
+    for studies whose results.json is gone; mean and sample std are computed from the seeds.
+    """
     with open(path, encoding="utf-8") as fh:
-        results = json.load(fh)
+        text = fh.read()
+    if path.endswith(".md"):
+        rows = re.findall(rf"^- {re.escape(label)} seed (\d+): Dice ([0-9.]+), S_α ([0-9.]+), MAE ([0-9.]+)",
+                          text, flags=re.M)
+        commit = re.search(r"models trained at commit `([0-9a-f]+)`", text)
+        seeds = [int(r[0]) for r in rows]
+        dice, s_alpha, mae = ([float(r[i]) for r in rows] for i in (1, 2, 3))
+        command = re.findall(r"^- `(covseg crossval [^`]+)`", text, flags=re.M)
+        return {"results": path, "command": command, "commit": commit.group(1) if commit else None,
+                "protocol": "5-fold, pooled out-of-fold, infnet metrics", "seeds": seeds,
+                "dice_per_seed": dice, "dice": _mean_std(dice), "s_alpha": _mean_std(s_alpha),
+                "mae": _mean_std(mae)}
+    results = json.loads(text)
     arm = next(a for a in results["arms"] if a["label"] == label)
-    seeds = [s for s in arm["seeds"] if s.get("complete")]
+    done = [s for s in arm["seeds"] if s.get("complete")]
     return {"results": path, "command": results["command"], "commit": results["commit"],
             "protocol": f"{results['folds']}-fold, pooled out-of-fold, {results['protocol']} metrics",
-            "seeds": [s["seed"] for s in seeds],
-            "dice_per_seed": [round(s["scores"]["Dice"], 4) for s in seeds],
-            "dice": {k: round(v, 4) for k, v in arm["summary"]["Dice"].items()},
-            "s_alpha": {k: round(v, 4) for k, v in arm["summary"]["S_alpha"].items()},
-            "mae": {k: round(v, 4) for k, v in arm["summary"]["MAE"].items()}}
+            "seeds": [s["seed"] for s in done],
+            "dice_per_seed": [round(s["scores"]["Dice"], 4) for s in done],
+            "dice": _mean_std([s["scores"]["Dice"] for s in done]),
+            "s_alpha": _mean_std([s["scores"]["S_alpha"] for s in done]),
+            "mae": _mean_std([s["scores"]["MAE"] for s in done])}
 
 
-def record_cv(dst: str, results: str) -> None:
-    """Add the recipe's cross-validated scores to the provenance of the packed asset ``dst``."""
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4) if values else None,
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def record_cv(dst: str, results: list[str]) -> None:
+    """Add the recipe's cross-validated scores (one entry per study) to the provenance of the asset ``dst``."""
     payload = read_checkpoint(dst)
-    payload["provenance"]["cross_validation"] = cross_validation(results)
+    payload["provenance"]["cross_validation"] = [cross_validation(path) for path in results]
     model = load_model(dst)
     extra = {k: v for k, v in payload.items() if k in ("train", "input", "provenance")}
     save_checkpoint(dst, model, extra)
@@ -69,9 +93,10 @@ def record_cv(dst: str, results: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", default=DST)
-    parser.add_argument("--cv-results", help="covseg crossval results.json of this recipe (its scores are "
-                                             "recorded in the provenance)")
-    parser.add_argument("--record-cv", metavar="RESULTS_JSON",
+    parser.add_argument("--cv-results", nargs="+", default=[],
+                        help="covseg crossval results.json (or results .md) of this recipe: its scores are "
+                             "recorded in the provenance")
+    parser.add_argument("--record-cv", metavar="RESULTS", nargs="+",
                         help="only record these cross-validated scores in --dest's provenance, then stop")
     args = parser.parse_args(argv)
     if args.record_cv:
@@ -89,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                   "epochs": {"pseudo": 3, "finetune": len(state.get("history", []))},
                   "final_train_loss": (state.get("history") or [{}])[-1].get("loss")}
     if args.cv_results:
-        provenance["cross_validation"] = cross_validation(args.cv_results)
+        provenance["cross_validation"] = [cross_validation(path) for path in args.cv_results]
     if not payload.get("input"):
         sys.exit(f"{SHIPPED} records no input window/plane: COMMAND must pass --window and --slice-plane")
     model = load_model(SHIPPED)

@@ -144,7 +144,7 @@ def test_demo_checkpoint_exports_through_the_cli(tmp_path, capsys):
     onnx.checker.check_model(proto, full_check=True)
     assert unsupported_nodes(proto) == []
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["covseg_model"] == "msa_unet" and '"base": 8' in meta["covseg_config"]
+    assert meta["covseg_model"] == "msa_unet" and '"base": 16' in meta["covseg_config"]
     # the trained weights give the same probabilities through onnxruntime (random inputs at 128 and 64)
     model = load_model(DEMO_CHECKPOINT).eval()
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(3))
