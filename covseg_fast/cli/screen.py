@@ -67,6 +67,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-masks", action="store_true", help="do not write <case>_infection.nii.gz (the infection "
                    "within the lungs and a 5 mm margin)")
     p.add_argument("--no-montage", action="store_true", help="do not write the PNG overlay montage")
+    p.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
+                   help="infection mask as NIfTI, as a DICOM Segmentation (<case>_seg.dcm, referencing the source "
+                   "series; DICOM series inputs only; the lungs too with --save-lung-mask; needs highdicom) or both")
     p.add_argument("--report-format", choices=["json", "csv", "both"], default="both",
                    help="batch summary format (per-case JSON and failures.csv are always written)")
     p.add_argument("--allow-output-in-input", action="store_true", help="allow --output inside an input folder")
@@ -211,7 +214,7 @@ def _run(args) -> int:
                        workers=args.workers, device=device, save_masks=not args.no_masks,
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
                        save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
-                       save_label_map=args.save_label_map,
+                       save_label_map=args.save_label_map, output_format=args.output_format,
                        progress=not args.no_progress, decode_timeout_s=decode_timeout,
                        writers=default_writers() if args.writers is None else args.writers)
 

@@ -74,6 +74,12 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     if own:
         log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities, lung masks, label maps)",
                  len(own), config.out_dir)
+    if config.output_format == "dicom-seg":
+        nifti = next((c for c in cases if c.kind == "nifti"), None)
+        if nifti is not None:
+            raise UsageError(f"--output-format dicom-seg: {nifti.path} is a NIfTI file, and a DICOM-SEG needs the "
+                             "DICOM series it references; give DICOM series folders or use --output-format both "
+                             "(DICOM-SEG for DICOM series, NIfTI masks for every case)")
     folder = OutputFolder(config.plan(), (k, n), report_format)
     folder.check_location(roots, cases, allow_output_in_input)
     mine = select_shard(cases, k, n)

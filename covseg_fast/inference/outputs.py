@@ -14,6 +14,7 @@ from ..io.volume import Volume
 from ..io.writer import save_mask, save_probabilities
 from .anatomy import Anatomy
 from .burden import case_statistics, restrict
+from .dicom_seg import write_case_seg
 from .montage import DISCLAIMER, write_montage
 from .output_folder import OutputPlan
 from .report import write_json
@@ -35,7 +36,7 @@ def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarr
     infection mask written and every volume reported are restricted to the lungs and their margin
     (:mod:`.burden`). The status is ``warning`` when the volume has warnings or the lung checks failed.
     """
-    paths = plan.paths(case_id)
+    paths = plan.paths(case_id, volume.fmt == "dicom")
     src = os.path.realpath(volume.path)
     for p in paths.values():
         if os.path.realpath(p) == src:
@@ -52,6 +53,8 @@ def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarr
         save_mask(paths["lung_mask"], lung, volume)
     if "label_map" in paths:
         save_mask(paths["label_map"], label_map(infection, lung), volume)
+    if "dicom_seg" in paths:  # the infection as in the NIfTI mask; the lungs when their mask is asked for
+        write_case_seg(paths["dicom_seg"], volume, infection, lung if plan.lung_mask else None, names, record)
     checks = anatomy.checks
     warnings = list(record.get("warnings", [])) + list(checks["failed"])
     record = dict(record, status="warning" if warnings else "ok", **case_statistics(

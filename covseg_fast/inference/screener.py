@@ -81,13 +81,15 @@ class ScreenConfig:
     save_lung_mask: bool = False
     save_label_map: bool = False
     montage: bool = True
+    output_format: str = "nifti"  # infection mask as "nifti", "dicom-seg" (DICOM series inputs) or "both"
     progress: bool = True
     decode_timeout_s: float = DEFAULT_TIMEOUT_S  # per case, with workers ≥ 1 (0: no limit)
 
     def plan(self) -> OutputPlan:
-        return OutputPlan(self.out_dir, masks=self.save_masks, probabilities=self.save_probabilities,
-                          montage=self.montage, unrestricted=self.save_unrestricted_mask,
-                          lung_mask=self.save_lung_mask, label_map=self.save_label_map)
+        return OutputPlan(self.out_dir, masks=self.save_masks and self.output_format != "dicom-seg",
+                          probabilities=self.save_probabilities, montage=self.montage,
+                          unrestricted=self.save_unrestricted_mask, lung_mask=self.save_lung_mask,
+                          label_map=self.save_label_map, dicom_seg=self.output_format in ("dicom-seg", "both"))
 
 
 @dataclasses.dataclass
