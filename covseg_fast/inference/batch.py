@@ -43,7 +43,7 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
     """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
 
-    ``summary`` holds counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
+    ``summary`` holds the report rows of every case of this shard (``rows``: screened now or complete before), counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
     per stage, the inference loop's starved/back-pressure/drain waits, the bottleneck), ``bottleneck``
     and ``stage_line`` (the one-line account `covseg screen` prints).
 
@@ -114,5 +114,5 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                "volumes_per_s": len(res.records) / wall if wall > 0 else 0.0,
                "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir,
                "stages": res.stages.as_dict(), "bottleneck": res.stages.bottleneck,
-               "stage_line": res.stages.line(res.wall_s)}
+               "stage_line": res.stages.line(res.wall_s), "rows": rows}
     return (1 if res.failures else 0), res, summary

@@ -199,6 +199,14 @@ class Screener:
         logits = logits.float()
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
+    def segment(self, data: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], int]:
+        """One (X, Y, Z) canonical HU volume in memory, through the same device, model and post-processing steps
+        as :meth:`run`: (classes, probability, K), as :meth:`from_model_probs` returns them."""
+        x, plane = self.to_model_slices(data)
+        probs = torch.cat([self._infer(x[s:s + self.cfg.batch_size]) for s in range(0, x.shape[0], self.cfg.batch_size)])
+        classes, prob = self.from_model_probs(probs, plane)
+        return classes, prob, int(probs.shape[1])
+
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:
         """Screen ``cases``; returns records, failures and stage times (does not write the batch CSVs).

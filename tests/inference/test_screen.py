@@ -647,21 +647,23 @@ def test_bad_checkpoints_and_list_files_are_usage_errors(tmp_path, ckpt, caplog)
 def test_device_cuda_under_torchrun_follows_local_rank(monkeypatch):
     import torch
 
+    from covseg_fast.inference.screen_run import resolve_device
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert screen_cli._device("cuda") == screen_cli._device("auto") == "cuda:3"
-    assert screen_cli._device("cuda:1") == "cuda:1" and screen_cli._device("cpu") == "cpu"  # explicit wins
+    assert resolve_device("cuda") == resolve_device("auto") == "cuda:3"
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"  # explicit wins
     monkeypatch.setenv("LOCAL_RANK", "5")
     from covseg_fast.inference.errors import UsageError
 
     with pytest.raises(UsageError, match="LOCAL_RANK=5.*GPU 5 does not exist; this machine has 4"):
-        screen_cli._device("cuda")
+        resolve_device("cuda")
     monkeypatch.setenv("LOCAL_RANK", "zero")
     with pytest.raises(UsageError, match="LOCAL_RANK='zero' is not a GPU index"):
-        screen_cli._device("cuda")
+        resolve_device("cuda")
     monkeypatch.delenv("LOCAL_RANK")
-    assert screen_cli._device("cuda") == "cuda:0"
+    assert resolve_device("cuda") == "cuda:0"
 
 
 def test_log_lines_do_not_break_the_progress_bar(tmp_path, ckpt, capsys):
