@@ -28,6 +28,7 @@ import shutil
 from ..atomic import atomic_write_all
 from ..io import Case
 from .errors import ReportWriteError, UsageError
+from .html_report import html_report
 from .output_lock import OutputLock
 from .report import FAILURE_COLUMNS, csv_text, json_text, read_json, summary_columns, written_by_screen
 
@@ -176,13 +177,13 @@ def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: b
 
 
 def report_names(suffix: str, report_format: str) -> list[str]:
-    """File names of the batch reports a run writes: failures (always) and the summary format(s)."""
+    """File names of the batch reports a run writes: failures (always), the summary format(s) and the page."""
     names = [f"failures{suffix}.csv"]
     if report_format in ("csv", "both"):
         names.append(f"summary{suffix}.csv")
     if report_format in ("json", "both"):
         names.append(f"summary{suffix}.json")
-    return names
+    return names + [f"index{suffix}.html"]
 
 
 def refuse_foreign_reports(out_dir: str, suffix: str, report_format: str) -> None:
@@ -314,7 +315,7 @@ class OutputFolder:
         return self.plan.remove_stray_temporaries(case_ids, tuple(report_names(self.suffix, "both")))
 
     def write_reports(self, rows: list[dict], failures: list[dict]) -> None:
-        """summary.csv/.json (as ``report_format`` says) and failures.csv, all or nothing.
+        """summary.csv/.json (as ``report_format`` says), failures.csv and index.html, all or nothing.
 
         Raises:
             ReportWriteError: one line naming the problem (e.g. no space left); the previous reports are intact.
@@ -325,6 +326,7 @@ class OutputFolder:
         if self.report_format in ("json", "both"):
             files[f"summary{self.suffix}.json"] = json_text({"cases": rows, "failures": failures})
         files[f"failures{self.suffix}.csv"] = csv_text(failures, FAILURE_COLUMNS)
+        files[f"index{self.suffix}.html"] = html_report(rows, failures, list(files))
         write_reports_atomically(self.path, files)
 
     def release(self) -> None:
