@@ -25,7 +25,7 @@ class _WindowAction(argparse.Action):
 
 def add_window_option(p, help: str) -> None:
     """Add ``--window`` (``args.window``: None or a (low, high) tuple of floats)."""
-    p.add_argument("--window", nargs="+", action=_WindowAction, metavar="LOW HIGH", default=None,
+    p.add_argument("--window", nargs="+", action=_WindowAction, metavar=("LOW", "HIGH"), default=None,
                    help=f"{help}; write it as --window -1250 250 or --window=-1250,250")
 
 

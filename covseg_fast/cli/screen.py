@@ -70,8 +70,9 @@ def add_parser(sub) -> None:
     p.add_argument("--merge-shards", metavar="DIR", default=None,
                    help="merge summary_shardKofN.csv/.json and failures_shardKofN.csv of all N shards in DIR into "
                    "summary.csv/.json and failures.csv (run once every shard has finished); nothing is screened")
-    p.add_argument("--demo", action="store_true", help="screen the demo CT volume shipped in the package "
-                   "with the shipped demo checkpoint")
+    p.add_argument("--demo", action="store_true", help="use the demo weights shipped in the package (unless "
+                   "--checkpoint is given): without inputs it screens the shipped demo CT volume, with inputs it "
+                   "screens them with the demo weights")
     p.set_defaults(run=run)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from typing import Optional
 
 from .errors import UsageError
@@ -20,7 +19,6 @@ log = logging.getLogger(__name__)
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
 DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
-DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEFAULT_DECODE_TIMEOUT_S = 600.0  # = decoding.DEFAULT_TIMEOUT_S (not imported: parsing stays torch-free)
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
@@ -72,34 +70,13 @@ def check_window(window) -> tuple[float, float]:
 
 
 def resolve_device(text: str) -> str:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` (under torchrun: the local rank's GPU) or
-    ``cuda:N`` → a torch device string. Raises UsageError for a bad or unavailable device."""
-    import torch
+    """:func:`covseg_fast.devices.resolve_device`, its ValueError as a UsageError."""
+    from ..devices import resolve_device as resolve
 
-    local = os.environ.get("LOCAL_RANK", "")
-    if not DEVICES.fullmatch(text):
-        raise UsageError(f"--device {text!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
-    if text == "auto":
-        if not torch.cuda.is_available():
-            return "cpu"
-        text = "cuda"
     try:
-        dev = torch.device(text)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {text!r}: {exc}") from None
-    if dev.type != "cuda":
-        return text
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: CUDA is not available on this machine")
-    # plain "cuda" under torchrun: one GPU per local rank (an explicit cuda:N is taken as given)
-    try:
-        index = dev.index if dev.index is not None else int(local or 0)
-    except ValueError:
-        raise UsageError(f"--device {text}: LOCAL_RANK={local!r} is not a GPU index") from None
-    if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {text}{f' (LOCAL_RANK={local})' if dev.index is None and local else ''}: "
-                         f"GPU {index} does not exist; this machine has {torch.cuda.device_count()}")
-    return f"cuda:{index}"
+        return resolve(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def read_model_input(checkpoint: str, size=None, window=None):
