@@ -177,7 +177,8 @@ class VolumeSegmentation:
 
 
 def segment_volume(volume: Union[str, np.ndarray], model: Optional[LoadedModel] = None, *,
-                   spacing: Optional[Sequence[float]] = None, affine: Optional[np.ndarray] = None) -> VolumeSegmentation:
+                   spacing: Optional[Sequence[float]] = None,
+                   affine: Optional[np.ndarray] = None) -> VolumeSegmentation:
     """Segment one CT volume in memory; nothing is written.
 
     ``volume``: a NIfTI file, a DICOM series folder, or an (X, Y, Z) array in Hounsfield units whose axes go

@@ -159,7 +159,8 @@ def run(args) -> int:
                 for m in args.models]
         holder: dict = {}
         study = CrossValidation(source, args.out, arms, args.seeds, args.folds, args.only_folds,
-                                device=None if args.device == "auto" else args.device, protocol=args.protocol, progress=args.progress,
+                                device=None if args.device == "auto" else args.device, protocol=args.protocol,
+                                progress=args.progress,
                                 on_fold_done=lambda: write_report(holder["study"], args))
         holder["study"] = study
     except (KeyError, ValueError, FileNotFoundError) as exc:

@@ -43,7 +43,8 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
     """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
 
-    ``summary`` holds the report rows of every case of this shard (``rows``: screened now or complete before), counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
+    ``summary`` holds the report rows of every case of this shard (``rows``: screened now or complete before),
+    counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
     per stage, the inference loop's starved/back-pressure/drain waits, the bottleneck), ``bottleneck``
     and ``stage_line`` (the one-line account `covseg screen` prints).
 

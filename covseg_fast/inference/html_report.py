@@ -67,7 +67,8 @@ def _row(r: dict) -> str:
     for key, _, kind in COLUMNS:
         text, value = cells[key]
         value = "" if value is None else value
-        parts.append(f'<td data-col="{key}" data-value="{_e(value)}"{" class=num" if kind == "num" else ""}>{text}</td>')
+        cls = " class=num" if kind == "num" else ""
+        parts.append(f'<td data-col="{key}" data-value="{_e(value)}"{cls}>{text}</td>')
     links = " · ".join(_link(name, kind) for kind, name in outputs.items())
     parts.append(f"<td>{links}<br><small>{_e(r.get('path'))}</small></td>")
     return "<tr>" + "".join(parts) + "</tr>"

@@ -224,7 +224,8 @@ def check_writable(out_dir: str) -> str:
 
 def needed_bytes(plan: OutputPlan, cases: list[Case]) -> int:
     """Free space the outputs of ``cases`` are expected to need (the estimate is in the README)."""
-    masks = sum((plan.masks, plan.unrestricted, plan.lung_mask, plan.label_map, plan.dicom_seg))  # uint8 masks, compressed alike
+    # uint8 masks, compressed alike; a DICOM-SEG (1 bit per voxel and segment, uncompressed) counted as one of them
+    masks = sum((plan.masks, plan.unrestricted, plan.lung_mask, plan.label_map, plan.dicom_seg))
     share = MASK_SHARE * masks + (PROBABILITY_SHARE if plan.probabilities else 0.0)
     total = FREE_FLOOR
     for c in cases:

@@ -203,7 +203,8 @@ class Screener:
         """One (X, Y, Z) canonical HU volume in memory, through the same device, model and post-processing steps
         as :meth:`run`: (classes, probability, K), as :meth:`from_model_probs` returns them."""
         x, plane = self.to_model_slices(data)
-        probs = torch.cat([self._infer(x[s:s + self.cfg.batch_size]) for s in range(0, x.shape[0], self.cfg.batch_size)])
+        bs = self.cfg.batch_size
+        probs = torch.cat([self._infer(x[s:s + bs]) for s in range(0, x.shape[0], bs)])
         classes, prob = self.from_model_probs(probs, plane)
         return classes, prob, int(probs.shape[1])
 
