@@ -146,7 +146,7 @@ def test_resume_after_a_killed_run(tmp_path, ckpt):
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
     assert sorted(os.listdir(out)) == sorted(
         [f"{c}{s}" for c in "abc" for s in (".json", "_infection.nii.gz", "_overlay.png")] +
-        ["summary.csv", "summary.json", "failures.csv"])  # no temporaries, nothing duplicated
+        ["summary.csv", "summary.json", "failures.csv", "index.html"])  # no temporaries, nothing duplicated
     for f in ("a.json", "a_infection.nii.gz", "a_overlay.png"):
         assert os.stat(out / f).st_mtime_ns == before[f]  # complete case untouched
     rows = _rows(out / "summary.csv")
@@ -691,7 +691,7 @@ def test_no_masks_and_json_report(tmp_path, ckpt):
     _three_cases(inp)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--no-masks", "--report-format", "json") == 0
     assert sorted(os.listdir(out)) == sorted([f"{c}{s}" for c in "abc" for s in (".json", "_overlay.png")] +
-                                             ["summary.json", "failures.csv"])
+                                             ["summary.json", "failures.csv", "index.html"])
     report = json.load(open(out / "summary.json"))
     assert [r["case_id"] for r in report["cases"]] == ["a", "b", "c"] and report["failures"] == []
     rec = json.load(open(out / "a.json"))
