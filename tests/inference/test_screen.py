@@ -345,7 +345,7 @@ def test_parallel_writers_give_the_same_outputs_as_one(tmp_path, ckpt, monkeypat
                   "--save-probabilities") == 0
     assert len(threads) > 1
     one, three = _outputs(tmp_path / "w1"), _outputs(tmp_path / "w3")
-    assert sorted(one) == sorted(three) and len(one) == 6 * 4 + 3
+    assert sorted(one) == sorted(three) and len(one) == 6 * 4 + 4  # + summary.csv, .json, failures.csv, index.html
     for f in one:
         assert one[f] == three[f], f
     assert [r["case_id"] for r in three["summary.csv"]] == names  # sorted by case id, not by finish time
