@@ -69,7 +69,7 @@ def save_dicom_series(folder: str, vol_lps: np.ndarray, spacing=(0.8, 0.8, 2.5),
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     os.makedirs(folder, exist_ok=True)
-    series, study = generate_uid(), generate_uid()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
     for k in range(vol_lps.shape[2]):
         if k in skip:
             continue
@@ -81,6 +81,7 @@ def save_dicom_series(folder: str, vol_lps: np.ndarray, spacing=(0.8, 0.8, 2.5),
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "CT"
+        ds.FrameOfReferenceUID = frame
         ds.Rows, ds.Columns = vol_lps.shape[1], vol_lps.shape[0]
         ds.PixelSpacing = [spacing[1], spacing[0]]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]

@@ -9,20 +9,23 @@ import json
 import logging
 import time
 
-from .input_options import add_input_size_option, input_size_arg
+from .input_options import add_device_option, add_input_size_option, input_size_arg
 
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure model inference throughput on this machine")
+    p = sub.add_parser("bench", help="measure model inference throughput on this machine",
+                       description="Measure a model's inference throughput (slices/s) on this machine with one "
+                       "backend, on random input of the model's input size; optionally write the result as JSON.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint written by covseg train")
     src.add_argument("--model", help="a registered model name (random weights), e.g. msa_unet")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="model options with --model")
-    p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
+                   help="how the model runs (as covseg screen --backend)")
+    add_device_option(p)
+    p.add_argument("--batch-size", type=int, default=16, help="slices per model batch")
     add_input_size_option(p, aliases=("--size",))
     p.add_argument("--iters", type=int, default=20, help="timed batches (after 3 warm-up batches)")
     p.add_argument("--json", help="also write the result to this JSON file")
@@ -56,7 +59,13 @@ def run(args) -> int:
     if args.batch_size < 1 or args.iters < 1:
         log.error("--batch-size and --iters must be ≥ 1")
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from ..devices import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         if args.checkpoint:
             payload = read_checkpoint(args.checkpoint)

@@ -11,7 +11,9 @@ import logging
 import os
 
 from ..atomic import atomic_write
+from ..devices import check_device
 from .data_source import VOLUME_LAYOUTS, add_source_options, volume_window
+from .input_options import add_device_option
 from .train import _key_values
 
 log = logging.getLogger("covseg.crossval")
@@ -50,8 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pseudo-data", help="pseudo-labelled slice folder: every model trains on it first, then "
                                          "fine-tunes on the training folds (Semi-Inf-Net)")
     p.add_argument("--pseudo-epochs", type=int, help="epochs of the pseudo-label stage (default: --epochs)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default cuda if available)")
-    p.add_argument("--protocol", choices=["infnet", "threshold"], default="infnet")
+    add_device_option(p)
+    p.add_argument("--protocol", choices=["infnet", "threshold"], default="infnet",
+                   help="scoring protocol, as covseg evaluate --protocol")
     p.add_argument("--table", metavar="PATH", help="also write the Markdown table here (e.g. docs/results.md)")
     p.add_argument("--report-only", action="store_true", help="rebuild the table from finished folds; train nothing")
     p.add_argument("--progress", action="store_true", help="training progress bars")
@@ -147,6 +150,7 @@ def run(args) -> int:
         common = _key_values(args.settings, "--set")
         if args.epochs is not None:
             common["epochs"] = args.epochs
+        check_device(args.device)
         if len(set(args.models)) != len(args.models):
             raise ValueError(f"--models lists a model twice: {args.models}")
         presets = _presets(args.preset, args.models)
@@ -155,7 +159,8 @@ def run(args) -> int:
                 for m in args.models]
         holder: dict = {}
         study = CrossValidation(source, args.out, arms, args.seeds, args.folds, args.only_folds,
-                                device=args.device, protocol=args.protocol, progress=args.progress,
+                                device=None if args.device == "auto" else args.device, protocol=args.protocol,
+                                progress=args.progress,
                                 on_fold_done=lambda: write_report(holder["study"], args))
         holder["study"] = study
     except (KeyError, ValueError, FileNotFoundError) as exc:

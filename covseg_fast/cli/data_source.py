@@ -7,6 +7,7 @@ VOLUME_LAYOUTS = ("Ma et al. COVID-19-CT-Seg_20cases + Infection_Mask, MosMedDat
 
 
 from ..windows import LUNG_WINDOW
+from .input_options import add_window_option
 
 
 def volume_window(args) -> tuple[float, float]:
@@ -21,12 +22,10 @@ def add_source_options(p, data_help: str, volumes_help: str, drop_empty_help: st
     src.add_argument("--data", help=data_help)
     src.add_argument("--volumes", help=volumes_help)
     if scoring:
-        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
-                       help="--volumes: HU window mapped to [0, 1] (default: the window the checkpoint was "
-                            "trained with, recorded by covseg train --volumes; else -1250 250, the lung window)")
+        add_window_option(p, "--volumes: HU window mapped to [0, 1] (default: the window the checkpoint was "
+                             "trained with, recorded by covseg train --volumes; else -1250 250, the lung window)")
     else:
-        p.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
-                       help="--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window); --data: "
-                            "the HU window the slice images correspond to (not applied to them). Either way it is "
-                            "recorded in the checkpoint, and evaluate --volumes and screen apply it")
+        add_window_option(p, "--volumes: HU window mapped to [0, 1] (default -1250 250, the lung window); --data: "
+                             "the HU window the slice images correspond to (not applied to them). Either way it is "
+                             "recorded in the checkpoint, and evaluate --volumes and screen apply it")
     p.add_argument("--drop-empty", action="store_true", help=drop_empty_help)

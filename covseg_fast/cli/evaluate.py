@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from .data_source import VOLUME_LAYOUTS, add_source_options
-from .input_options import add_input_size_option, add_tta_option, input_size_arg
+from .input_options import add_device_option, add_input_size_option, add_tta_option, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--protocol", choices=["infnet", "threshold"], default="infnet",
                    help="infnet: min-max normalised maps, means over 256 thresholds (default); "
                         "threshold: plain probability")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    add_device_option(p)
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--images", default="Imgs", help="image sub-folder (default Imgs)")
     p.add_argument("--masks", default="GT", help="mask sub-folder (default GT)")
@@ -61,13 +61,12 @@ def run(args) -> int:
     if args.batch_size < 1:
         log.error("--batch-size must be ≥ 1, got %d", args.batch_size)
         return 2
+    from ..devices import resolve_device
+
     try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        log.error("--device %s: %s", args.device, exc)
-        return 2
-    if device.type == "cuda" and not torch.cuda.is_available():
-        log.error("--device %s: CUDA is not available on this machine", args.device)
+        device = torch.device(resolve_device(args.device))
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     try:
         payload = read_checkpoint(args.checkpoint, map_location="cpu")

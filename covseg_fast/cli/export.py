@@ -13,12 +13,14 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     from .screen import DEMO_VOLUME  # the packaged demo CT (screen.py imports nothing heavy)
 
-    p = sub.add_parser("export", help="export a trained model to ONNX or a TensorRT engine")
+    p = sub.add_parser("export", help="export a trained model to ONNX or a TensorRT engine",
+                       description="Export a checkpoint's model to ONNX (standard ops only) or a TensorRT engine at "
+                       "its trained input size, checked against eager PyTorch on slices of --check-volume.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `covseg train`")
     p.add_argument("--model", help="expected model name (error if the checkpoint holds another)")
-    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx", help="what to export")
     p.add_argument("--out", required=True, help="output file (.onnx or .engine)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     add_input_size_option(p, aliases=("--size",))
     p.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic axes")
     p.add_argument("--check-volume", default=DEMO_VOLUME, metavar="CT",

@@ -15,10 +15,30 @@ import sys
 SUBCOMMANDS = ["screen", "train", "evaluate", "crossval", "export", "bench", "info"]
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help already names it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covseg", description="COVID-19 lung infection segmentation in CT.")
+    from .. import __version__
+
+    parser = _Parser(prog="covseg", description="COVID-19 lung infection segmentation in CT (research use, not a "
+                     "medical device).")
+    parser.add_argument("--version", action="version", version=f"covseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
         try:
             module = importlib.import_module(f"covseg_fast.cli.{name}")

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
-from .input_options import add_input_size_option, add_tta_option
+# torch-free (--help stays fast): the options' home, shared with the Python API
+from ..inference.screen_run import DEFAULT_DECODE_TIMEOUT_S, DEMO_CHECKPOINT, DEMO_VOLUME  # noqa: F401
+from .input_options import add_device_option, add_input_size_option, add_tta_option, add_window_option
 
 log = logging.getLogger("covseg.screen")
-
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
-DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
-DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
-DEFAULT_DECODE_TIMEOUT_S = 600.0  # = covseg_fast.inference.decoding.DEFAULT_TIMEOUT_S (not imported: --help stays fast)
-DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def add_parser(sub) -> None:
@@ -34,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
                    help="how the model runs: eager torch (fused ops), torch.compile, onnxruntime or TensorRT "
                    "(exported once into OUTPUT/.covseg_cache)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    add_device_option(p)
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
     p.add_argument("--decode-timeout", type=float, default=None, metavar="SECONDS",
@@ -44,10 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--writers", type=int, default=None,
                    help="writer threads (masks, probabilities, montages, JSON; gzip and PNG encoding run in "
                    "parallel); default min(4, CPUs)")
-    p.add_argument("--window", default=None,
-                   help="HU window mapped to [0, 1]; write it with '=' as the low end is negative: --window=-1250,250 "
-                   "(default: the window the checkpoint was trained with on CT volumes, else -1250,250, the lung "
-                   "window)")
+    add_window_option(p, "HU window mapped to [0, 1] (default: the window the checkpoint was trained with on CT "
+                         "volumes, else -1250 250, the lung window)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (one-channel "
                    "models; a multi-class model gives each voxel its most probable class)")
     add_input_size_option(p)
@@ -67,6 +60,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-masks", action="store_true", help="do not write <case>_infection.nii.gz (the infection "
                    "within the lungs and a 5 mm margin)")
     p.add_argument("--no-montage", action="store_true", help="do not write the PNG overlay montage")
+    p.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
+                   help="infection mask as NIfTI, as a DICOM Segmentation (<case>_seg.dcm, referencing the source "
+                   "series; DICOM series inputs only; the lungs too with --save-lung-mask; needs highdicom) or both")
     p.add_argument("--report-format", choices=["json", "csv", "both"], default="both",
                    help="batch summary format (per-case JSON and failures.csv are always written)")
     p.add_argument("--allow-output-in-input", action="store_true", help="allow --output inside an input folder")
@@ -74,66 +70,10 @@ def add_parser(sub) -> None:
     p.add_argument("--merge-shards", metavar="DIR", default=None,
                    help="merge summary_shardKofN.csv/.json and failures_shardKofN.csv of all N shards in DIR into "
                    "summary.csv/.json and failures.csv (run once every shard has finished); nothing is screened")
-    p.add_argument("--demo", action="store_true", help="screen the demo CT volume shipped in the package "
-                   "with the shipped demo checkpoint")
+    p.add_argument("--demo", action="store_true", help="use the demo weights shipped in the package (unless "
+                   "--checkpoint is given): without inputs it screens the shipped demo CT volume, with inputs it "
+                   "screens them with the demo weights")
     p.set_defaults(run=run)
-
-
-def _parse_window(text: str) -> tuple[float, float]:
-    from ..inference.errors import UsageError
-
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--window expects LOW,HIGH in HU (e.g. -1250,250), got {text!r}") from None
-    if not hi > lo:
-        raise UsageError(f"--window {text}: HIGH must be greater than LOW")
-    return lo, hi
-
-
-def _model_input(args, payload: dict, checkpoint: str):
-    """Input size and HU window: --input-size/--window, else what the checkpoint recorded (models.model_input)."""
-    from ..inference.errors import UsageError
-    from ..models.model_input import resolve_input
-    from ..models.registry import CheckpointError
-    from .input_options import input_size_arg
-
-    try:
-        return resolve_input(payload, checkpoint, size=input_size_arg(args),
-                             window=None if args.window is None else _parse_window(args.window))
-    except (CheckpointError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _device(text: str) -> str:
-    import torch
-
-    from ..inference.errors import UsageError
-
-    local = os.environ.get("LOCAL_RANK", "")
-    if not DEVICES.fullmatch(text):
-        raise UsageError(f"--device {text!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:1)")
-    if text == "auto":
-        if not torch.cuda.is_available():
-            return "cpu"
-        text = "cuda"
-    try:
-        dev = torch.device(text)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {text!r}: {exc}") from None
-    if dev.type != "cuda":
-        return text
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {text}: CUDA is not available on this machine")
-    # plain "cuda" under torchrun: one GPU per local rank (an explicit cuda:N is taken as given)
-    try:
-        index = dev.index if dev.index is not None else int(local or 0)
-    except ValueError:
-        raise UsageError(f"--device {text}: LOCAL_RANK={local!r} is not a GPU index") from None
-    if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {text}{f' (LOCAL_RANK={local})' if dev.index is None and local else ''}: "
-                         f"GPU {index} does not exist; this machine has {torch.cuda.device_count()}")
-    return f"cuda:{index}"
 
 
 def run(args) -> int:
@@ -157,83 +97,33 @@ def run(args) -> int:
         return EXIT_INTERRUPTED
 
 
-def _run(args) -> int:
-    from .. import __version__
-    from ..inference.batch import screen_batch
+def options(args) -> "ScreenOptions":
+    """The parsed command line as :class:`~covseg_fast.inference.screen_run.ScreenOptions`."""
     from ..inference.errors import UsageError
-    from ..inference.backends import make_backend
-    from ..inference.model_info import model_record
-    from ..inference.screener import ScreenConfig, Screener, default_writers
-    from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
-    from ..models.model_input import plane_adapter
-    from ..models.tta import with_tta
+    from ..inference.screen_run import ScreenOptions
+    from .input_options import input_size_arg
 
-    inputs, checkpoint = list(args.inputs), args.checkpoint
+    try:
+        size = input_size_arg(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return ScreenOptions(
+        checkpoint=args.checkpoint, model=args.model, demo=args.demo, backend=args.backend, device=args.device,
+        batch_size=args.batch_size, workers=args.workers, decode_timeout=args.decode_timeout, writers=args.writers,
+        window=args.window, threshold=args.threshold, input_size=size, tta=args.tta, shard=args.shard,
+        resume=args.resume, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
+        save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
+        save_label_map=args.save_label_map, masks=not args.no_masks, montage=not args.no_montage,
+        output_format=args.output_format, report_format=args.report_format,
+        allow_output_in_input=args.allow_output_in_input, progress=not args.no_progress)
+
+
+def _run(args) -> int:
+    from ..inference.screen_run import run_screen
+
     if args.merge_shards is not None:
         return _merge(args)
-    if args.model is not None and args.model not in MODELS:
-        raise UsageError(f"--model {args.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
-    if args.demo:
-        if not os.path.isfile(DEMO_VOLUME):
-            raise UsageError(f"--demo: the demo volume {DEMO_VOLUME} is missing from this installation")
-        if checkpoint is None:
-            if not os.path.isfile(DEMO_CHECKPOINT):
-                raise UsageError(f"--demo: the demo checkpoint {DEMO_CHECKPOINT} is not shipped in this build "
-                                 "(it is trained with `covseg train`); pass --checkpoint PATH to use your own")
-            checkpoint = DEMO_CHECKPOINT
-        inputs = inputs or [DEMO_VOLUME]
-    if not inputs:
-        raise UsageError("no inputs: give NIfTI files, DICOM folders, directories, globs or a list file "
-                         "(or --demo)")
-    if checkpoint is None:
-        raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
-    if args.batch_size < 1 or args.workers < 0 or (args.writers is not None and args.writers < 1):
-        raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
-    decode_timeout = DEFAULT_DECODE_TIMEOUT_S if args.decode_timeout is None else args.decode_timeout
-    if not decode_timeout >= 0:
-        raise UsageError(f"--decode-timeout must be ≥ 0 seconds (0: no limit), got {args.decode_timeout}")
-    if args.decode_timeout and args.workers == 0:
-        log.warning("--decode-timeout does not apply with --workers 0 (decoding in the main process cannot be "
-                    "stopped): a stuck decoder would stop the batch; use --workers 1 or more")
-    if not 0.0 < args.threshold < 1.0:
-        raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
-    try:
-        payload = read_checkpoint(checkpoint)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-    model_input = _model_input(args, payload, checkpoint)
-    log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
-             model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
-    device = _device(args.device)
-    out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
-    cfg = ScreenConfig(out_dir=out_dir, window=model_input.window, input_size=model_input.size,
-                       threshold=args.threshold, batch_size=args.batch_size,
-                       workers=args.workers, device=device, save_masks=not args.no_masks,
-                       save_probabilities=args.save_probabilities, montage=not args.no_montage,
-                       save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
-                       save_label_map=args.save_label_map,
-                       progress=not args.no_progress, decode_timeout_s=decode_timeout,
-                       writers=default_writers() if args.writers is None else args.writers)
-
-    def factory() -> Screener:
-        try:
-            model = model_from_checkpoint(payload, checkpoint, expect=args.model)
-        except CheckpointError as exc:
-            raise UsageError(str(exc)) from None
-        name = model.covseg_name
-        meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": args.backend,
-                "tta": args.tta, **model_input.as_record()}
-        try:
-            runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"),
-                                    batch_size=args.batch_size, size=model_input.size)
-        except (ValueError, RuntimeError) as exc:
-            raise UsageError(f"--backend {args.backend}: {exc}") from None
-        runnable = plane_adapter(runnable, model_input.plane)  # slices as the model was trained on them
-        return Screener(with_tta(runnable, args.tta), get_spec(name), cfg, meta)
-
-    code, res, s = screen_batch(inputs, factory, cfg, resume=args.resume, overwrite=args.overwrite,
-                                shard=args.shard, allow_output_in_input=args.allow_output_in_input,
-                                report_format=args.report_format)
+    code, res, s = run_screen(args.inputs, args.output, options(args))
     for f in res.failures:
         log.error("failed: %s: %s", f["path"], f["reason"])
     log.info("done: %d ok, %d with warnings (burden not trustworthy: see their warnings), %d failed, %d already "

@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 
+from ..devices import check_device
 from .data_source import VOLUME_LAYOUTS, add_source_options, volume_window
+from .input_options import add_device_option
 
 log = logging.getLogger("covseg.train")
 
@@ -63,10 +65,11 @@ def add_parser(sub) -> None:
                         "--pseudo-data the pseudo-label stage writes them to OUT/pseudo/ and the fine-tune stage to "
                         "OUT/finetune/ (the model to use is OUT/finetune/best.pt or last.pt)")
     p.add_argument("--preset", help="msa_unet, refnet or infnet (default: the model's paper preset)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lr-schedule", choices=["constant", "infnet_compounding", "step50"])
+    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="slices per batch (default: the preset's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--lr-schedule", choices=["constant", "infnet_compounding", "step50"],
+                   help="learning-rate schedule (default: the preset's)")
     p.add_argument("--val-metric", choices=["dice", "iou", "infnet_dice", "sen", "spec", "e_phi", "s_alpha", "mae",
                                             "precision", "recall", "specificity", "miou"],
                    help="validation metric that picks best.pt (default dice at 0.5; mae is minimised); every "
@@ -78,13 +81,13 @@ def add_parser(sub) -> None:
                         "bilinear and left soft for refnet/infnet as Inf-Net does)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="settings",
                    help="any other training setting, e.g. clip=1.0 scales=[1.0] weight_decay=0")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available, else cpu)")
+    add_device_option(p)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CUDA)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     p.add_argument("--resume", metavar="PATH", help="continue exactly from a last.pt written by covseg train")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -192,6 +195,7 @@ def run(args) -> int:
         model_config = _key_values(args.config, "--config")
         loss_config = _key_values(args.loss_config, "--loss-config")
         overrides = _key_values(args.settings, "--set")
+        check_device(args.device)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
@@ -232,7 +236,9 @@ def run(args) -> int:
         return 2
 
     info = D.init_distributed()
-    common = dict(model_config=model_config, preset=cfg, device=args.device, criterion_config=loss_config,
+    # auto: the trainer's own choice (cuda:LOCAL_RANK if available, else cpu)
+    common = dict(model_config=model_config, preset=cfg, device=None if args.device == "auto" else args.device,
+                  criterion_config=loss_config,
                   progress=not args.no_progress, input_info=_input_info(args))
     try:
         if pseudo is not None:

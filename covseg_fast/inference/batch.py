@@ -43,7 +43,8 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                  report_format: str = "both") -> tuple[int, ScreenResult, dict]:
     """Discover, plan and screen; write summary/failures CSVs; return (exit code, result, summary).
 
-    ``summary`` holds counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
+    ``summary`` holds the report rows of every case of this shard (``rows``: screened now or complete before),
+    counts (``screened`` = ``ok`` + ``warning`` cases, ``failed``, ``skipped_complete``), wall time, rates, ``stages`` (:meth:`StageTimes.as_dict`: busy seconds
     per stage, the inference loop's starved/back-pressure/drain waits, the bottleneck), ``bottleneck``
     and ``stage_line`` (the one-line account `covseg screen` prints).
 
@@ -74,6 +75,12 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
     if own:
         log.info("skipping %d file(s) in %s written by covseg screen (masks, probabilities, lung masks, label maps)",
                  len(own), config.out_dir)
+    if config.output_format == "dicom-seg":
+        nifti = next((c for c in cases if c.kind == "nifti"), None)
+        if nifti is not None:
+            raise UsageError(f"--output-format dicom-seg: {nifti.path} is a NIfTI file, and a DICOM-SEG needs the "
+                             "DICOM series it references; give DICOM series folders or use --output-format both "
+                             "(DICOM-SEG for DICOM series, NIfTI masks for every case)")
     folder = OutputFolder(config.plan(), (k, n), report_format)
     folder.check_location(roots, cases, allow_output_in_input)
     mine = select_shard(cases, k, n)
@@ -108,5 +115,5 @@ def screen_batch(inputs: list[str], screener_factory, config: ScreenConfig, *, r
                "volumes_per_s": len(res.records) / wall if wall > 0 else 0.0,
                "slices_per_s": res.slices / wall if wall > 0 else 0.0, "output_dir": config.out_dir,
                "stages": res.stages.as_dict(), "bottleneck": res.stages.bottleneck,
-               "stage_line": res.stages.line(res.wall_s)}
+               "stage_line": res.stages.line(res.wall_s), "rows": rows}
     return (1 if res.failures else 0), res, summary

@@ -28,6 +28,7 @@ import shutil
 from ..atomic import atomic_write_all
 from ..io import Case
 from .errors import ReportWriteError, UsageError
+from .html_report import html_report
 from .output_lock import OutputLock
 from .report import FAILURE_COLUMNS, csv_text, json_text, read_json, summary_columns, written_by_screen
 
@@ -45,7 +46,9 @@ CASE_FILES = (("mask", "masks", "_infection.nii.gz"),
               ("probabilities", "probabilities", "_probabilities.nii.gz"),
               ("lung_mask", "lung_mask", "_lungmask.nii.gz"),
               ("label_map", "label_map", "_labelmap.nii.gz"),
-              ("montage", "montage", "_overlay.png"))
+              ("montage", "montage", "_overlay.png"),
+              ("dicom_seg", "dicom_seg", "_seg.dcm"))
+DICOM_ONLY = ("dicom_seg",)  # kinds written for DICOM series inputs only
 COMPLETE_STATUSES = ("ok", "warning")  # a case with either status is done: --resume skips it (and keeps it)
 
 
@@ -60,22 +63,24 @@ class OutputPlan:
     unrestricted: bool = False
     lung_mask: bool = False
     label_map: bool = False
+    dicom_seg: bool = False
 
-    def paths(self, case_id: str) -> dict[str, str]:
-        """Output kind → path for ``case_id`` (the JSON is written last and marks completion)."""
+    def paths(self, case_id: str, dicom: bool = False) -> dict[str, str]:
+        """Output kind → path for ``case_id`` (the JSON is written last and marks completion); ``dicom``: the
+        input is a DICOM series (only then is a DICOM-SEG written)."""
         p = {kind: os.path.join(self.out_dir, case_id + suffix) for kind, flag, suffix in CASE_FILES
-             if getattr(self, flag)}
+             if getattr(self, flag) and (dicom or kind not in DICOM_ONLY)}
         p["json"] = os.path.join(self.out_dir, f"{case_id}.json")
         return p
 
-    def complete(self, case_id: str, path: str | None = None) -> dict | None:
+    def complete(self, case_id: str, path: str | None = None, dicom: bool = False) -> dict | None:
         """The case's JSON record when all its outputs exist and the JSON's status is ok or warning, else None.
 
         With ``path`` (the input), the record must also be of an input with that file name: outputs
         left under the same id by another input (e.g. before ids were disambiguated) do not count.
         The folder may differ, so a moved or differently mounted input tree still resumes.
         """
-        paths = self.paths(case_id)
+        paths = self.paths(case_id, dicom)
         if not all(os.path.isfile(p) for p in paths.values()):
             return None
         rec = read_json(paths["json"])
@@ -172,13 +177,13 @@ def check_output_dir(out_dir: str, roots: list[str], cases: list[Case], allow: b
 
 
 def report_names(suffix: str, report_format: str) -> list[str]:
-    """File names of the batch reports a run writes: failures (always) and the summary format(s)."""
+    """File names of the batch reports a run writes: failures (always), the summary format(s) and the page."""
     names = [f"failures{suffix}.csv"]
     if report_format in ("csv", "both"):
         names.append(f"summary{suffix}.csv")
     if report_format in ("json", "both"):
         names.append(f"summary{suffix}.json")
-    return names
+    return names + [f"index{suffix}.html"]
 
 
 def refuse_foreign_reports(out_dir: str, suffix: str, report_format: str) -> None:
@@ -219,7 +224,8 @@ def check_writable(out_dir: str) -> str:
 
 def needed_bytes(plan: OutputPlan, cases: list[Case]) -> int:
     """Free space the outputs of ``cases`` are expected to need (the estimate is in the README)."""
-    masks = sum((plan.masks, plan.unrestricted, plan.lung_mask, plan.label_map))  # uint8 masks, compressed alike
+    # uint8 masks, compressed alike; a DICOM-SEG (1 bit per voxel and segment, uncompressed) counted as one of them
+    masks = sum((plan.masks, plan.unrestricted, plan.lung_mask, plan.label_map, plan.dicom_seg))
     share = MASK_SHARE * masks + (PROBABILITY_SHARE if plan.probabilities else 0.0)
     total = FREE_FLOOR
     for c in cases:
@@ -278,11 +284,11 @@ class OutputFolder:
         """
         todo, done = [], []
         for c in cases:
-            rec = self.plan.complete(c.case_id, c.path) if resume else None
+            rec = self.plan.complete(c.case_id, c.path, c.kind == "dicom") if resume else None
             if rec is not None:
                 done.append(rec)
                 continue
-            paths = self.plan.paths(c.case_id)
+            paths = self.plan.paths(c.case_id, c.kind == "dicom")
             if os.path.exists(paths["json"]) and not written_by_screen(paths["json"], c.case_id):
                 raise UsageError(f"{paths['json']} exists and was not written by covseg screen (screening case "
                                  f"{c.case_id} would replace it); move it or choose another --output")
@@ -310,7 +316,7 @@ class OutputFolder:
         return self.plan.remove_stray_temporaries(case_ids, tuple(report_names(self.suffix, "both")))
 
     def write_reports(self, rows: list[dict], failures: list[dict]) -> None:
-        """summary.csv/.json (as ``report_format`` says) and failures.csv, all or nothing.
+        """summary.csv/.json (as ``report_format`` says), failures.csv and index.html, all or nothing.
 
         Raises:
             ReportWriteError: one line naming the problem (e.g. no space left); the previous reports are intact.
@@ -321,6 +327,7 @@ class OutputFolder:
         if self.report_format in ("json", "both"):
             files[f"summary{self.suffix}.json"] = json_text({"cases": rows, "failures": failures})
         files[f"failures{self.suffix}.csv"] = csv_text(failures, FAILURE_COLUMNS)
+        files[f"index{self.suffix}.html"] = html_report(rows, failures, list(files))
         write_reports_atomically(self.path, files)
 
     def release(self) -> None:

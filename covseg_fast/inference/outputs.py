@@ -14,6 +14,7 @@ from ..io.volume import Volume
 from ..io.writer import save_mask, save_probabilities
 from .anatomy import Anatomy
 from .burden import case_statistics, restrict
+from .dicom_seg import write_case_seg
 from .montage import DISCLAIMER, write_montage
 from .output_folder import OutputPlan
 from .report import write_json
@@ -27,6 +28,18 @@ def label_map(infection: np.ndarray, lung: np.ndarray) -> np.ndarray:
     return out
 
 
+def assessment(infection: np.ndarray, excluded: int, anatomy: Anatomy, volume: Volume, names: tuple[str, ...],
+               warnings: list[str]) -> dict:
+    """What a case's record says about its result: status (``warning`` when there are ``warnings``: the volume's
+    and the failed lung checks), the volumes and burdens (:func:`~.burden.case_statistics`), whether the burden
+    can be trusted, the lung checks and the research-use note."""
+    checks = anatomy.checks
+    return {"status": "warning" if warnings else "ok",
+            **case_statistics(infection, anatomy, volume.voxel_ml, excluded, names),
+            "burden_trustworthy": not warnings, "lung_checks_passed": bool(checks["passed"]), "lung_checks": checks,
+            "warnings": list(warnings), "note": DISCLAIMER}
+
+
 def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarray, anatomy: Anatomy,
                prob: np.ndarray | None, record: dict, window: tuple[float, float], names: tuple[str, ...] = ()) -> dict:
     """Write all outputs of one case (JSON last) and return the completed record.
@@ -35,7 +48,7 @@ def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarr
     infection mask written and every volume reported are restricted to the lungs and their margin
     (:mod:`.burden`). The status is ``warning`` when the volume has warnings or the lung checks failed.
     """
-    paths = plan.paths(case_id)
+    paths = plan.paths(case_id, volume.fmt == "dicom")
     src = os.path.realpath(volume.path)
     for p in paths.values():
         if os.path.realpath(p) == src:
@@ -52,12 +65,10 @@ def write_case(plan: OutputPlan, case_id: str, volume: Volume, classes: np.ndarr
         save_mask(paths["lung_mask"], lung, volume)
     if "label_map" in paths:
         save_mask(paths["label_map"], label_map(infection, lung), volume)
-    checks = anatomy.checks
-    warnings = list(record.get("warnings", [])) + list(checks["failed"])
-    record = dict(record, status="warning" if warnings else "ok", **case_statistics(
-        infection, anatomy, volume.voxel_ml, excluded, names))
-    record.update(burden_trustworthy=not warnings, lung_checks_passed=bool(checks["passed"]), lung_checks=checks,
-                  warnings=warnings, note=DISCLAIMER)
+    if "dicom_seg" in paths:  # the infection as in the NIfTI mask; the lungs when their mask is asked for
+        write_case_seg(paths["dicom_seg"], volume, infection, lung if plan.lung_mask else None, names, record)
+    warnings = list(record.get("warnings", [])) + list(anatomy.checks["failed"])
+    record = dict(record, **assessment(infection, excluded, anatomy, volume, names, warnings))
     if "montage" in paths:
         write_montage(paths["montage"], volume, infection, lung, window, case_id=case_id,
                       model=str(record.get("model", "")), names=names, trusted=not warnings)

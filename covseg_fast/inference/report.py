@@ -20,6 +20,7 @@ SUMMARY_COLUMNS = ["case_id", "status", "resumed", "path", "slices",
                    "decision", "threshold", "window_hu", "time_s", "mask", "note"]
 CLASS_COLUMN_AFTER = "excluded_outside_lung_ml"  # per-class columns of multi-class models go after this one
 FAILURE_COLUMNS = ["case_id", "path", "reason"]
+PAGE_MARK = 'name="generator" content="covseg screen"'  # in the <meta> of the index.html screen writes
 
 
 def written_by_screen(path: str, case_id: str | None = None) -> bool:
@@ -29,6 +30,12 @@ def written_by_screen(path: str, case_id: str | None = None) -> bool:
     Screen refuses to replace a file with one of these generic names that fails this check: with the output
     folder inside the inputs (or --resume), it may be the user's own file.
     """
+    if path.endswith(".html"):  # index.html: screen's page carries PAGE_MARK
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return PAGE_MARK in fh.read(4096)
+        except OSError:
+            return False
     if path.endswith(".csv"):
         try:
             with open(path, encoding="utf-8", newline="") as fh:

@@ -81,13 +81,15 @@ class ScreenConfig:
     save_lung_mask: bool = False
     save_label_map: bool = False
     montage: bool = True
+    output_format: str = "nifti"  # infection mask as "nifti", "dicom-seg" (DICOM series inputs) or "both"
     progress: bool = True
     decode_timeout_s: float = DEFAULT_TIMEOUT_S  # per case, with workers ≥ 1 (0: no limit)
 
     def plan(self) -> OutputPlan:
-        return OutputPlan(self.out_dir, masks=self.save_masks, probabilities=self.save_probabilities,
-                          montage=self.montage, unrestricted=self.save_unrestricted_mask,
-                          lung_mask=self.save_lung_mask, label_map=self.save_label_map)
+        return OutputPlan(self.out_dir, masks=self.save_masks and self.output_format != "dicom-seg",
+                          probabilities=self.save_probabilities, montage=self.montage,
+                          unrestricted=self.save_unrestricted_mask, lung_mask=self.save_lung_mask,
+                          label_map=self.save_label_map, dicom_seg=self.output_format in ("dicom-seg", "both"))
 
 
 @dataclasses.dataclass
@@ -196,6 +198,15 @@ class Screener:
             logits = logits["out"]
         logits = logits.float()
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    def segment(self, data: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], int]:
+        """One (X, Y, Z) canonical HU volume in memory, through the same device, model and post-processing steps
+        as :meth:`run`: (classes, probability, K), as :meth:`from_model_probs` returns them."""
+        x, plane = self.to_model_slices(data)
+        bs = self.cfg.batch_size
+        probs = torch.cat([self._infer(x[s:s + bs]) for s in range(0, x.shape[0], bs)])
+        classes, prob = self.from_model_probs(probs, plane)
+        return classes, prob, int(probs.shape[1])
 
     # ---------------------------------------------------------------- pipeline
     def run(self, cases: list[Case]) -> ScreenResult:

@@ -12,6 +12,7 @@ import os
 import re
 
 from .errors import UsageError
+from .html_report import html_report
 from .output_folder import refuse_foreign_reports, write_reports_atomically
 from .output_lock import OutputLock
 from .report import FAILURE_COLUMNS, csv_text, json_text, read_csv, read_json, summary_columns
@@ -93,6 +94,8 @@ def _merge(out_dir: str, n: int, have: dict[tuple[str, str, int], str]) -> tuple
         files["summary.json"] = json_text({"cases": sorted(records, key=by_id),
                                            "failures": sorted(failures, key=by_id), "shards": n})
     files["failures.csv"] = csv_text(sorted(failures, key=by_id), FAILURE_COLUMNS)
+    if json_all:  # the page needs the whole records (outputs, warnings)
+        files["index.html"] = html_report(sorted(records, key=by_id), sorted(failures, key=by_id), list(files))
     write_reports_atomically(out_dir, files)  # all or nothing: ReportWriteError keeps the previous ones
     screened = cases if csv_all else records
     warned = sum(r.get("status") == "warning" for r in screened)

@@ -172,6 +172,7 @@ def read_dicom_series(folder: str) -> Volume:
     warnings = check_ct_values(data, folder)
     vol = canonicalize(data, affine, path=folder, fmt="dicom", header=None)
     vol.warnings.extend(warnings)
+    vol.source_files = tuple(f for f, _ in slices)  # input-grid slice k is slices[k] (a DICOM-SEG references them)
     return vol
 
 

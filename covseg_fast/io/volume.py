@@ -37,6 +37,8 @@ class Volume:
         ornt: nibabel orientation transform input grid → canonical grid.
         source_header: the input NIfTI header (None for DICOM), reused when writing masks.
         path: the input path; ``fmt``: "nifti" or "dicom".
+        source_files: DICOM: the slice files in the order of the input grid's third axis (what a DICOM-SEG
+            references); empty for NIfTI.
         warnings: one-line notes (e.g. intensity range not CT-like).
     """
 
@@ -50,6 +52,7 @@ class Volume:
     path: str = ""
     fmt: str = "nifti"
     warnings: list[str] = dataclasses.field(default_factory=list)
+    source_files: tuple[str, ...] = ()
 
     @property
     def voxel_ml(self) -> float:

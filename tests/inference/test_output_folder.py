@@ -219,9 +219,11 @@ def test_every_output_kind_is_known_as_screens_own(tmp_path):
     """The NIfTI files screen writes (and their temporaries) are never screened as inputs, and --resume removes
     the temporaries of every kind a case has, whichever options asked for them (one table: CASE_FILES)."""
     out = str(tmp_path)
-    plan = output_folder.OutputPlan(out, probabilities=True, unrestricted=True, lung_mask=True, label_map=True)
-    paths = plan.paths("c1")
+    plan = output_folder.OutputPlan(out, probabilities=True, unrestricted=True, lung_mask=True, label_map=True,
+                                    dicom_seg=True)
+    paths = plan.paths("c1", dicom=True)
     assert sorted(paths) == sorted([kind for kind, _, _ in output_folder.CASE_FILES] + ["json"])
+    assert "dicom_seg" not in plan.paths("c1")  # a DICOM-SEG only for a DICOM series input
     niftis = [p for p in paths.values() if p.endswith(".nii.gz")]
     assert len(niftis) == 5
     for p in niftis:

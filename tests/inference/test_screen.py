@@ -146,7 +146,7 @@ def test_resume_after_a_killed_run(tmp_path, ckpt):
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--resume") == 0
     assert sorted(os.listdir(out)) == sorted(
         [f"{c}{s}" for c in "abc" for s in (".json", "_infection.nii.gz", "_overlay.png")] +
-        ["summary.csv", "summary.json", "failures.csv"])  # no temporaries, nothing duplicated
+        ["summary.csv", "summary.json", "failures.csv", "index.html"])  # no temporaries, nothing duplicated
     for f in ("a.json", "a_infection.nii.gz", "a_overlay.png"):
         assert os.stat(out / f).st_mtime_ns == before[f]  # complete case untouched
     rows = _rows(out / "summary.csv")
@@ -345,7 +345,7 @@ def test_parallel_writers_give_the_same_outputs_as_one(tmp_path, ckpt, monkeypat
                   "--save-probabilities") == 0
     assert len(threads) > 1
     one, three = _outputs(tmp_path / "w1"), _outputs(tmp_path / "w3")
-    assert sorted(one) == sorted(three) and len(one) == 6 * 4 + 3
+    assert sorted(one) == sorted(three) and len(one) == 6 * 4 + 4  # + summary.csv, .json, failures.csv, index.html
     for f in one:
         assert one[f] == three[f], f
     assert [r["case_id"] for r in three["summary.csv"]] == names  # sorted by case id, not by finish time
@@ -647,21 +647,23 @@ def test_bad_checkpoints_and_list_files_are_usage_errors(tmp_path, ckpt, caplog)
 def test_device_cuda_under_torchrun_follows_local_rank(monkeypatch):
     import torch
 
+    from covseg_fast.inference.screen_run import resolve_device
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert screen_cli._device("cuda") == screen_cli._device("auto") == "cuda:3"
-    assert screen_cli._device("cuda:1") == "cuda:1" and screen_cli._device("cpu") == "cpu"  # explicit wins
+    assert resolve_device("cuda") == resolve_device("auto") == "cuda:3"
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"  # explicit wins
     monkeypatch.setenv("LOCAL_RANK", "5")
     from covseg_fast.inference.errors import UsageError
 
     with pytest.raises(UsageError, match="LOCAL_RANK=5.*GPU 5 does not exist; this machine has 4"):
-        screen_cli._device("cuda")
+        resolve_device("cuda")
     monkeypatch.setenv("LOCAL_RANK", "zero")
     with pytest.raises(UsageError, match="LOCAL_RANK='zero' is not a GPU index"):
-        screen_cli._device("cuda")
+        resolve_device("cuda")
     monkeypatch.delenv("LOCAL_RANK")
-    assert screen_cli._device("cuda") == "cuda:0"
+    assert resolve_device("cuda") == "cuda:0"
 
 
 def test_log_lines_do_not_break_the_progress_bar(tmp_path, ckpt, capsys):
@@ -689,7 +691,7 @@ def test_no_masks_and_json_report(tmp_path, ckpt):
     _three_cases(inp)
     assert screen(inp, "-o", out, "--checkpoint", ckpt, "--no-masks", "--report-format", "json") == 0
     assert sorted(os.listdir(out)) == sorted([f"{c}{s}" for c in "abc" for s in (".json", "_overlay.png")] +
-                                             ["summary.json", "failures.csv"])
+                                             ["summary.json", "failures.csv", "index.html"])
     report = json.load(open(out / "summary.json"))
     assert [r["case_id"] for r in report["cases"]] == ["a", "b", "c"] and report["failures"] == []
     rec = json.load(open(out / "a.json"))
