@@ -31,7 +31,8 @@ def open_tmp():
 def shared_data() -> str:
     """Path of ../shared/data; skips the test with a reason when it is absent."""
     if not os.path.isdir(SHARED_DATA):
-        pytest.skip(f"real data not found at {SHARED_DATA} (../shared beside the checkout)")
+        pytest.skip(f"real data not found at {SHARED_DATA}: put ../shared beside the checkout or set "
+                    "COVSEG_SHARED_DATA to the data folder")
     return SHARED_DATA
 
 

@@ -39,7 +39,8 @@ def real_slices(shared_data: str, model_name: str, size: int, count: int = 3) ->
     """``count`` COVID-SemiSeg training slices as the model's input (count, C, size, size)."""
     folder = os.path.join(shared_data, "covid-semiseg", "train", "Imgs")
     if not os.path.isdir(folder):
-        pytest.skip(f"COVID-SemiSeg training images not found at {folder}")
+        pytest.skip(f"COVID-SemiSeg training images not found at {folder} "
+                    "(set COVSEG_SHARED_DATA or put ../shared beside the checkout)")
     names = sorted((n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".png"))),
                    key=lambda n: natural_key(os.path.splitext(n)[0]))[:count]
     grey = []

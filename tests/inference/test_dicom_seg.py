@@ -164,7 +164,8 @@ def _jpeg2000_copy(src: str, dst: str) -> str:
 def test_shared_series_round_trip(shared_data, tmp_path, ckpt, encoding):
     series = os.path.join(shared_data, SHARED_SERIES)
     if not os.path.isdir(series):
-        pytest.skip(f"the shared DICOM series is not at {series}")
+        pytest.skip(f"the shared DICOM series is not at {series} "
+                    "(set COVSEG_SHARED_DATA or put ../shared beside the checkout)")
     if encoding == "jpeg2000":
         for pkg in ("pylibjpeg", "openjpeg"):
             pytest.importorskip(pkg, reason="JPEG 2000 needs pylibjpeg and pylibjpeg-openjpeg (the test extra)")
