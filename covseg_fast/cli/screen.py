@@ -21,6 +21,8 @@ DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
 DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
 DEFAULT_DECODE_TIMEOUT_S = 600.0  # = covseg_fast.inference.decoding.DEFAULT_TIMEOUT_S (not imported: --help stays fast)
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
+BACKEND_CHOICES = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # = inference.backends.CHOICES
+BACKEND_ENV = "COVSEG_SCREEN_BACKEND"  # the --backend default when set (e.g. a site that wants eager torch)
 
 
 def add_parser(sub) -> None:
@@ -31,9 +33,17 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="output directory (default: covseg_screen_out)")
     p.add_argument("--checkpoint", help="checkpoint written by covseg train (save_checkpoint)")
     p.add_argument("--model", help="expected model name in the checkpoint (checked)")
-    p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
-                   help="how the model runs: eager torch (fused ops), torch.compile, onnxruntime or TensorRT "
-                   "(exported once into OUTPUT/.covseg_cache)")
+    default_backend = os.environ.get(BACKEND_ENV) or "auto"
+    if default_backend not in BACKEND_CHOICES:
+        default_backend = "auto"  # a bad value must not break --help; argparse checks what the user types
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=default_backend,
+                   help=f"how the model runs (default {default_backend}; ${BACKEND_ENV} sets it): auto (onnxruntime "
+                   "on a CPU when installed, else eager torch; on CUDA TensorRT, else torch.compile, else torch), "
+                   "eager torch (fused ops), torch.compile, onnxruntime or TensorRT (exported once into "
+                   "OUTPUT/.covseg_cache, reused for the same checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the model (torch and onnxruntime "
+                   "intra-op threads; default: every CPU this process may use); decoding workers and writers run "
+                   "one compute thread each")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
@@ -158,21 +168,11 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from .. import __version__
-    from ..inference.batch import screen_batch
     from ..inference.errors import UsageError
-    from ..inference.backends import make_backend
-    from ..inference.model_info import model_record
-    from ..inference.screener import ScreenConfig, Screener, default_writers
-    from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
-    from ..models.model_input import plane_adapter
-    from ..models.tta import with_tta
 
     inputs, checkpoint = list(args.inputs), args.checkpoint
     if args.merge_shards is not None:
         return _merge(args)
-    if args.model is not None and args.model not in MODELS:
-        raise UsageError(f"--model {args.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
     if args.demo:
         if not os.path.isfile(DEMO_VOLUME):
             raise UsageError(f"--demo: the demo volume {DEMO_VOLUME} is missing from this installation")
@@ -197,6 +197,21 @@ def _run(args) -> int:
                     "stopped): a stuck decoder would stop the batch; use --workers 1 or more")
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be ≥ 1, got {args.threads}")
+    # the checks above need no torch: a usage error answers at once
+    from .. import __version__
+    from ..inference.batch import screen_batch
+    from ..inference.backends import resolve_backend
+    from ..inference.cpu_runtime import apply_threads, inference_threads, tune_allocator
+    from ..inference.model_info import model_record
+    from ..inference.screener import ScreenConfig, Screener, default_writers
+    from ..models.registry import MODELS, CheckpointError, get_spec, model_from_checkpoint, read_checkpoint
+    from ..models.model_input import plane_adapter
+    from ..models.tta import with_tta
+
+    if args.model is not None and args.model not in MODELS:
+        raise UsageError(f"--model {args.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
     try:
         payload = read_checkpoint(checkpoint)
     except CheckpointError as exc:
@@ -215,19 +230,24 @@ def _run(args) -> int:
                        progress=not args.no_progress, decode_timeout_s=decode_timeout,
                        writers=default_writers() if args.writers is None else args.writers)
 
+    threads = inference_threads(args.threads)
+    allocator = tune_allocator()  # before the model allocates anything (cpu_runtime: why, and the off-switch)
+    apply_threads(threads)
+
     def factory() -> Screener:
         try:
             model = model_from_checkpoint(payload, checkpoint, expect=args.model)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
-        meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": args.backend,
-                "tta": args.tta, **model_input.as_record()}
-        try:
-            runnable = make_backend(model, args.backend, device, os.path.join(out_dir, ".covseg_cache"),
-                                    batch_size=args.batch_size, size=model_input.size)
-        except (ValueError, RuntimeError) as exc:
-            raise UsageError(f"--backend {args.backend}: {exc}") from None
+        choice = resolve_backend(args.backend, device)
+        runnable, choice = _build_backend(model, choice, device, out_dir, threads, model_input.size, args.batch_size)
+        log.info("model %s (%s, %s parameters); device %s; backend %s (%s); %d inference thread(s), %d decoding "
+                 "worker(s), %d writer(s); glibc allocator tuning %s", name, checkpoint,
+                 f"{sum(p.numel() for p in model.parameters()):,}", device, choice.name, choice.reason, threads,
+                 cfg.workers, cfg.writers, "on" if allocator else "off")
+        meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": choice.name,
+                "backend_reason": choice.reason, "threads": threads, "tta": args.tta, **model_input.as_record()}
         runnable = plane_adapter(runnable, model_input.plane)  # slices as the model was trained on them
         return Screener(with_tta(runnable, args.tta), get_spec(name), cfg, meta)
 
@@ -243,6 +263,24 @@ def _run(args) -> int:
     if s["screened"] or s["failed"]:
         log.info("%s", s["stage_line"])
     return code
+
+
+def _build_backend(model, choice, device: str, out_dir: str, threads: int, size, batch_size: int):
+    """(runnable module, the backend actually used): a backend ``auto`` chose that cannot start falls back to
+    eager torch with a warning; one the user named is a usage error."""
+    from ..inference.backends import BackendChoice, make_backend
+    from ..inference.errors import UsageError
+
+    try:
+        return make_backend(model, choice.name, device, os.path.join(out_dir, ".covseg_cache"), batch_size=batch_size,
+                            size=size, threads=threads), choice
+    except Exception as exc:  # noqa: BLE001  (auto: whatever stops an export, eager torch still serves)
+        if not choice.auto:
+            if isinstance(exc, (ValueError, RuntimeError)):
+                raise UsageError(f"--backend {choice.name}: {exc}") from None
+            raise
+        log.warning("--backend auto: %s cannot run here (%s); using eager torch", choice.name, exc)
+        return model, BackendChoice("torch", f"auto: {choice.name} failed ({exc})", True)
 
 
 def _merge(args) -> int:

@@ -41,6 +41,7 @@ import torch
 
 from ..io import Case, read_case
 from .anatomy import compute_anatomy
+from .cpu_runtime import single_threaded_worker
 from .errors import WorkersUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ def reason(exc: BaseException) -> str:
 
 
 def _worker_init(main_pid: int) -> None:
-    """Runs first in every worker: ignore Ctrl-C (the main process answers it); exit when the main process dies."""
+    """Runs first in every worker: ignore Ctrl-C (the main process answers it); exit when the main process dies;
+    one compute thread (the cores belong to inference: cpu_runtime)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded_worker()
     parent = os.getppid()  # the main process (fork, spawn) or the forkserver
     if sys.platform.startswith("linux"):
         try:
