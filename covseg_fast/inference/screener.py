@@ -215,7 +215,7 @@ class Screener:
         write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
         bar = progress_bar(len(cases), self.cfg.progress)
-        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
+        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar), daemon=True,
                                     name=f"covseg-writer-{i}") for i in range(n_writers)]
         for w in writers:
             w.start()
@@ -237,8 +237,7 @@ class Screener:
                 w.join()
             res.stages.drain_s = time.perf_counter() - t_drain
             res.wall_s = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
+            bar.close()
             logs.close()
         order = {c.case_id: i for i, c in enumerate(cases)}
         if interrupted:
@@ -247,12 +246,11 @@ class Screener:
         res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
 
-    def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar) -> None:
+    def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar, decoded: bool = True) -> None:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
             res.failures.append({"case_id": case.case_id, "status": "failed", "path": case.path, "reason": reason})
-            if bar is not None:
-                bar.update(1)
+        bar.volume_finished(decoded)
 
     def _produce(self, decoded, res, lock, write_q, bar) -> None:
         pending: collections.deque[_Pending] = collections.deque()
@@ -294,6 +292,7 @@ class Screener:
                     st.prob[start:start + take] = probs[off:off + take]
                     off += take
                     st.done += take
+                bar.inferred(off)
             st_times.inference_s += clock() - t_inf
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
@@ -307,17 +306,18 @@ class Screener:
             case = item["case"]
             st_times.decode_s += item.get("decode_s", 0.0)
             if "error" in item:
-                self._fail(res, lock, case, item["error"], bar)
+                self._fail(res, lock, case, item["error"], bar, decoded=False)
                 continue
             t_dev = clock()
             try:
                 x, plane = self.to_model_slices(item["volume"].data)
             except Exception as exc:
-                self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar)
+                self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar, decoded=False)
                 continue
             finally:
                 st_times.device_s += clock() - t_dev
             item["t_dequeued"] = time.perf_counter()
+            bar.decoded(x.shape[0])
             pending.append(_Pending(item, x, plane))
             queued += x.shape[0]
             while queued >= bs:
@@ -347,7 +347,7 @@ class Screener:
         write_q.put(item)  # blocks while the writers are behind (back-pressure)
         res.stages.backpressure_s += time.perf_counter() - t_put
 
-    def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar, t0: float) -> None:
+    def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar) -> None:
         while True:
             item = write_q.get()
             if item is None:
@@ -378,10 +378,7 @@ class Screener:
                     res.records.append(rec)
                     res.slices += rec["slices"]
                     res.stages.write_s += time.perf_counter() - t_w
-                    if bar is not None:
-                        el = time.perf_counter() - t0
-                        bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
-                        bar.update(1)
+                bar.volume_finished()
             except Exception as exc:
                 with lock:
                     res.stages.write_s += time.perf_counter() - t_w
