@@ -22,6 +22,7 @@ DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
 DEFAULT_DECODE_TIMEOUT_S = 600.0  # = covseg_fast.inference.decoding.DEFAULT_TIMEOUT_S (not imported: --help stays fast)
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 BACKEND_CHOICES = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # = inference.backends.CHOICES
+CPU_BATCH, CUDA_BATCH = 8, 16  # --batch-size defaults
 BACKEND_ENV = "COVSEG_SCREEN_BACKEND"  # the --backend default when set (e.g. a site that wants eager torch)
 
 
@@ -45,7 +46,9 @@ def add_parser(sub) -> None:
                    "intra-op threads; default: every CPU this process may use); decoding workers and writers run "
                    "one compute thread each")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per model batch, across volumes (default "
+                   f"{CPU_BATCH} on a CPU, the fastest there and half the memory of 16: "
+                   f"benchmarks/results/cpu_layout_batch_1thread.json; {CUDA_BATCH} on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
     p.add_argument("--decode-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a case whose decoding (reading + anatomy) takes longer, stop its stuck worker "
@@ -187,7 +190,8 @@ def _run(args) -> int:
                          "(or --demo)")
     if checkpoint is None:
         raise UsageError("--checkpoint is required (a model without trained weights cannot screen)")
-    if args.batch_size < 1 or args.workers < 0 or (args.writers is not None and args.writers < 1):
+    if ((args.batch_size is not None and args.batch_size < 1) or args.workers < 0
+            or (args.writers is not None and args.writers < 1)):
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
     decode_timeout = DEFAULT_DECODE_TIMEOUT_S if args.decode_timeout is None else args.decode_timeout
     if not decode_timeout >= 0:
@@ -220,9 +224,10 @@ def _run(args) -> int:
     log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
              model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
     device = _device(args.device)
+    batch_size = args.batch_size or (CPU_BATCH if device == "cpu" else CUDA_BATCH)
     out_dir = args.output or ("covseg_demo_out" if args.demo else "covseg_screen_out")
     cfg = ScreenConfig(out_dir=out_dir, window=model_input.window, input_size=model_input.size,
-                       threshold=args.threshold, batch_size=args.batch_size,
+                       threshold=args.threshold, batch_size=batch_size,
                        workers=args.workers, device=device, save_masks=not args.no_masks,
                        save_probabilities=args.save_probabilities, montage=not args.no_montage,
                        save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,
@@ -241,7 +246,7 @@ def _run(args) -> int:
             raise UsageError(str(exc)) from None
         name = model.covseg_name
         choice = resolve_backend(args.backend, device)
-        runnable, choice = _build_backend(model, choice, device, out_dir, threads, model_input.size, args.batch_size)
+        runnable, choice = _build_backend(model, choice, device, out_dir, threads, model_input.size, batch_size)
         log.info("model %s (%s, %s parameters); device %s; backend %s (%s); %d inference thread(s), %d decoding "
                  "worker(s), %d writer(s); glibc allocator tuning %s", name, checkpoint,
                  f"{sum(p.numel() for p in model.parameters()):,}", device, choice.name, choice.reason, threads,

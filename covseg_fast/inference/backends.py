@@ -52,6 +52,20 @@ class RunnerModule(nn.Module):
         return torch.cat([self.runner(part) for part in x.split(self.max_batch)])
 
 
+class ChannelsLast(nn.Module):
+    """Runs ``model`` with its weights and each (B, C, H, W) input in channels_last memory format."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        for attr in ("covseg_name", "covseg_config"):  # the registry attributes pass through
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
 def _artifact(model: nn.Module, cache_dir: str, suffix: str) -> str:
     state = json.dumps({"model": model.covseg_name, "config": model.covseg_config}, sort_keys=True)
     digest = hashlib.sha256(state.encode())
@@ -153,7 +167,8 @@ def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str, *,
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     model = model.eval()
     if backend == "torch":
-        return model
+        # eager convolutions on a CPU run about 2× faster channels_last (benchmarks/results/cpu_layout_batch_*.json)
+        return ChannelsLast(model) if device == "cpu" else model
     if backend == "compile":
         # CUDA graphs pay off for the small deep levels, which are launch-bound (KERNELS.md §9).
         mode = "max-autotune-no-cudagraphs" if device == "cpu" else "reduce-overhead"
