@@ -1,150 +1,228 @@
-"""End-to-end screening throughput vs the model-only inference rate, on the real CT volumes.
+"""`covseg screen` on the shipped model and real CT volumes: end to end vs model-only per backend, and the MONAI
+script a user would write with the same model, interleaved in one run with the same threads.
 
-Run (CPU, a few volumes, < 1 min on 2 cores):
-    COVSEG_SHARED_DATA=/path/to/shared/data OMP_NUM_THREADS=1 \\
-    python -m pytest benchmarks/bench_screening.py --benchmark-json benchmarks/results/screening_cpu.json
-On CUDA the real volumes are repeated to ≥ 100 volumes (COVSEG_BENCH_VOLUMES overrides the count).
-Without the data folder the packaged demo volume (real CT, 128×128×64) is repeated instead.
+    COVSEG_SHARED_DATA=/path/to/shared/data python benchmarks/bench_screening.py \\
+        --checkpoint covseg_fast/assets/demo_checkpoint.pt --threads 1 2 --volumes 20 \\
+        --json benchmarks/results/screening_cpu_e2e.json
 
-Providers (same model, same batch size, same slices, same run):
-- ``model_only``: the model on pre-staged, pre-resized device batches (the ceiling);
-- ``screen``: the whole `covseg screen` pipeline (decode in workers, lung mask, device windowing and
-  resizing, batched inference, write-back of masks/montages/JSON).
-The result is volumes/min and slices/s for both and ``screen / model_only`` (the issue's target on an
-H100: ≥ 0.85), plus the pipeline's stage account (``stages`` in extra_info: busy seconds of decode,
-device, inference, postprocess and write, the inference loop's starved / back-pressure / drain waits,
-and the bottleneck). ``COVSEG_BENCH_WRITERS`` sets the writer threads (default min(4, CPUs)). The model is ``COVSEG_BENCH_MODEL`` (a registered name, random weights: speed only) or,
-by default, ``bench_convnet`` defined here: 6 conv layers of 32 channels at 352×352 on CUDA, 4 conv
-layers of 16 channels at 128×128 on CPU (so the CPU run stays short).
+Inputs: the real volumes of ``ct/`` (Lung-PET-CT-Dx 512×512×64 as NIfTI and as its DICOM series, the COPDGene
+64×64×79 and the TotalSegmentator 120×126×164 crop) repeated to ``--volumes`` (symlinks: distinct case ids).
+Each measurement is its own process with that side's defaults (covseg: its glibc allocator tuning; MONAI:
+none), the same ``--threads``:
+
+- ``model_only/<backend>``: the model alone (the backend exactly as `covseg screen` builds it, after its own
+  warm-up batch) on the same slices, pre-windowed and pre-resized in memory, in the same batches: the ceiling;
+- ``screen/<backend>``: ``python -m covseg_fast screen`` on the inputs (``--backend``, default workers and
+  writers, masks + montage + JSON as by default, ``--overwrite`` into a folder whose export cache is warm);
+  ``loop_s`` is its screening loop (the "done: … in X s" line), ``process_s`` the whole command;
+- ``monai``: benchmarks/monai_screen.py (``loop_s`` after imports and model load, as for screen).
+
+Rounds are interleaved (every provider once per round, in turn) so a change of the machine's load hits all
+alike; the load average is recorded around every measurement (the development box is shared). Ratios use
+the loop times of one round; the JSON keeps every measurement.
 """
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
-import torch
-from torch import nn
-
-from conftest import environment, synchronize
-from covseg_fast.inference.batch import screen_batch
-from covseg_fast.inference.screener import ScreenConfig, Screener, default_writers
-from covseg_fast.io import discover, read_case
-from covseg_fast.models.registry import ModelSpec, get_model, get_spec, prepare_input, register_model
-
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 REAL = ["ct/lung_pet_ct_dx_A0001/Lung_Dx-A0001_5mm_kernelL_LPS.nii.gz", "ct/lung_pet_ct_dx_A0001/dicom",
         "ct/cip_copdgene_ct64/ct-64_LPS.nii.gz", "ct/totalseg_ct_cropped/ct_cropped.nii.gz"]
+DONE = re.compile(r"(\d+) slices in ([\d.]+) s")
 
 
-class BenchConvNet(nn.Module):
-    """6 × (conv3×3 → ReLU) at 32 channels, then a 1×1 conv to one logit map."""
-
-    def __init__(self, in_channels: int = 3, width: int = 32, depth: int = 6):
-        super().__init__()
-        layers, c = [], in_channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
-            c = width
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, 1, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
+def shared_data() -> str:
+    return os.environ.get("COVSEG_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
 
 
-def _bench_convnet(**config) -> BenchConvNet:
-    return BenchConvNet(**({"width": 32, "depth": 6} if CUDA else {"width": 16, "depth": 4}), **config)
-
-
-register_model(ModelSpec(name="bench_convnet", builder=_bench_convnet, criterion=lambda **_: None,
-                         in_channels=3, input_size=(352, 352) if CUDA else (128, 128),
-                         description="benchmark-only conv net"))
-
-
-def _sources() -> list[str]:
-    """The real volumes of ../shared/data (COVSEG_SHARED_DATA), else the packaged demo volume (real CT,
-    downsampled) so the benchmark also runs on a machine without the data folder."""
-    d = os.environ.get("COVSEG_SHARED_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-    if os.path.isdir(d):
-        return [os.path.join(d, r) for r in REAL]
-    from covseg_fast.cli.screen import DEMO_VOLUME
-
-    return [DEMO_VOLUME]
-
-
-def _inputs(tmp_path, n_volumes: int) -> list[str]:
-    """``n_volumes`` inputs cycling over the real volumes (symlinked copies: distinct case ids)."""
-    real = _sources()
+def make_inputs(folder: str, n: int) -> list[str]:
+    """``n`` inputs cycling over the real volumes (symlinks, so each is its own case)."""
+    real = [os.path.join(shared_data(), r) for r in REAL]
+    missing = [p for p in real if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"bench_screening: real volumes missing ({', '.join(missing)}); set COVSEG_SHARED_DATA")
+    os.makedirs(folder, exist_ok=True)
     items = []
-    for i in range(n_volumes):
+    for i in range(n):
         src = real[i % len(real)]
-        name = f"v{i:04d}_" + (os.path.basename(src) if not os.path.isdir(src) else "dicom")
-        dst = tmp_path / "in" / name
-        dst.parent.mkdir(exist_ok=True)
+        dst = os.path.join(folder, f"v{i:03d}_" + ("dicom" if os.path.isdir(src) else os.path.basename(src)))
         os.symlink(src, dst)
-        items.append(str(dst))
+        items.append(dst)
     return items
 
 
-def test_screening_throughput(benchmark, tmp_path):
-    n = int(os.environ.get("COVSEG_BENCH_VOLUMES", "100" if CUDA else "4"))
-    batch = int(os.environ.get("COVSEG_BENCH_BATCH", "32" if CUDA else "16"))
-    workers = int(os.environ.get("COVSEG_BENCH_WORKERS", str(min(8, os.cpu_count() or 1)) if CUDA else "1"))
-    writers = int(os.environ.get("COVSEG_BENCH_WRITERS", str(default_writers())))
-    name = os.environ.get("COVSEG_BENCH_MODEL", "bench_convnet")
-    torch.manual_seed(0)
-    model = get_model(name).eval()
-    spec = get_spec(name)
-    inputs = _inputs(tmp_path, n)
+def model_only(checkpoint: str, backend: str, threads: int, batch: int, cache: str, inputs: list[str]) -> dict:
+    """In this (child) process: the backend as screen builds it, on the inputs' slices staged in memory."""
+    import torch
+
+    from covseg_fast.inference.backends import make_backend
+    from covseg_fast.inference.cpu_runtime import apply_threads, tune_allocator
+    from covseg_fast.inference.screener import ScreenConfig, Screener
+    from covseg_fast.io import discover, read_case
+    from covseg_fast.models.model_input import plane_adapter, resolve_input
+    from covseg_fast.models.registry import get_spec, model_from_checkpoint, read_checkpoint
+
+    tune_allocator()
+    apply_threads(threads)
+    payload = read_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload, checkpoint)
+    info = resolve_input(payload, checkpoint)
+    run = plane_adapter(make_backend(model, backend, "cpu", cache, batch_size=batch, size=info.size, threads=threads),
+                        info.plane)
+    cfg = ScreenConfig(out_dir=cache, window=info.window, input_size=info.size, batch_size=batch, progress=False)
+    scr = Screener(run, get_spec(model.covseg_name), cfg)
     cases, _ = discover(inputs)
-    assert len(cases) == n
-
-    # model-only ceiling: the same slices, pre-staged on the device, same batches
-    cfg = ScreenConfig(out_dir=str(tmp_path / "out"), batch_size=batch, workers=workers, device=DEVICE,
-                       writers=writers, progress=False)
-    scr = Screener(model, spec, cfg, {"model": name})
-    uniq = {}
-    for c in cases[: len(_sources())]:
-        x, _ = scr.to_model_slices(read_case(c.path, c.kind).data)
-        uniq[c.path] = x
-    staged = torch.cat([uniq[cases[i % len(uniq)].path] for i in range(min(n, len(uniq)))])
-    n_slices_total = sum(uniq[cases[i % len(uniq)].path].shape[0] for i in range(n))
-    scr._infer(staged[:batch])  # warm-up
-    synchronize(DEVICE)
+    staged = {}
+    for c in cases:
+        if os.path.realpath(c.path) not in staged:
+            staged[os.path.realpath(c.path)] = scr.to_model_slices(read_case(c.path, c.kind).data)[0]
+    slices = torch.cat([staged[os.path.realpath(c.path)] for c in cases])
+    scr._infer(slices[:batch])  # warm-up (onnxruntime and torch both plan on the first call)
     t0 = time.perf_counter()
-    done = 0
-    while done < n_slices_total:
-        for s in range(0, staged.shape[0], batch):
-            scr._infer(staged[s:s + batch])
-            done += min(batch, staged.shape[0] - s)
-            if done >= n_slices_total:
-                break
-    synchronize(DEVICE)
-    model_only_s = time.perf_counter() - t0
-    model_sps = n_slices_total / model_only_s
+    for s in range(0, slices.shape[0], batch):
+        scr._infer(slices[s:s + batch])
+    return {"loop_s": time.perf_counter() - t0, "slices": int(slices.shape[0]), "volumes": len(cases)}
 
-    def run_once():
-        shutil.rmtree(tmp_path / "out", ignore_errors=True)
-        return screen_batch(inputs, lambda: Screener(model, spec, cfg, {"model": name}), cfg)
 
-    code, res, summary = benchmark.pedantic(run_once, rounds=1, iterations=1)
-    # check the output after timing: every case written, slice count right, masks on the input grids
-    assert code == 0 and len(res.records) == n and res.slices == n_slices_total
-    assert all(os.path.isfile(tmp_path / "out" / f"{c.case_id}_infection.nii.gz") for c in cases)
-    e2e_sps = res.slices / summary["wall_s"]
-    benchmark.extra_info.update(environment())
-    benchmark.extra_info.update({
-        "provider": "screen vs model_only", "model": name, "input_size": list(spec.input_size),
-        "batch_size": batch, "workers": workers, "writers": writers, "volumes": n, "slices": n_slices_total,
-        "screen_volumes_per_min": 60 * n / summary["wall_s"], "screen_slices_per_s": e2e_sps,
-        "model_only_slices_per_s": model_sps, "model_only_volumes_per_min": 60 * n / model_only_s,
-        "screen_over_model_only": e2e_sps / model_sps, "stages": summary["stages"],
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if CUDA else None})
-    print(f"\n[bench_screening] {DEVICE}: {n} volumes, {n_slices_total} slices, model {name} "
-          f"{tuple(spec.input_size)}, batch {batch}, workers {workers}, writers {writers}\n"
-          f"  screen end to end: {60 * n / summary['wall_s']:.1f} volumes/min, {e2e_sps:.1f} slices/s\n"
-          f"  model only:        {60 * n / model_only_s:.1f} volumes/min, {model_sps:.1f} slices/s\n"
-          f"  ratio screen / model-only: {e2e_sps / model_sps:.2f}\n"
-          f"  {summary['stage_line']}")
+def _child(cmd: list[str], env: dict) -> tuple[float, str, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout, proc.stderr
+
+
+def measure(provider: str, args, threads: int, inputs: list[str], work: str, env: dict) -> dict:
+    load_before = os.getloadavg()
+    kind, _, backend = provider.partition("/")
+    cache = os.path.join(work, f"screen_{backend}")
+    if kind == "model_only":
+        wall, text, _ = _child([sys.executable, __file__, "--_model-only", backend, "--checkpoint", args.checkpoint,
+                             "--threads", str(threads), "--batch-size", str(args.batch_size), "--cache", cache,
+                             *inputs], env)
+        out = json.loads(text.strip().splitlines()[-1])
+    elif kind == "screen":
+        wall, stdout, stderr = _child([sys.executable, "-m", "covseg_fast", "screen", *inputs, "-o", cache, "--checkpoint",
+                             args.checkpoint, "--backend", backend, "--threads", str(threads), "--batch-size",
+                             str(args.batch_size), "--device", "cpu", "--no-progress", "--overwrite"], env)
+        text = stdout + stderr
+        slices, loop = DONE.search(text).groups()
+        stage = next((ln for ln in text.splitlines() if "stages (busy s)" in ln), "")
+        start = next((ln for ln in text.splitlines() if "inference thread" in ln), "")
+        out = {"loop_s": float(loop), "slices": int(slices), "volumes": len(inputs), "stage_line": stage,
+               "start_line": start}
+    else:
+        outdir = os.path.join(work, "monai")
+        shutil.rmtree(outdir, ignore_errors=True)
+        wall, text, _ = _child([sys.executable, os.path.join(HERE, "monai_screen.py"), *inputs, "-o", outdir,
+                             "--checkpoint", args.checkpoint, "--threads", str(threads), "--batch-size",
+                             str(args.batch_size)], env)
+        out = json.loads(text.strip().splitlines()[-1])
+    out.update(provider=provider, threads=threads, process_s=wall, load_before=load_before,
+               load_after=os.getloadavg(), volumes_per_min=60 * out["volumes"] / out["loop_s"],
+               slices_per_s=out["slices"] / out["loop_s"])
+    print(f"  {provider:>22} threads {threads}: {out['loop_s']:7.1f} s loop ({out['volumes_per_min']:6.1f} vol/min, "
+          f"{out['slices_per_s']:6.1f} slices/s), {wall:6.1f} s process, load {load_before[0]:.1f}", flush=True)
+    return out
+
+
+def environment(args) -> dict:
+    import numpy
+    import onnxruntime
+    import torch
+
+    def version(mod):
+        try:
+            return __import__(mod).__version__
+        except ImportError:
+            return None
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit.strip(),
+            "dirty": bool(dirty), "device": f"cpu ({cpu}, {os.cpu_count()} CPUs)", "python": sys.version.split()[0],
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+            "monai": version("monai"), "checkpoint": os.path.abspath(args.checkpoint),
+            "checkpoint_bytes": os.path.getsize(args.checkpoint)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default=os.path.join(ROOT, "covseg_fast", "assets", "demo_checkpoint.pt"))
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--volumes", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
+    ap.add_argument("--no-monai", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--_model-only", dest="model_only", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("inputs", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.model_only:
+        print(json.dumps(model_only(args.checkpoint, args.model_only, args.threads[0], args.batch_size, args.cache,
+                                    args.inputs)))
+        return 0
+    work = tempfile.mkdtemp(prefix="covseg_bench_")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("COVSEG_SCREEN_BACKEND", None)
+    inputs = make_inputs(os.path.join(work, "in"), args.volumes)
+    providers = [f"{k}/{b}" for b in args.backends for k in ("model_only", "screen")] + ([] if args.no_monai else
+                                                                                         ["monai"])
+    result = {"environment": environment(args), "volumes": args.volumes, "batch_size": args.batch_size,
+              "inputs": REAL, "measurements": []}
+    print(f"bench_screening: {args.volumes} volumes, threads {args.threads}, checkpoint {args.checkpoint}")
+    for b in args.backends:  # the one-off export (cached in the output folder) is not what a rate measures
+        measure(f"screen/{b}", args, args.threads[0], inputs[:1], work, env)
+    for rnd in range(args.rounds):
+        for threads in args.threads:
+            for p in providers:
+                m = measure(p, args, threads, inputs, work, env)
+                m["round"] = rnd
+                result["measurements"].append(m)
+                if args.json:  # after every measurement: a run stopped early keeps what it measured
+                    with open(args.json, "w") as fh:
+                        json.dump(result, fh, indent=1)
+    result["ratios"] = ratios(result["measurements"])
+    for line in result["ratios"]:
+        print("  " + json.dumps(line))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def ratios(ms: list[dict]) -> list[dict]:
+    """Per round and thread count: screen / model-only per backend, and each screen against the MONAI script."""
+    out = []
+    for key in sorted({(m["round"], m["threads"]) for m in ms}):
+        by = {m["provider"]: m for m in ms if (m["round"], m["threads"]) == key}
+        row = {"round": key[0], "threads": key[1]}
+        for p, m in by.items():
+            if p.startswith("screen/"):
+                b = p.split("/")[1]
+                if f"model_only/{b}" in by:
+                    row[f"{b}: screen / model-only"] = round(m["slices_per_s"] / by[f"model_only/{b}"]["slices_per_s"], 3)
+                if "monai" in by:
+                    row[f"{b}: screen / monai (volumes/min)"] = round(m["volumes_per_min"] / by["monai"]["volumes_per_min"], 3)
+        out.append(row)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

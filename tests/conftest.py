@@ -43,3 +43,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "compile" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _screen_backend_torch(request, monkeypatch):
+    """`covseg screen` runs eager torch in tests (as ``--backend torch``) unless a test is marked
+    ``default_backend``: the default ``auto`` exports the model to ONNX in every new output folder (seconds per
+    test, and a ``.covseg_cache`` folder the output-folder tests do not expect). The backends themselves, the
+    ``auto`` default included, are tested in tests/inference/test_backends.py."""
+    if "default_backend" not in request.keywords:
+        monkeypatch.setenv("COVSEG_SCREEN_BACKEND", "torch")

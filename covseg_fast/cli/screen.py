@@ -12,10 +12,12 @@ import logging
 import os
 
 # torch-free (--help stays fast): the options' home, shared with the Python API
-from ..inference.screen_run import DEFAULT_DECODE_TIMEOUT_S, DEMO_CHECKPOINT, DEMO_VOLUME  # noqa: F401
+from ..inference.screen_run import (BACKEND_ENV, BACKENDS, CPU_BATCH, CUDA_BATCH, DEFAULT_DECODE_TIMEOUT_S,  # noqa: F401
+                                    DEMO_CHECKPOINT, DEMO_VOLUME, default_backend)
 from .input_options import add_device_option, add_input_size_option, add_tta_option, add_window_option
 
 log = logging.getLogger("covseg.screen")
+BACKEND_CHOICES = BACKENDS  # = inference.backends.CHOICES (a test checks; not imported: --help stays fast)
 
 
 def add_parser(sub) -> None:
@@ -26,11 +28,19 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="output directory (default: covseg_screen_out)")
     p.add_argument("--checkpoint", help="checkpoint written by covseg train (save_checkpoint)")
     p.add_argument("--model", help="expected model name in the checkpoint (checked)")
-    p.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
-                   help="how the model runs: eager torch (fused ops), torch.compile, onnxruntime or TensorRT "
-                   "(exported once into OUTPUT/.covseg_cache)")
+    backend = default_backend()
+    p.add_argument("--backend", choices=BACKENDS, default=backend,
+                   help=f"how the model runs (${BACKEND_ENV} sets the default): auto (onnxruntime on a CPU when "
+                   "installed, else eager torch; on CUDA TensorRT, else torch.compile, else torch), eager torch "
+                   "(fused ops), torch.compile, onnxruntime or TensorRT (exported once into OUTPUT/.covseg_cache, "
+                   "reused for the same checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the model (torch and onnxruntime "
+                   "intra-op threads; default: every CPU this process may use); decoding workers and writers run "
+                   "one compute thread each")
     add_device_option(p)
-    p.add_argument("--batch-size", type=int, default=16, help="slices per model batch (across volumes)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per model batch, across volumes (default "
+                   f"{CPU_BATCH} on a CPU, the fastest there and half the memory of 16: "
+                   f"benchmarks/results/cpu_layout_batch_1thread.json; {CUDA_BATCH} on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (0: in the main process)")
     p.add_argument("--decode-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a case whose decoding (reading + anatomy) takes longer, stop its stuck worker "
@@ -109,7 +119,7 @@ def options(args) -> "ScreenOptions":
         raise UsageError(str(exc)) from None
     return ScreenOptions(
         checkpoint=args.checkpoint, model=args.model, demo=args.demo, backend=args.backend, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, decode_timeout=args.decode_timeout, writers=args.writers,
+        threads=args.threads, batch_size=args.batch_size, workers=args.workers, decode_timeout=args.decode_timeout, writers=args.writers,
         window=args.window, threshold=args.threshold, input_size=size, tta=args.tta, shard=args.shard,
         resume=args.resume, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         save_unrestricted_mask=args.save_unrestricted_mask, save_lung_mask=args.save_lung_mask,

@@ -25,6 +25,7 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1  # one graph runs at a time (ORT_SEQUENTIAL): no second pool
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:

@@ -9,7 +9,9 @@ capability) and the TensorRT version, so a change in any of them builds a new en
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+CHOICES = ("auto", *BACKENDS)  # what --backend accepts
 TENSORRT_PRECISION = "bf16"
 DEFAULT_MAX_BATCH = 32  # TensorRT profile when the caller does not say its batch size
 
@@ -47,6 +50,20 @@ class RunnerModule(nn.Module):
                         "to make_backend to build for it", self.backend_name, x.shape[0], self.max_batch)
             self._warned = True
         return torch.cat([self.runner(part) for part in x.split(self.max_batch)])
+
+
+class ChannelsLast(nn.Module):
+    """Runs ``model`` with its weights and each (B, C, H, W) input in channels_last memory format."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        for attr in ("covseg_name", "covseg_config"):  # the registry attributes pass through
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 def _artifact(model: nn.Module, cache_dir: str, suffix: str) -> str:
@@ -94,14 +111,50 @@ def _tensorrt_backend(model: nn.Module, onnx_path: str, cache_dir: str, batch_si
     return RunnerModule(te.TensorRTRunner(engine_path), "tensorrt", max_batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class BackendChoice:
+    """The backend a run uses, and why (``auto`` resolved, or as asked)."""
+
+    name: str
+    reason: str
+    auto: bool = False
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend(requested: str, device: str) -> BackendChoice:
+    """``auto`` → the fastest backend installed for ``device``; anything else is taken as asked.
+
+    CPU: onnxruntime (2.8× eager torch end to end on the shipped model, masks identical; benchmarks/README.md),
+    when onnxruntime and the ONNX exporter (onnx, onnxscript) are installed, else torch. CUDA: TensorRT when
+    installed, else torch.compile when Triton is, else eager torch.
+    """
+    if requested != "auto":
+        return BackendChoice(requested, "as asked (--backend)")
+    if device.startswith("cuda"):
+        if _installed("tensorrt"):
+            return BackendChoice("tensorrt", "auto: CUDA device and TensorRT installed", True)
+        if _installed("triton"):
+            return BackendChoice("compile", "auto: CUDA device, Triton installed, no TensorRT", True)
+        return BackendChoice("torch", "auto: CUDA device, neither TensorRT nor Triton installed", True)
+    missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if not _installed(m)]
+    if not missing:
+        return BackendChoice("onnxruntime", "auto: CPU and onnxruntime installed", True)
+    return BackendChoice("torch", f"auto: CPU, {', '.join(missing)} not installed (pip install "
+                         "'covseg_fast[export]' for the faster onnxruntime backend)", True)
+
+
 def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str, *, batch_size: Optional[int] = None,
-                 size: Optional[Sequence[int]] = None) -> nn.Module:
+                 size: Optional[Sequence[int]] = None, threads: Optional[int] = None) -> nn.Module:
     """The module the screener calls for ``backend`` (one of BACKENDS).
 
     Args:
         batch_size: the largest batch the caller sends (``--batch-size``); the TensorRT engine is built for
             batches 1..batch_size (default 32; larger batches then run in chunks).
         size: (H, W) the caller sends to TensorRT (default: the model's input size).
+        threads: onnxruntime's intra-op threads (default: onnxruntime's own choice, one per core).
     Raises:
         ValueError: unknown backend, TensorRT asked for without a CUDA device, or batch_size < 1.
         RuntimeError: the backend's runtime is missing (message says what to install) or cannot build.
@@ -114,7 +167,8 @@ def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str, *,
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     model = model.eval()
     if backend == "torch":
-        return model
+        # eager convolutions on a CPU run about 2× faster channels_last (benchmarks/results/cpu_layout_batch_*.json)
+        return ChannelsLast(model) if device == "cpu" else model
     if backend == "compile":
         # CUDA graphs pay off for the small deep levels, which are launch-bound (KERNELS.md §9).
         mode = "max-autotune-no-cudagraphs" if device == "cpu" else "reduce-overhead"
@@ -127,5 +181,5 @@ def make_backend(model: nn.Module, backend: str, device: str, cache_dir: str, *,
         report = export_onnx(model, onnx_path)
         log.info("%s", report.summary())
     if backend == "onnxruntime":
-        return RunnerModule(OnnxRuntimeRunner(onnx_path, device=device), backend)
+        return RunnerModule(OnnxRuntimeRunner(onnx_path, device=device, threads=threads), backend)
     return _tensorrt_backend(model, onnx_path, cache_dir, batch_size, size)

@@ -41,6 +41,7 @@ import torch
 
 from ..io import Case, read_case
 from .anatomy import compute_anatomy
+from .cpu_runtime import single_threaded_worker
 from .errors import WorkersUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ WORKERS_UNAVAILABLE = ("decoding worker processes die as soon as they start (a p
                        "can be decoded; rerun with --workers 0 (decoding in the main process), adding --resume to keep "
                        "the cases screened so far")
 PARENT_POLL_S = 1.0
+STOP_POLL_S = 0.1  # how soon a stopped generator notices while it waits for a worker
 
 
 def decode_case(case: Case) -> dict:
@@ -78,8 +80,10 @@ def reason(exc: BaseException) -> str:
 
 
 def _worker_init(main_pid: int) -> None:
-    """Runs first in every worker: ignore Ctrl-C (the main process answers it); exit when the main process dies."""
+    """Runs first in every worker: ignore Ctrl-C (the main process answers it); exit when the main process dies;
+    one compute thread (the cores belong to inference: cpu_runtime)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded_worker()
     parent = os.getppid()  # the main process (fork, spawn) or the forkserver
     if sys.platform.startswith("linux"):
         try:
@@ -128,6 +132,29 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
+class _Stopped(Exception):
+    """The consumer asked the generator to stop (``stop`` set) while it waited for a worker."""
+
+
+def _result(fut, deadline: float | None, stop: threading.Event | None):
+    """``fut.result()`` by ``deadline`` (time.monotonic; None: none), polling ``stop`` every STOP_POLL_S.
+
+    Raises:
+        concurrent.futures.TimeoutError: the deadline passed. _Stopped: ``stop`` was set.
+    """
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if stop is None:
+            return fut.result(timeout=left)
+        if stop.is_set():
+            raise _Stopped()
+        try:
+            return fut.result(timeout=STOP_POLL_S if left is None else min(left, STOP_POLL_S))
+        except cf.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
 def timed_out(timeout_s: float) -> str:
     return (f"decoding took longer than {timeout_s:g} s (--decode-timeout): the decoder was stuck on this input "
             "(or it is too large for that limit); its worker was stopped and the batch went on")
@@ -142,15 +169,19 @@ def kill_workers(pool: cf.ProcessPoolExecutor) -> None:
             pass  # already gone
 
 
-def decoded_in_order(cases: list[Case], workers: int, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Iterator[dict]:
+def decoded_in_order(cases: list[Case], workers: int, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                     stop: threading.Event | None = None) -> Iterator[dict]:
     """Decoded cases (see :func:`decode_case`) in input order; ``workers`` ≤ 0 decodes in this process.
 
     Each yielded dict holds ``case`` and either ``volume``/``anatomy`` or ``error`` (one line). With workers,
     a case the batch waits for longer than ``timeout_s`` (None or ≤ 0: no limit) fails with
-    :func:`timed_out`'s reason and its worker is killed.
+    :func:`timed_out`'s reason and its worker is killed. Once ``stop`` is set, the generator ends within
+    ``STOP_POLL_S`` of waiting for a worker (and kills the workers), as when it is closed.
     """
     if workers <= 0:
         for c in cases:
+            if stop is not None and stop.is_set():
+                return
             yield decode_case(c)
         return
     limit = timeout_s if timeout_s and timeout_s > 0 else None
@@ -220,7 +251,9 @@ def decoded_in_order(cases: list[Case], workers: int, timeout_s: float | None = 
             if waiting[0] is not fut:
                 waiting[:] = [fut, time.monotonic()]
             try:
-                out = fut.result(timeout=None if limit is None else max(0.0, waiting[1] + limit - time.monotonic()))
+                out = _result(fut, None if limit is None else waiting[1] + limit, stop)
+            except _Stopped:
+                return
             except cf.TimeoutError:
                 kill_workers(pool)
                 yield from after_break(stuck=c)

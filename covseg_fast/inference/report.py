@@ -16,7 +16,7 @@ SUMMARY_COLUMNS = ["case_id", "status", "resumed", "path", "slices",
                    "infected_ml", "infected_right_ml", "infected_left_ml",
                    "burden_pct", "burden_right_pct", "burden_left_pct", "burden_trustworthy",
                    "excluded_outside_lung_ml", "lung_checks_passed", "warnings",
-                   "model", "model_parameters", "training_data", "licence", "device", "backend",
+                   "model", "model_parameters", "training_data", "licence", "device", "backend", "threads",
                    "decision", "threshold", "window_hu", "time_s", "mask", "note"]
 CLASS_COLUMN_AFTER = "excluded_outside_lung_ml"  # per-class columns of multi-class models go after this one
 FAILURE_COLUMNS = ["case_id", "path", "reason"]

@@ -20,10 +20,18 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 DEMO_VOLUME = os.path.join(ASSETS, "demo_ct.nii.gz")
 DEMO_CHECKPOINT = os.path.join(ASSETS, "demo_checkpoint.pt")
 DEFAULT_DECODE_TIMEOUT_S = 600.0  # = decoding.DEFAULT_TIMEOUT_S (not imported: parsing stays torch-free)
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")  # = backends.CHOICES
+BACKEND_ENV = "COVSEG_SCREEN_BACKEND"  # the --backend default when set (e.g. a site that wants eager torch)
+CPU_BATCH, CUDA_BATCH = 8, 16  # batch-size defaults (benchmarks/results/cpu_layout_batch_1thread.json)
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 REPORT_FORMATS = ("json", "csv", "both")
 TTA_MODES = ("none", "hflip", "flips")
+
+
+def default_backend() -> str:
+    """``$COVSEG_SCREEN_BACKEND`` when it names a backend, else ``auto``."""
+    value = os.environ.get(BACKEND_ENV) or "auto"
+    return value if value in BACKENDS else "auto"  # a bad value must not break --help
 
 
 @dataclasses.dataclass
@@ -33,9 +41,10 @@ class ScreenOptions:
     checkpoint: Optional[str] = None
     model: Optional[str] = None            # expected model name (checked)
     demo: bool = False                     # the shipped demo checkpoint (and demo volume when no inputs)
-    backend: str = "torch"
+    backend: Optional[str] = None           # None: default_backend() (auto unless $COVSEG_SCREEN_BACKEND)
     device: str = "auto"
-    batch_size: int = 16
+    threads: Optional[int] = None           # model threads; None: every CPU this process may use
+    batch_size: Optional[int] = None        # None: CPU_BATCH on a CPU, CUDA_BATCH on CUDA
     workers: int = 2
     decode_timeout: Optional[float] = None  # seconds; None: DEFAULT_DECODE_TIMEOUT_S; 0: no limit
     writers: Optional[int] = None           # None: min(4, CPUs)
@@ -102,11 +111,7 @@ def demo_checkpoint() -> str:
 
 
 def _check(inputs: list[str], o: ScreenOptions) -> tuple[list[str], str]:
-    """(inputs, checkpoint) after the checks that need nothing loaded."""
-    from ..models.registry import MODELS
-
-    if o.model is not None and o.model not in MODELS:
-        raise UsageError(f"--model {o.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
+    """(inputs, checkpoint) after the checks that need nothing loaded (torch is imported only for --model)."""
     for name, value, allowed in (("backend", o.backend, BACKENDS), ("output-format", o.output_format, OUTPUT_FORMATS),
                                  ("report-format", o.report_format, REPORT_FORMATS), ("tta", o.tta, TTA_MODES)):
         if value not in allowed:
@@ -123,8 +128,11 @@ def _check(inputs: list[str], o: ScreenOptions) -> tuple[list[str], str]:
     if checkpoint is None:
         raise UsageError("--checkpoint is required (a model without trained weights cannot screen); "
                          "--demo screens with the shipped demo weights")
-    if o.batch_size < 1 or o.workers < 0 or (o.writers is not None and o.writers < 1):
+    if ((o.batch_size is not None and o.batch_size < 1) or o.workers < 0
+            or (o.writers is not None and o.writers < 1)):
         raise UsageError("--batch-size must be ≥ 1, --workers ≥ 0 and --writers ≥ 1")
+    if o.threads is not None and o.threads < 1:
+        raise UsageError(f"--threads must be ≥ 1, got {o.threads}")
     if o.decode_timeout is not None and not o.decode_timeout >= 0:
         raise UsageError(f"--decode-timeout must be ≥ 0 seconds (0: no limit), got {o.decode_timeout}")
     if o.decode_timeout and o.workers == 0:
@@ -132,6 +140,11 @@ def _check(inputs: list[str], o: ScreenOptions) -> tuple[list[str], str]:
                     "stopped): a stuck decoder would stop the batch; use --workers 1 or more")
     if not 0.0 < o.threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {o.threshold}")
+    if o.model is not None:
+        from ..models.registry import MODELS  # imports torch: after the checks that answer at once
+
+        if o.model not in MODELS:
+            raise UsageError(f"--model {o.model!r}: unknown model; known models: {', '.join(sorted(MODELS))}")
     return inputs, checkpoint
 
 
@@ -145,12 +158,15 @@ def run_screen(inputs: list[str], output: Optional[str], options: ScreenOptions)
     from .batch import screen_batch
     from .screener import ScreenConfig, default_writers
 
-    o = options
+    from .cpu_runtime import apply_threads, inference_threads, tune_allocator
+
+    o = dataclasses.replace(options, backend=options.backend or default_backend())
     inputs, checkpoint = _check(list(inputs), o)
     payload, model_input = read_model_input(checkpoint, o.input_size, o.window)
     log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
              model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
     device = resolve_device(o.device)
+    o = dataclasses.replace(o, batch_size=o.batch_size or (CPU_BATCH if device == "cpu" else CUDA_BATCH))
     out_dir = output or ("covseg_demo_out" if o.demo else "covseg_screen_out")
     cfg = ScreenConfig(out_dir=out_dir, window=model_input.window, input_size=model_input.size,
                        threshold=o.threshold, batch_size=o.batch_size, workers=o.workers, device=device,
@@ -160,22 +176,29 @@ def run_screen(inputs: list[str], output: Optional[str], options: ScreenOptions)
                        decode_timeout_s=DEFAULT_DECODE_TIMEOUT_S if o.decode_timeout is None else o.decode_timeout,
                        writers=default_writers() if o.writers is None else o.writers)
 
+    threads = inference_threads(o.threads)
+    allocator = tune_allocator()  # before the model allocates anything (cpu_runtime: why, and the off-switch)
+    apply_threads(threads)
+
     def factory():
-        return build_screener(payload, checkpoint, model_input, o, cfg, os.path.join(out_dir, ".covseg_cache"))
+        return build_screener(payload, checkpoint, model_input, o, cfg, os.path.join(out_dir, ".covseg_cache"),
+                              threads=threads, allocator=allocator)
 
     return screen_batch(inputs, factory, cfg, resume=o.resume, overwrite=o.overwrite, shard=o.shard,
                         allow_output_in_input=o.allow_output_in_input, report_format=o.report_format)
 
 
-def build_screener(payload: dict, checkpoint: str, model_input, options: ScreenOptions, config, cache_dir: str):
+def build_screener(payload: dict, checkpoint: str, model_input, options: ScreenOptions, config, cache_dir: str,
+                   threads: Optional[int] = None, allocator: bool = False):
     """The :class:`~.screener.Screener` of ``checkpoint`` (its ``payload`` read) run as ``options`` say (model
-    check, backend, TTA) on ``config.device``; exported backends keep their engines in ``cache_dir``.
-    Raises UsageError (a checkpoint that does not fit, a backend that cannot run)."""
+    check, backend, TTA) on ``config.device`` with ``threads`` model threads; exported backends keep their
+    engines in ``cache_dir``. Raises UsageError (a checkpoint that does not fit, a backend that cannot run)."""
     from .. import __version__
     from ..models.model_input import plane_adapter
     from ..models.registry import CheckpointError, get_spec, model_from_checkpoint
     from ..models.tta import with_tta
-    from .backends import make_backend
+    from .backends import resolve_backend
+    from .cpu_runtime import inference_threads
     from .model_info import model_record
     from .screener import Screener
 
@@ -184,12 +207,32 @@ def build_screener(payload: dict, checkpoint: str, model_input, options: ScreenO
         model = model_from_checkpoint(payload, checkpoint, expect=o.model)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": o.backend,
-            "tta": o.tta, **model_input.as_record()}
-    try:
-        runnable = make_backend(model, o.backend, config.device, cache_dir, batch_size=o.batch_size,
-                                size=model_input.size)
-    except (ValueError, RuntimeError) as exc:
-        raise UsageError(f"--backend {o.backend}: {exc}") from None
+    threads = threads or inference_threads(o.threads)
+    batch_size = o.batch_size or (CPU_BATCH if config.device == "cpu" else CUDA_BATCH)
+    choice = resolve_backend(o.backend or default_backend(), config.device)
+    runnable, choice = _build_backend(model, choice, config.device, cache_dir, threads, model_input.size, batch_size)
+    log.info("model %s (%s, %s parameters); device %s; backend %s (%s); %d inference thread(s), %d decoding "
+             "worker(s), %d writer(s); glibc allocator tuning %s", model.covseg_name, checkpoint,
+             f"{sum(p.numel() for p in model.parameters()):,}", config.device, choice.name, choice.reason, threads,
+             config.workers, config.writers, "on" if allocator else "off")
+    meta = {**model_record(model, checkpoint, payload), "covseg_version": __version__, "backend": choice.name,
+            "backend_reason": choice.reason, "threads": threads, "tta": o.tta, **model_input.as_record()}
     runnable = plane_adapter(runnable, model_input.plane)  # slices as the model was trained on them
     return Screener(with_tta(runnable, o.tta), get_spec(model.covseg_name), config, meta)
+
+
+def _build_backend(model, choice, device: str, cache_dir: str, threads: int, size, batch_size: int):
+    """(runnable module, the backend actually used): a backend ``auto`` chose that cannot start falls back to
+    eager torch with a warning; one the user named is a usage error."""
+    from .backends import BackendChoice, make_backend
+
+    try:
+        return make_backend(model, choice.name, device, cache_dir, batch_size=batch_size, size=size,
+                            threads=threads), choice
+    except Exception as exc:  # noqa: BLE001  (auto: whatever stops an export, eager torch still serves)
+        if not choice.auto:
+            if isinstance(exc, (ValueError, RuntimeError)):
+                raise UsageError(f"--backend {choice.name}: {exc}") from None
+            raise
+        log.warning("--backend auto: %s cannot run here (%s); using eager torch", choice.name, exc)
+        return model, BackendChoice("torch", f"auto: {choice.name} failed ({exc})", True)

@@ -6,8 +6,9 @@ Stages (each overlaps the others):
    into a canonical :class:`~covseg_fast.io.Volume` and compute its anatomy (body, right/left lung, the
    margin where infection counts, plausibility checks: :mod:`.anatomy`); a worker that dies (out of
    memory, a decoder crash) is replaced and only the case that kills it again, alone, fails;
-2. device — the HU volume goes to the device (pinned memory, non-blocking copy on CUDA), where the slices
-   are put in display orientation, windowed, resized to the model's input size and normalised;
+2. device — in a thread of its own (:mod:`.prefetch`), one case ahead of the inference loop: the HU volume
+   goes to the device (pinned memory, non-blocking copy on CUDA), where the slices are put in display
+   orientation, windowed, resized to the model's input size and normalised;
 3. inference — slices from ANY number of volumes are packed into fixed-size batches (bf16 autocast on
    CUDA); probabilities (sigmoid of one logit channel, or softmax over K classes) return to per-case
    buffers on the device; a finished case is resized back to its slice size, thresholded (one channel) or
@@ -47,11 +48,13 @@ from .decoding import DEFAULT_TIMEOUT_S, decoded_in_order, reason as _reason
 from .errors import ScreenInterrupted
 from .output_folder import OutputPlan
 from .outputs import write_case
+from .prefetch import Prefetch
 from .progress import logs_through, progress_bar
 from .stage_times import StageTimes
 
 log = logging.getLogger(__name__)
 POST_CHUNK = 32  # slices resized back and classified at a time
+PREP_CHUNK = 32  # slices windowed and resized at a time
 
 
 def default_writers() -> int:
@@ -146,21 +149,33 @@ class Screener:
 
     # ---------------------------------------------------------------- device stage
     def to_model_slices(self, data: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(X, Y, Z) canonical HU → (Z, C, H, W) model input on the device, plus the display-plane size."""
+        """(X, Y, Z) canonical HU → (Z, C, H, W) model input on the device, plus the display-plane size.
+
+        ``PREP_CHUNK`` slices at a time (each slice's result is the same), so the only full-size float
+        arrays are the input and the model-size result: no flipped or windowed copy of the whole volume.
+        """
         t = torch.from_numpy(data)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
-        # display orientation: flip X (→ patient left) and Y (→ posterior), slices first: (Z, Y, X)
-        t = t.flip(0, 1).permute(2, 1, 0)
         lo, hi = self.cfg.window
-        grey = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0).unsqueeze(1)
-        plane = (grey.shape[2], grey.shape[3])
+        plane = (t.shape[1], t.shape[0])  # display plane: rows along Y, columns along X
         size = tuple(self.cfg.input_size or self.spec.input_size)
-        if plane != size:
-            down = plane[0] > size[0] or plane[1] > size[1]
-            grey = F.interpolate(grey, size=size, mode="bilinear", align_corners=False, antialias=down)
-            grey = grey.clamp_(0.0, 1.0)
-        return prepare_input(grey, self.spec), plane
+        out = None
+        for s in range(0, t.shape[2], PREP_CHUNK):
+            # display orientation: flip X (→ patient left) and Y (→ posterior), slices first: (Z, Y, X)
+            part = t[:, :, s:s + PREP_CHUNK].flip(0, 1).permute(2, 1, 0)
+            grey = ((part - lo) / (hi - lo)).clamp_(0.0, 1.0).unsqueeze(1)
+            if plane != size:
+                down = plane[0] > size[0] or plane[1] > size[1]
+                grey = F.interpolate(grey, size=size, mode="bilinear", align_corners=False, antialias=down)
+                grey = grey.clamp_(0.0, 1.0)
+            x = prepare_input(grey, self.spec)
+            if out is None:
+                out = torch.empty((t.shape[2], *x.shape[1:]), dtype=x.dtype, device=x.device)
+            out[s:s + x.shape[0]] = x
+        if out is None:
+            raise ValueError(f"a volume of shape {tuple(t.shape)} has no slices")
+        return out, plane
 
     def from_model_probs(self, prob: torch.Tensor, plane: tuple[int, int]) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(Z, K, H, W) probabilities → (classes, probability) on the canonical grid (X, Y, Z).
@@ -226,21 +241,24 @@ class Screener:
         write_q: queue.Queue = queue.Queue(maxsize=max(4, n_writers))
         lock = threading.Lock()
         bar = progress_bar(len(cases), self.cfg.progress)
-        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar, t0), daemon=True,
+        writers = [threading.Thread(target=self._writer, args=(write_q, res, lock, bar), daemon=True,
                                     name=f"covseg-writer-{i}") for i in range(n_writers)]
         for w in writers:
             w.start()
         interrupted = False
-        decoded = decoded_in_order(cases, self.cfg.workers, self.cfg.decode_timeout_s)
+        stop = threading.Event()
+        prepared = Prefetch(decoded_in_order(cases, self.cfg.workers, self.cfg.decode_timeout_s, stop),
+                            self.to_model_slices, stop, _reason).start()
         logs = contextlib.ExitStack()  # until the bar closes: the writers log while they drain, too
         logs.enter_context(logs_through(bar))
         try:
-            self._produce(decoded, res, lock, write_q, bar)
+            self._produce(prepared, res, lock, write_q, bar)
         except KeyboardInterrupt:
             interrupted = True
             _drop_queued(write_q)
         finally:
-            decoded.close()  # now, not when garbage-collected: an early stop kills the decoding workers
+            prepared.stop()  # now, not when garbage-collected: an early stop kills the decoding workers
+            res.stages.device_s += prepared.busy_s
             t_drain = time.perf_counter()
             for _ in writers:
                 write_q.put(None)  # one stop mark per writer, after every case
@@ -248,8 +266,7 @@ class Screener:
                 w.join()
             res.stages.drain_s = time.perf_counter() - t_drain
             res.wall_s = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
+            bar.close()
             logs.close()
         order = {c.case_id: i for i, c in enumerate(cases)}
         if interrupted:
@@ -258,14 +275,13 @@ class Screener:
         res.failures.sort(key=lambda r: order.get(r["case_id"], len(order)))
         return res
 
-    def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar) -> None:
+    def _fail(self, res: ScreenResult, lock: threading.Lock, case: Case, reason: str, bar, decoded: bool = True) -> None:
         log.warning("FAILED %s (%s): %s", case.case_id, case.path, reason)
         with lock:
             res.failures.append({"case_id": case.case_id, "status": "failed", "path": case.path, "reason": reason})
-            if bar is not None:
-                bar.update(1)
+        bar.volume_finished(decoded)
 
-    def _produce(self, decoded, res, lock, write_q, bar) -> None:
+    def _produce(self, prepared: Prefetch, res, lock, write_q, bar) -> None:
         pending: collections.deque[_Pending] = collections.deque()
         bs = self.cfg.batch_size
         queued = 0  # slices waiting for a batch
@@ -305,30 +321,25 @@ class Screener:
                     st.prob[start:start + take] = probs[off:off + take]
                     off += take
                     st.done += take
+                bar.inferred(off)
             st_times.inference_s += clock() - t_inf
             while pending and pending[0].done == pending[0].slices.shape[0]:
                 self._finish(pending.popleft(), res, lock, write_q, bar)
 
         while True:
             t_wait = clock()
-            item = next(decoded, None)  # blocks while the next case is still being decoded
+            item = prepared.next_item()  # blocks while the next case is still being decoded or prepared
             st_times.starved_s += clock() - t_wait
             if item is None:
                 break
             case = item["case"]
             st_times.decode_s += item.get("decode_s", 0.0)
             if "error" in item:
-                self._fail(res, lock, case, item["error"], bar)
+                self._fail(res, lock, case, item["error"], bar, decoded=False)
                 continue
-            t_dev = clock()
-            try:
-                x, plane = self.to_model_slices(item["volume"].data)
-            except Exception as exc:
-                self._fail(res, lock, case, f"preprocessing failed: {_reason(exc)}", bar)
-                continue
-            finally:
-                st_times.device_s += clock() - t_dev
+            x, plane = item.pop("x"), item.pop("plane")
             item["t_dequeued"] = time.perf_counter()
+            bar.decoded(x.shape[0])
             pending.append(_Pending(item, x, plane))
             queued += x.shape[0]
             while queued >= bs:
@@ -358,7 +369,7 @@ class Screener:
         write_q.put(item)  # blocks while the writers are behind (back-pressure)
         res.stages.backpressure_s += time.perf_counter() - t_put
 
-    def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar, t0: float) -> None:
+    def _writer(self, write_q: queue.Queue, res: ScreenResult, lock, bar) -> None:
         while True:
             item = write_q.get()
             if item is None:
@@ -389,10 +400,7 @@ class Screener:
                     res.records.append(rec)
                     res.slices += rec["slices"]
                     res.stages.write_s += time.perf_counter() - t_w
-                    if bar is not None:
-                        el = time.perf_counter() - t0
-                        bar.set_postfix_str(f"{len(res.records) / el:.2f} vol/s, {res.slices / el:.1f} slices/s")
-                        bar.update(1)
+                bar.volume_finished()
             except Exception as exc:
                 with lock:
                     res.stages.write_s += time.perf_counter() - t_w

@@ -10,10 +10,11 @@ class StageTimes:
 
     Busy time per stage, summed over cases: ``decode_s`` (reading + lung mask, in the worker
     processes, so it can exceed the wall time with several workers), ``device_s`` (to the device,
-    windowing, resizing, normalising), ``inference_s`` (batching and the model), ``postprocess_s``
+    windowing, resizing, normalising: in the preparation thread, one case ahead of the inference loop, so
+    not part of the loop's time), ``inference_s`` (batching and the model), ``postprocess_s``
     (resizing back, to the host, thresholding) and ``write_s`` (all outputs of a case, summed over the
     writer threads). The inference loop (the main thread) additionally waited ``starved_s`` for a
-    decoded case, ``backpressure_s`` for room in the write queue and, after its last batch,
+    decoded and prepared case, ``backpressure_s`` for room in the write queue and, after its last batch,
     ``drain_s`` for the writers to finish. On CUDA the device stages run asynchronously: their host
     times hold kernel launches, and the GPU's own time surfaces wherever the loop first waits for it
     (mostly the copy of a finished case to the host, counted in ``postprocess_s``).
@@ -34,15 +35,15 @@ class StageTimes:
     def loop_shares(self) -> dict[str, float]:
         """The inference loop's waits and device stages, seconds each: what its wall time consisted of.
 
-        ``decode`` is the time it was starved (``decode_s`` itself too when decoding runs in the loop,
-        ``workers=0``), ``write`` its back-pressure and final drain; on CUDA the asynchronous device
-        stages are one share, ``gpu``.
+        ``decode`` is the time it was starved for input (decoding, or preparation when that is slower),
+        ``write`` its back-pressure and final drain; on CUDA the asynchronous device stages are one share,
+        ``gpu``. The preparation (``device_s``) runs in its own thread: it shows here only as starvation.
         """
         shares = {"decode": self.starved_s, "write": self.backpressure_s + self.drain_s}
         if self.device.startswith("cuda"):
-            shares["gpu"] = self.device_s + self.inference_s + self.postprocess_s
+            shares["gpu"] = self.inference_s + self.postprocess_s
         else:
-            shares.update(device=self.device_s, inference=self.inference_s, postprocess=self.postprocess_s)
+            shares.update(inference=self.inference_s, postprocess=self.postprocess_s)
         return shares
 
     @property

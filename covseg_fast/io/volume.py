@@ -68,12 +68,11 @@ class Volume:
         return np.ascontiguousarray(out)
 
 
-def canonicalize(data: np.ndarray, affine: np.ndarray, *, path: str, fmt: str,
-                 header: Optional[Any] = None) -> Volume:
-    """Bring a 3-D array with its voxel→RAS affine to the closest canonical RAS+ frame.
+def canonical_frame(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(ornt, canonical affine, spacing) of a 3-D grid of ``shape`` with voxel→RAS ``affine``.
 
-    Works for any orientation incl. oblique affines (the closest axes are chosen with
-    ``nibabel.io_orientation``; the data are permuted/flipped, never resampled).
+    ``ornt`` (nibabel: row i = target axis and flip of input axis i) brings the grid to the closest canonical
+    RAS+ frame, for any orientation incl. oblique affines (``nibabel.io_orientation``; never a resampling).
 
     Raises:
         VolumeError: the affine is singular or not finite.
@@ -82,12 +81,24 @@ def canonicalize(data: np.ndarray, affine: np.ndarray, *, path: str, fmt: str,
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeError(f"invalid (singular or non-finite) affine:\n{affine}".replace("\n", " "))
     ornt = nio.io_orientation(affine)
-    canon = nio.apply_orientation(data, ornt)
-    canon_affine = affine @ nio.inv_ornt_aff(ornt, data.shape)
+    canon_affine = affine @ nio.inv_ornt_aff(ornt, shape)
     spacing = tuple(float(s) for s in np.sqrt((canon_affine[:3, :3] ** 2).sum(axis=0)))
+    return ornt, canon_affine, spacing
+
+
+def canonicalize(data: np.ndarray, affine: np.ndarray, *, path: str, fmt: str,
+                 header: Optional[Any] = None) -> Volume:
+    """Bring a 3-D array with its voxel→RAS affine to the closest canonical RAS+ frame
+    (:func:`canonical_frame`; the data are permuted/flipped, never resampled).
+
+    Raises:
+        VolumeError: the affine is singular or not finite.
+    """
+    ornt, canon_affine, spacing = canonical_frame(affine, data.shape)
+    canon = nio.apply_orientation(data, ornt)
     return Volume(data=np.ascontiguousarray(canon, dtype=np.float32), affine=canon_affine, spacing=spacing,
-                  source_affine=affine, source_shape=tuple(int(s) for s in data.shape), ornt=ornt,
-                  source_header=header, path=path, fmt=fmt)
+                  source_affine=np.asarray(affine, dtype=np.float64), source_shape=tuple(int(s) for s in data.shape),
+                  ornt=ornt, source_header=header, path=path, fmt=fmt)
 
 
 NOT_CT = "does not look like CT in HU"  # every warning of check_ct_values contains these words

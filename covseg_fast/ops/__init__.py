@@ -3,6 +3,7 @@
 Importing this package registers every op. The public functions validate
 their inputs and dispatch to the best backend (see ``_dispatch``).
 """
+from .. import _ext  # noqa: F401  (loads covseg_fast._C once, or records why not; before any op registers)
 from ._dispatch import REGISTRY, BackendError, forced_backend, use_backend
 from .cbam import cbam_apply, cbam_channel_stats, cbam_spatial_pool
 from .channel_attention import channel_attention

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from . import triton as _triton_pkg
 from ._dispatch import Backend, op_backends
+from ._registration import triton_op
 from .cbam_autograd import _ApplyGates, _GateAndPool
 from .reference import cbam as ref
 from .triton.device import batch_over_grid
@@ -102,12 +103,12 @@ def _acc(x: Tensor) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- covseg::cbam_channel_stats
-@torch.library.triton_op("covseg::cbam_channel_stats", mutates_args=())
+@triton_op("covseg::cbam_channel_stats", mutates_args=())
 def _channel_stats_op(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _impl("cbam_channel_stats", x)(x)
 
 
-@torch.library.triton_op("covseg::_cbam_channel_stats_backward", mutates_args=())
+@triton_op("covseg::_cbam_channel_stats_backward", mutates_args=())
 def _channel_stats_backward_op(g_mean: Tensor, g_max: Tensor, x: Tensor, mx: Tensor, count: Tensor) -> Tensor:
     return _impl("cbam_channel_stats", x, backward=True)(g_mean, g_max, x, mx, count)
 
@@ -139,12 +140,12 @@ _channel_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
 
 
 # ---------------------------------------------------------------- covseg::cbam_spatial_pool
-@torch.library.triton_op("covseg::cbam_spatial_pool", mutates_args=())
+@triton_op("covseg::cbam_spatial_pool", mutates_args=())
 def _spatial_pool_op(x: Tensor, ca: Tensor) -> tuple[Tensor, Tensor]:
     return _impl("cbam_spatial_pool", x)(x, ca)
 
 
-@torch.library.triton_op("covseg::_cbam_spatial_pool_backward", mutates_args=())
+@triton_op("covseg::_cbam_spatial_pool_backward", mutates_args=())
 def _spatial_pool_backward_op(g_pooled: Tensor, x: Tensor, ca: Tensor, pooled: Tensor, count: Tensor
                               ) -> tuple[Tensor, Tensor]:
     return _impl("cbam_spatial_pool", x, backward=True)(g_pooled, x, ca, pooled, count)
@@ -176,12 +177,12 @@ _spatial_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
 
 
 # ---------------------------------------------------------------- covseg::cbam_apply
-@torch.library.triton_op("covseg::cbam_apply", mutates_args=())
+@triton_op("covseg::cbam_apply", mutates_args=())
 def _apply_op(x: Tensor, ca: Tensor, sa: Tensor) -> Tensor:
     return _impl("cbam_apply", x)(x, ca, sa)
 
 
-@torch.library.triton_op("covseg::_cbam_apply_backward", mutates_args=())
+@triton_op("covseg::_cbam_apply_backward", mutates_args=())
 def _apply_backward_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _impl("cbam_apply", x, backward=True)(g, x, ca, sa)
 
@@ -209,7 +210,7 @@ _apply_op.register_autograd(_apply_backward, setup_context=_apply_setup)
 
 
 # ---------------------------------------------------------------- fused block backward: passes A, B, C
-@torch.library.triton_op("covseg::_cbam_apply_backward_reduce", mutates_args=())
+@triton_op("covseg::_cbam_apply_backward_reduce", mutates_args=())
 def _apply_backward_reduce_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor) -> tuple[Tensor, Tensor]:
     return _impl("_cbam_apply_backward_reduce", x)(g, x, ca, sa)
 
@@ -220,7 +221,7 @@ def _(g, x, ca, sa):
     return x.new_empty((b, c), dtype=_acc(x)), x.new_empty((b, 1, h, w), dtype=_acc(x))
 
 
-@torch.library.triton_op("covseg::_cbam_spatial_pool_backward_reduce", mutates_args=())
+@triton_op("covseg::_cbam_spatial_pool_backward_reduce", mutates_args=())
 def _spatial_pool_backward_reduce_op(g_pooled: Tensor, x: Tensor, ca: Tensor, pooled: Tensor, count: Tensor
                                      ) -> Tensor:
     return _impl("_cbam_spatial_pool_backward_reduce", x)(g_pooled, x, ca, pooled, count)
@@ -231,7 +232,7 @@ def _(g_pooled, x, ca, pooled, count):
     return x.new_empty(tuple(x.shape[:2]), dtype=_acc(x))
 
 
-@torch.library.triton_op("covseg::_cbam_block_backward_x", mutates_args=())
+@triton_op("covseg::_cbam_block_backward_x", mutates_args=())
 def _block_backward_x_op(g: Tensor, x: Tensor, ca: Tensor, sa: Tensor, g_pooled: Tensor, pooled: Tensor,
                          pool_count: Tensor, g_mean: Tensor, g_max: Tensor, mx: Tensor, stats_count: Tensor) -> Tensor:
     return _impl("_cbam_block_backward_x", x)(g, x, ca, sa, g_pooled, pooled, pool_count, g_mean, g_max, mx,

@@ -31,6 +31,7 @@ import torch
 
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
+from ._registration import triton_op
 from .reference.attention import channel_attention_lse
 from .triton.device import INT32_MAX, batch_over_grid
 
@@ -158,7 +159,7 @@ BACKENDS.register(Backend("triton", _triton_forward, _triton.available, _triton_
 BACKWARD = {"triton": _triton_backward, "reference": _reference_backward}
 
 
-@torch.library.triton_op("covseg::channel_attention", mutates_args=())
+@triton_op("covseg::channel_attention", mutates_args=())
 def _channel_attention_op(x: torch.Tensor, variant: str,
                           gamma: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     backend = BACKENDS.select(x.device.type, x, variant, gamma)
@@ -170,7 +171,7 @@ def _(x, variant, gamma=None):
     return torch.empty_like(x), x.new_empty(x.shape[:2], dtype=_compute_dtype(x.dtype))
 
 
-@torch.library.triton_op("covseg::_channel_attention_backward", mutates_args=())
+@triton_op("covseg::_channel_attention_backward", mutates_args=())
 def _channel_attention_backward_op(grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], x: torch.Tensor,
                                    out: Optional[torch.Tensor], lse: torch.Tensor, gamma: Optional[torch.Tensor],
                                    variant: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.library import triton_op
+from ._registration import triton_op
 
 from . import triton as triton_backend
 from ._dispatch import Backend, op_backends

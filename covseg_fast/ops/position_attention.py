@@ -18,6 +18,7 @@ import torch
 
 from . import triton as _triton
 from ._dispatch import Backend, op_backends
+from ._registration import triton_op
 from .reference.attention import position_attention_lse
 from .triton.device import INT32_MAX, batch_over_grid
 
@@ -74,7 +75,7 @@ BACKENDS.register(Backend("triton", _triton_forward, _triton.available, _triton_
 BACKWARD = {"triton": _triton_backward, "reference": _reference_backward}
 
 
-@torch.library.triton_op("covseg::position_attention", mutates_args=())
+@triton_op("covseg::position_attention", mutates_args=())
 def _position_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     backend = BACKENDS.select(q.device.type, q, k, v, scale)
@@ -87,7 +88,7 @@ def _(q, k, v, scale):
     return v.new_empty((b, v.shape[1], n)), q.new_empty((b, n), dtype=_lse_dtype(q.dtype))
 
 
-@torch.library.triton_op("covseg::_position_attention_backward", mutates_args=())
+@triton_op("covseg::_position_attention_backward", mutates_args=())
 def _position_attention_backward_op(
     grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, scale: float,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import triton as triton_pkg
 from ._dispatch import Backend, op_backends
+from ._registration import triton_op
 from .reference import strip_conv as ref
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -88,7 +89,7 @@ def _new_output(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=x.dtype).contiguous(memory_format=_output_format(x))
 
 
-@torch.library.triton_op("covseg::strip_conv", mutates_args=())
+@triton_op("covseg::strip_conv", mutates_args=())
 def _strip_conv_op(
     x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, wh: list[torch.Tensor], bh: list[torch.Tensor],
     wv: list[torch.Tensor], bv: list[torch.Tensor],
@@ -98,7 +99,7 @@ def _strip_conv_op(
     return out.contiguous(memory_format=_output_format(x))
 
 
-@torch.library.triton_op("covseg::_strip_conv_backward", mutates_args=())
+@triton_op("covseg::_strip_conv_backward", mutates_args=())
 def _strip_conv_backward_op(
     grad: torch.Tensor, x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, wh: list[torch.Tensor],
     bh: list[torch.Tensor], wv: list[torch.Tensor], bv: list[torch.Tensor],

@@ -17,6 +17,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import triton as triton_pkg
 from ._dispatch import Backend, op_backends
+from ._registration import triton_op
 from .reference import structure_loss as ref
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -65,7 +66,7 @@ def _coefficients(grad: torch.Tensor, stats: torch.Tensor, numel: int, bce_mode:
     return torch.stack([ca, cb, cbce], dim=1)
 
 
-@torch.library.triton_op("covseg::structure_loss", mutates_args=())
+@triton_op("covseg::structure_loss", mutates_args=())
 def _structure_loss_op(logits: torch.Tensor, target: torch.Tensor, bce_mode: str,
                        iou_smooth: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     backend = _select(logits, target, bce_mode, iou_smooth)
@@ -75,7 +76,7 @@ def _structure_loss_op(logits: torch.Tensor, target: torch.Tensor, bce_mode: str
     return loss, stats, weight
 
 
-@torch.library.triton_op("covseg::_structure_loss_backward", mutates_args=())
+@triton_op("covseg::_structure_loss_backward", mutates_args=())
 def _structure_loss_backward_op(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                                 weight: torch.Tensor, stats: torch.Tensor, bce_mode: str,
                                 iou_smooth: float) -> torch.Tensor:

@@ -138,3 +138,29 @@ def test_workers_are_stopped_when_the_consumer_stops_early(monkeypatch):
     assert time.monotonic() - t0 < 30
     time.sleep(0.5)
     assert not _alive(first["decoded_by"])
+
+
+def test_a_stop_request_ends_the_wait_for_a_stuck_worker_and_kills_the_workers(monkeypatch):
+    """The preparation thread owns the generator: setting ``stop`` (Ctrl-C in the loop) must end it while it
+    waits for a stuck worker, within the poll interval, and kill the workers, as closing it does."""
+    import threading
+    import types
+
+    from covseg_fast.inference.prefetch import Prefetch
+
+    monkeypatch.setattr(decoding, "decode_case", _stuck_on_c2)
+    stop = threading.Event()
+    gen = decoding.decoded_in_order([Case(f"c{i}", "/none", "nifti") for i in range(4)], 2, timeout_s=0, stop=stop)
+    volumes = ({**item, "volume": types.SimpleNamespace(data=None)} for item in gen)  # the stub decodes nothing
+    prepared = Prefetch(volumes, lambda data: ("x", "plane"), stop, str).start()
+    first = prepared.next_item()
+    second = prepared.next_item()
+    assert (first["case"].case_id, second["case"].case_id, first["x"]) == ("c0", "c1", "x")
+    time.sleep(0.3)  # the thread now waits for c2, which never comes
+    t0 = time.monotonic()
+    prepared.stop()
+    assert time.monotonic() - t0 < 10, "stop() waited for the stuck decoder"
+    deadline = time.monotonic() + 10
+    while _alive(first["decoded_by"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(first["decoded_by"]), "the workers were not killed"
