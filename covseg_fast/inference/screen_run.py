@@ -155,13 +155,12 @@ def run_screen(inputs: list[str], output: Optional[str], options: ScreenOptions)
     Raises:
         UsageError, DiscoveryError, ReportWriteError, ScreenInterrupted, WorkersUnavailable: as screen_batch.
     """
-    from .batch import screen_batch
-    from .screener import ScreenConfig, default_writers
-
-    from .cpu_runtime import apply_threads, inference_threads, tune_allocator
-
     o = dataclasses.replace(options, backend=options.backend or default_backend())
     inputs, checkpoint = _check(list(inputs), o)
+    # the checks above need no torch: a usage error answers at once
+    from .batch import screen_batch
+    from .cpu_runtime import apply_threads, inference_threads, tune_allocator
+    from .screener import ScreenConfig, default_writers
     payload, model_input = read_model_input(checkpoint, o.input_size, o.window)
     log.info("input %d×%d px (%s); HU window %g … %g (%s); %s slices", *model_input.size,
              model_input.size_source, *model_input.window, model_input.window_source, model_input.plane)
