@@ -37,8 +37,11 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def run_screen(args, timeout_s, as_nobody=None, kill_after=None, workers_seen=None, env_extra=None):
+def run_screen(args, timeout_s, as_nobody=None, kill_after=None, workers_seen=None, env_extra=None, timing=None):
     """Run the runner; returns (exit code, stdout, stderr).
+
+    ``timing``: a dict that gets ``screening_s``, the seconds from taking the output folder's lock to exit
+    (needs ``kill_after`` with an infinite delay to watch the lock).
 
     ``kill_after``: (lock path, delay): SIGKILL the main process ``delay`` s after it took the output folder's
     lock, i.e. once it screens (unless it exited first); exit code -9 then, and the pids of its worker processes at that moment are appended to
@@ -67,6 +70,8 @@ def run_screen(args, timeout_s, as_nobody=None, kill_after=None, workers_seen=No
                 pytest.fail(f"covseg screen {' '.join(map(str, args))} hung (> {timeout_s} s)")
             time.sleep(0.02)
         p.returncode = os.waitstatus_to_exitcode(status)
+        if timing is not None and seen is not None:
+            timing["screening_s"] = time.monotonic() - seen
         out.seek(0)
         err.seek(0)
         return p.returncode, out.read().decode(), err.read().decode()
@@ -187,16 +192,24 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     inp.mkdir()
     # enough cases that decoding is still going when the kills come: these phantoms have no lungs, so their
     # anatomy is quick and decoding runs ahead of the writers (with 14 it was over within a second)
-    good = _good_cases(str(inp), 30, shape=(64, 64, 12))
+    good = _good_cases(str(inp), 40, shape=(64, 64, 12))
     (inp / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     ckpt = make_checkpoint(str(tmp_path / "tiny.pt"))
     args = [inp, "-o", out, "--checkpoint", ckpt, "--workers", 1, "--writers", 2, "--no-progress",
             "--save-probabilities"]
     lock = str(out / ".covseg_screen.lock")
+    # how long this machine screens the batch (a separate folder): the kills come at fractions of it, so that
+    # they land while screening on a fast machine as on a slow one (fixed delays missed once screening got faster)
+    probe = tmp_path / "probe"
+    timing = {}
+    probe_args = [inp, "-o", probe] + args[3:]
+    code, _, err = run_screen(probe_args, timeout_s=180, kill_after=(str(probe / ".covseg_screen.lock"), float("inf")),
+                              timing=timing)
+    assert code == 1 and "screening_s" in timing, err[-2000:]
     kills = landed = 0
     workers = []
-    for seed in (11, 23, 37, 58):
-        delay = random.Random(seed).uniform(0.0, 2.0)
+    for seed in (11, 23, 37, 58):  # at most 4 × 25 % of the batch's time: the last kill still finds work
+        delay = random.Random(seed).uniform(0.05, 0.25) * timing["screening_s"]
         code, _, err = run_screen(args + ["--resume"], timeout_s=180, kill_after=(lock, delay), workers_seen=workers)
         kills += 1
         landed += code == -signal.SIGKILL
@@ -233,9 +246,10 @@ def test_ctrl_c_is_one_line_exit_130_and_no_workers_left(tmp_path):
                          start_new_session=True)  # its own process group: Ctrl-C reaches main and workers
     try:
         deadline = time.monotonic() + 120
-        while not (out / ".covseg_screen.lock").exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)
+        # Ctrl-C once the first case is written: screening has started and most cases are still to come
+        # (a fixed delay after the lock missed the run once screening got faster)
+        while not list(out.glob("*_overlay.png")) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         os.killpg(p.pid, signal.SIGINT)
         _, err = p.communicate(timeout=60)
     finally:
